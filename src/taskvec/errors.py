@@ -1,0 +1,49 @@
+"""Typed errors for user mistakes. Each carries a one-line message that says what to fix.
+
+The CLI catches :class:`TaskvecError` and prints ``error: <message>`` with exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+
+class TaskvecError(Exception):
+    """Base class of every error caused by bad input (not by a bug)."""
+
+
+class ModelNotFoundError(TaskvecError):
+    """An unknown model name or a path that does not hold a model."""
+
+
+class LayerError(TaskvecError):
+    """A layer index outside ``0 .. n_layers - 1``."""
+
+
+class PositionError(TaskvecError):
+    """A token position outside a prompt."""
+
+
+class WidthError(TaskvecError):
+    """A vector whose width is not the model's ``d_model``."""
+
+
+class EmptyInputError(TaskvecError):
+    """An empty prompt list, task or file."""
+
+
+class TokenizationError(TaskvecError):
+    """Labels that collide or tokenize unexpectedly."""
+
+
+class AlignmentError(TaskvecError):
+    """Prompts whose token layouts must align but do not."""
+
+
+class TaskFileError(TaskvecError):
+    """A malformed custom task file (the message names the line)."""
+
+
+class ConfigError(TaskvecError):
+    """A config with unknown keys or bad values, or one that does not match a run being resumed."""
+
+
+class NonFiniteError(TaskvecError):
+    """NaN or inf in a vector or a loss."""

