@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from taskvec.batching import Batch, chunks, left_pad
-from taskvec.errors import LayerError, NonFiniteError, PositionError, WidthError
+from taskvec.errors import EmptyInputError, LayerError, NonFiniteError, PositionError, WidthError
 
 MODES = ("replace", "add")
 
@@ -204,6 +204,8 @@ def read_states(
     Returns:
         ``[n_prompts, n_selected_layers, K, d_model]`` float tensor on the CPU.
     """
+    if len(prompts) == 0:
+        raise EmptyInputError("empty prompt list: give at least one prompt")
     profile = lm.profile
     layers = list(range(profile.n_layers)) if layers is None else [profile.check_layer(int(l)) for l in layers]
     pos = _positions_tensor(positions, len(prompts))
