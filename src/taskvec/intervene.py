@@ -108,6 +108,7 @@ def hooked(
     edits: Edits | None = None,
     record: Mapping[int, torch.Tensor | None] | None = None,
     stop_after_record: bool = False,
+    start: tuple[int, torch.Tensor] | None = None,
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Install pre-hooks that record and/or write ``h_l`` during the forward passes run inside the block.
 
@@ -118,6 +119,8 @@ def hooked(
             whole sequence). Recording happens before any write at the same layer.
         stop_after_record: end the forward right after the deepest recorded layer's input is read (the
             layers above it and the LM head are never run). Catch nothing: :func:`run_until_recorded` does.
+        start: ``(layer, states)``: replace the whole input of ``layers[layer]`` by ``states`` (same shape) before
+            any record or write there; with :func:`skipping` the layers below it are not run at all.
 
     Yields:
         a dict filled during the forward: ``{layer: [batch, K, d_model]}`` (or ``[batch, T, d_model]``).
@@ -134,6 +137,9 @@ def hooked(
     def make_hook(index: int):
         def hook(module, args, kwargs):
             hidden = _hidden_of(args, kwargs)
+            changed = False
+            if start is not None and index == start[0]:
+                hidden, changed = start[1].to(device=hidden.device, dtype=hidden.dtype), True
             if index in record:
                 pos = record[index]
                 if pos is None:
@@ -152,19 +158,61 @@ def hooked(
                     hidden = hidden.index_put((rows, pos), vec)
                 else:
                     hidden = hidden.index_put((rows, pos), vec, accumulate=True)
-                return _with_hidden(args, kwargs, hidden)
-            return None
+                changed = True
+            return _with_hidden(args, kwargs, hidden) if changed else None
 
         return hook
 
     handles = []
     try:
-        for index in sorted(set(by_layer) | set(record)):
+        starts = {start[0]} if start is not None else set()
+        for index in sorted(set(by_layer) | set(record) | starts):
             handles.append(layers[index].register_forward_pre_hook(make_hook(index), with_kwargs=True))
         yield recorded
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def skipping(layers: Sequence[nn.Module], below: int) -> Iterator[None]:
+    """Run ``layers[:below]`` as the identity inside the block (their outputs are replaced through ``start`` of
+    :func:`hooked` anyway). Only for layers that return a plain tensor (see :func:`layers_return_tensor`)."""
+    def identity(hidden_states=None, *args, **kwargs):
+        return hidden_states if hidden_states is not None else args[0]
+
+    saved = []
+    try:
+        for layer in layers[:below]:
+            saved.append((layer, layer.__dict__.get("forward")))
+            layer.forward = identity
+        yield
+    finally:
+        for layer, original in saved:
+            if original is None:
+                del layer.forward
+            else:
+                layer.forward = original
+
+
+def layers_return_tensor(lm) -> bool:
+    """Whether ``lm``'s decoder layers return a bare tensor (transformers 5 Llama/Qwen/Gemma/Mistral do), which
+    :func:`skipping` needs; probed once with a one-token forward and remembered on ``lm``."""
+    known = getattr(lm, "_layers_return_tensor", None)
+    if known is None:
+        seen = []
+        handle = lm.profile.layers[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, torch.Tensor)))
+        try:
+            with torch.no_grad():
+                lm.model(input_ids=torch.tensor([[lm.tokenizer.eos_token_id or 0]], device=lm.device), use_cache=False)
+        finally:
+            handle.remove()
+        known = bool(seen and seen[0])
+        try:
+            lm._layers_return_tensor = known
+        except AttributeError:
+            pass
+    return known
 
 
 def run_until_recorded(fn, *args, **kwargs):

@@ -39,6 +39,10 @@ class Template:
     def query(self, x: str) -> str:
         return f"{x} {self.separator}"
 
+    def render(self, trial: Trial, n_demos: int | None = None) -> str:
+        """The prompt text of a trial (its first ``n_demos`` demonstrations, then the query)."""
+        return _layout(trial, self, n_demos)[0]
+
 
 @dataclass
 class Prompt:

@@ -18,6 +18,7 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from taskvec.batching import left_pad
 from taskvec.errors import EmptyInputError, PositionError, WidthError
-from taskvec.intervene import Edits, hooked
+from taskvec.intervene import Edits, backbone, hooked, layers_return_tensor, run_until_recorded, skipping
 
 
 @dataclass
@@ -91,6 +92,15 @@ def _outputs(logits: torch.Tensor, read: torch.Tensor | None, keep: bool) -> tup
 
 
 @torch.no_grad()
+def _bands(order: list[int], first: dict[int, int] | None, min_rows: int = 8, max_bands: int = 6) -> list[list[int]]:
+    """Split variant indices sorted by first written layer into up to ``max_bands`` bands of >= ``min_rows``."""
+    if first is None or len(order) < 2 * min_rows:
+        return [order]
+    n = min(max_bands, len(order) // min_rows)
+    size = -(-len(order) // n)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
 def run_variants(
     lm,
     prompts: Sequence[Sequence[int]],
@@ -100,8 +110,13 @@ def run_variants(
     max_batch_tokens: int = 12_000,
     return_logits: bool = False,
     progress: bool | str = False,
+    skip_layers: bool = True,
 ) -> VariantOutput:
     """Run every variant; shared prefixes are computed once per prompt and reused through the KV cache.
+
+    Layers below a variant's first write see the clean prompt, so (``skip_layers``, on models whose decoder
+    layers return a tensor) the clean states are computed once per prompt, variants are run in bands sorted by
+    their first written layer, and each band starts at its first layer instead of layer 0.
 
     Args:
         lm: an :class:`~taskvec.models.LM`.
@@ -118,6 +133,7 @@ def run_variants(
     """
     _check(lm, prompts, variants, read_ids)
     model, pad = lm.model, lm.tokenizer.pad_token_id
+    skip = skip_layers and layers_return_tensor(lm)
     by_prompt: dict[int, list[int]] = defaultdict(list)
     for i, v in enumerate(variants):
         by_prompt[v.prompt].append(i)
@@ -145,38 +161,52 @@ def run_variants(
         batch = left_pad([prompts[p] for p in group], pad).to(lm.device)
         local = {p: j for j, p in enumerate(group)}
         split = min(int(batch.offsets[local[p]]) + start[p] for p in group)
-        cache = None
+        prefix = None
         if split > 0:
-            cache = model(input_ids=batch.input_ids[:, :split], attention_mask=batch.attention_mask[:, :split],
-                          position_ids=batch.position_ids[:, :split], use_cache=True, logits_to_keep=1).past_key_values
-        # a row per variant, then each variant's writes in suffix columns
+            prefix = model(input_ids=batch.input_ids[:, :split], attention_mask=batch.attention_mask[:, :split],
+                           position_ids=batch.position_ids[:, :split], use_cache=True,
+                           logits_to_keep=1).past_key_values
         idx = [i for p in group for i in by_prompt[p]]
-        row_prompt = torch.tensor([local[variants[i].prompt] for i in idx], device=lm.device)
-        if cache is not None:
-            cache.batch_select_indices(row_prompt)
-        e_rows, e_layers, e_pos, e_vec = [], [], [], []
-        for r, i in enumerate(idx):
-            v = variants[i]
-            if len(v.positions):
-                e_rows.append(torch.full((len(v.positions),), r, dtype=torch.long))
-                e_layers.append(v.layers.long())
-                e_pos.append(v.positions.long() + int(batch.offsets[local[v.prompt]]) - split)
-                e_vec.append(v.vectors)
-        edits = None
-        if e_rows:
-            edits = Edits(torch.cat(e_rows), torch.cat(e_layers), torch.cat(e_pos), torch.cat(e_vec), mode)
-            edits.validate(lm.n_layers, lm.d_model, len(idx), batch.input_ids.shape[1] - split)
-        with hooked(lm.profile.layers, edits=edits):
-            out = model(input_ids=batch.input_ids[row_prompt, split:], attention_mask=batch.attention_mask[row_prompt],
-                        position_ids=batch.position_ids[row_prompt, split:], past_key_values=cache,
-                        use_cache=cache is not None, logits_to_keep=1)
-        read = None if read_ids is None else read_ids[idx]
-        t1, lp, lg = _outputs(out.logits[:, -1], read, return_logits)
-        sel = torch.tensor(idx)
-        top1[sel], lps[sel] = t1, lp
-        if return_logits:
-            for r, i in enumerate(idx):
-                logits_all[i] = lg[r]
+        first = {i: int(variants[i].layers.min()) if len(variants[i].positions) else 0 for i in idx}
+        clean = None
+        if skip and max(first.values()) > 0:  # the clean suffix states at every layer, one row per prompt
+            deepest = max(first.values())
+            with hooked(lm.profile.layers, record={l: None for l in range(deepest + 1)}, stop_after_record=True) as rec:
+                run_until_recorded(backbone(model), input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=batch.position_ids, use_cache=False)
+            clean = {l: rec[l][:, split:] for l in range(deepest + 1)}
+        for band in _bands(sorted(idx, key=lambda i: first[i]), first if clean is not None else None):
+            start_layer = first[band[0]] if clean is not None else 0
+            row_prompt = torch.tensor([local[variants[i].prompt] for i in band], device=lm.device)
+            cache = None
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
+                cache.batch_select_indices(row_prompt)
+            e_rows, e_layers, e_pos, e_vec = [], [], [], []
+            for r, i in enumerate(band):  # each variant's writes, in suffix columns
+                v = variants[i]
+                if len(v.positions):
+                    e_rows.append(torch.full((len(v.positions),), r, dtype=torch.long))
+                    e_layers.append(v.layers.long())
+                    e_pos.append(v.positions.long() + int(batch.offsets[local[v.prompt]]) - split)
+                    e_vec.append(v.vectors)
+            edits = None
+            if e_rows:
+                edits = Edits(torch.cat(e_rows), torch.cat(e_layers), torch.cat(e_pos), torch.cat(e_vec), mode)
+                edits.validate(lm.n_layers, lm.d_model, len(band), batch.input_ids.shape[1] - split)
+            begin = (start_layer, clean[start_layer][row_prompt]) if start_layer > 0 else None
+            with hooked(lm.profile.layers, edits=edits, start=begin), skipping(lm.profile.layers, start_layer):
+                out = model(input_ids=batch.input_ids[row_prompt, split:],
+                            attention_mask=batch.attention_mask[row_prompt],
+                            position_ids=batch.position_ids[row_prompt, split:], past_key_values=cache,
+                            use_cache=cache is not None, logits_to_keep=1)
+            read = None if read_ids is None else read_ids[band]
+            t1, lp, lg = _outputs(out.logits[:, -1], read, return_logits)
+            sel = torch.tensor(band)
+            top1[sel], lps[sel] = t1, lp
+            if return_logits:
+                for r, i in enumerate(band):
+                    logits_all[i] = lg[r]
         bar.update(len(idx))
     bar.close()
     return VariantOutput(top1, lps, torch.stack(logits_all) if return_logits else None)

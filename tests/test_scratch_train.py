@@ -1,0 +1,108 @@
+"""From-scratch training: loss decreases, resume is exact, NaN stops cleanly, config mismatch, DDP x2."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from taskvec.errors import ConfigError, NonFiniteError
+from taskvec.scratch.model import ScratchModel
+from taskvec.scratch.train import checkpoints, load_config, train
+
+TINY = dict(preset="tiny", task={"d": 4}, k_max=5, batch_size=8, save_every=2, log_every=1)
+
+
+def run(cfg, out, **kw):
+    return train(cfg, out, progress=False, tensorboard=False, **kw)
+
+
+def params_of(path) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in ScratchModel.from_pretrained(path).state_dict().items()}
+
+
+def logs(out) -> list[dict]:
+    return [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_short_run_decreases_the_loss(tmp_path):
+    cfg = load_config(preset="tiny", task={"name": "token_offset", "offsets": [3]}, k_max=4, batch_size=16,
+                      steps=60, lr=3e-3, log_every=1, save_every=100)
+    run(cfg, tmp_path / "r")
+    rows = logs(tmp_path / "r")
+    first = sum(r["loss"] for r in rows[:5]) / 5
+    last = sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    assert json.loads((tmp_path / "r" / "versions.json").read_text())["torch"] == torch.__version__
+    assert (tmp_path / "r" / "log.csv").exists() and (tmp_path / "r" / "model" / "config.json").exists()
+
+
+def test_tvp_run_logs_both_losses_and_tensorboard(tmp_path):
+    cfg = load_config(**TINY, steps=2, tvp_layer=1)
+    train(cfg, tmp_path / "r", progress=False, tensorboard=True)
+    rows = logs(tmp_path / "r")
+    assert rows[-1]["tvp_loss"] > 0 and abs(rows[-1]["loss"] - rows[-1]["icl_loss"] - rows[-1]["tvp_loss"]) < 1e-4
+    assert any((tmp_path / "r" / "tb").iterdir())
+    assert ScratchModel.from_pretrained(tmp_path / "r" / "model").config.tvp_layer == 1
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+    cfg = load_config(**TINY, steps=6, tvp_layer=1)
+    run(cfg, tmp_path / "full")
+
+    def kill_at_3(step, model):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(cfg, tmp_path / "cut", on_step=kill_at_3)
+    assert [p.name for p in checkpoints(tmp_path / "cut")] == ["step-0000002"]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(cfg, tmp_path / "cut")
+    run(cfg, tmp_path / "cut", resume=True)
+    a, b = params_of(tmp_path / "full" / "model"), params_of(tmp_path / "cut" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in logs(tmp_path / "full")] == [r["loss"] for r in logs(tmp_path / "cut")]
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    run(load_config(**TINY, steps=2), tmp_path / "r")
+    with pytest.raises(ConfigError, match="different config.*lr"):
+        run(load_config(**TINY, steps=4, lr=1e-3), tmp_path / "r", resume=True)
+    with pytest.raises(ConfigError, match="holds no run"):
+        run(load_config(**TINY, steps=2), tmp_path / "empty", resume=True)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    def poison(step, model):
+        if step == 3:
+            with torch.no_grad():
+                model.read_in.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteError, match=r"step 4.*step-0000002"):
+        run(load_config(**TINY, steps=6), tmp_path / "r", on_step=poison)
+    ckpts = checkpoints(tmp_path / "r")
+    assert [p.name for p in ckpts] == ["step-0000002"]
+    restored = ScratchModel.from_pretrained(ckpts[-1])
+    assert all(torch.isfinite(p).all() for p in restored.parameters())
+
+
+def test_ddp_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "taskvec.scratch.cli", "train", "--out", str(out), "--preset", "tiny", "--dim", "4",
+           "--k-max", "4", "--batch-size", "8", "--steps", "3", "--tvp-layer", "1", "--log-every", "1",
+           "--save-every", "2", "--no-tensorboard"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in logs(out)] == [1, 2, 3]
+    assert (out / "model" / "model.safetensors").exists()
+    assert len(checkpoints(out)) == 2
