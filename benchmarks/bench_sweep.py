@@ -20,6 +20,7 @@ Prints a markdown table of seconds and ratios; ``--json PATH`` also writes them.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -55,10 +56,9 @@ def prefix_cached_sweep(lm, prompts, vectors: torch.Tensor, layers) -> torch.Ten
         cache, n = prefix.past_key_values, ids.shape[1] - 1
         for layer in layers:
             edits = Edits.at([0], [layer], [0], vectors[layer][None])
-            with hooked(lm.profile.layers, edits=edits):
-                logits = lm.model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True,
+            with hooked(lm.profile.layers, edits=edits):  # a copy: the forward appends to the cache
+                logits = lm.model(input_ids=ids[:, -1:], past_key_values=copy.deepcopy(cache), use_cache=True,
                                   position_ids=torch.tensor([[n]])).logits[:, -1]
-            cache.crop(n)
             out.append(torch.log_softmax(logits.float(), -1)[0, p.target_id])
     return torch.stack(out)
 

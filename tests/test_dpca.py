@@ -91,7 +91,7 @@ def test_project_out_removes_span_keeps_center():
 def test_dpca_analysis_on_smollm(smol, tmp_path):
     from taskvec.tasks import get_task
 
-    task = get_task("simple_string", short=(2, 3), long=(8, 9))  # 4 lengths x 2 labels = 8 conditions
+    task = get_task("simple_string", short=(2, 3), long=(8, 9), labels=("A", "B"))  # 4 lengths x 2 labels = 8 conditions
     trials = task.sample_trials(8, 8, seed=0)  # covers all 8 cells (checked)
     res = dpca_analysis(smol, trials, task=task, layers=[2, 12], ablate_layers=[12], k=1)
     assert list(res.per_layer.layer) == [2, 12]

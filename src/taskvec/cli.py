@@ -123,7 +123,7 @@ def study_local_global(
     quick: bool = typer.Option(False, help="fewer trials and demo counts: a smoke run in minutes"),
     seed: int = 0,
     n_trials: Optional[int] = typer.Option(None, help="ICL prompts per task (default 50)"),
-    n_patch_trials: Optional[int] = typer.Option(None, help="dummy prompts per task for local patching (default 16)"),
+    n_patch_trials: Optional[int] = typer.Option(None, help="dummy prompts per task for local patching (default 8)"),
     n_demos: Optional[int] = typer.Option(None, help="demonstrations per prompt (default: each task's)"),
     spans: str = typer.Option("single", help="single and/or from (patch layer l only, or l and every later layer)"),
     with_analyses: bool = typer.Option(False, help="also run saliency, dPCA and heads and put them in the report"),

@@ -47,14 +47,15 @@ class StudyConfig(BaseModel):
     tasks: list[str] = Field(default_factory=lambda: ["all"])
     seed: int = 0
     n_trials: int = Field(50, ge=2, description="ICL prompts per task (global vectors, ICL accuracy)")
-    n_patch_trials: int = Field(16, ge=1, description="dummy prompts per task for local patching")
+    n_patch_trials: int = Field(8, ge=1, description="dummy prompts per task for local patching")
     n_demos: int | None = Field(None, ge=1, le=64, description="demonstrations per prompt (default: the task's)")
     separator: str = "is"
     joiner: str = "\n"
     task_params: dict[str, dict] = Field(default_factory=dict, description="per-task parameters, e.g. labels")
     demo_counts: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8], description="ICL vs #demos")
     spans: list[Literal["single", "from"]] = Field(default_factory=lambda: ["single"])
-    kofn_subsets: int = Field(3, ge=1, description="random subsets per k in the k-of-n ablation")
+    kofn_subsets: int = Field(1, ge=1, description="random subsets per k in the k-of-n ablation")
+    control_stride: int = Field(2, ge=1, description="layer stride of the random / other-task control curves")
     control_task: str = Field("auto", description="task whose vectors serve as the other-task control")
     quick: bool = False
     with_analyses: bool = Field(False, description="also run saliency, dPCA and head analyses into analyses/")
@@ -97,7 +98,7 @@ class StudyConfig(BaseModel):
         if not self.quick:
             return self
         return self.model_copy(update=dict(n_trials=min(self.n_trials, 12), n_patch_trials=min(self.n_patch_trials, 6),
-                                           demo_counts=[0, 2], kofn_subsets=1))
+                                           demo_counts=[0, 2], kofn_subsets=1, control_stride=max(self.control_stride, 3)))
 
 
 class _TaskRun:
@@ -117,6 +118,13 @@ class _TaskRun:
         if self._icl is None:
             self._icl = build_prompts(self.lm, self.trials, self.template)
         return self._icl
+
+    def layers(self, vector: str) -> list[int]:
+        """Every layer for the task's own vectors; every ``control_stride``-th (and the last) for controls."""
+        n = self.lm.n_layers
+        if vector in ("random", "other_task"):
+            return sorted(set(range(0, n, self.cfg.control_stride)) | {n - 1})
+        return list(range(n))
 
     def rows(self, df: pd.DataFrame, **tags) -> list[dict]:
         df = df.copy()
@@ -203,8 +211,8 @@ def unit_global(tr: _TaskRun, vec: dict, control: dict) -> list[dict]:
     for name, vectors in [("global", g), ("random", norm_matched_random(g, tr.cfg.seed)),
                           ("other_task", control["global"])]:
         for span in tr.cfg.spans:
-            df = patch_layers(tr.lm, prompts, vectors, "query", span=span, max_batch_tokens=tr.cfg.max_batch_tokens,
-                              progress=f"{tr.name} global/{name}")
+            df = patch_layers(tr.lm, prompts, vectors, "query", layers=tr.layers(name), span=span,
+                              max_batch_tokens=tr.cfg.max_batch_tokens, progress=f"{tr.name} global/{name}")
             rows += tr.rows(df, experiment="global", vector=name, span=span)
     return rows
 
@@ -218,8 +226,8 @@ def unit_local(tr: _TaskRun, vec: dict, control: dict) -> list[dict]:
     for name, vectors in [("local", local), ("pos_avg", pos_avg(local)), ("trial_avg", vec["trial_avg"]),
                           ("random", norm_matched_random(local, tr.cfg.seed)), ("other_task", ctrl)]:
         for span in tr.cfg.spans:
-            df = patch_layers(tr.lm, dummy, vectors, "answers", span=span, max_batch_tokens=tr.cfg.max_batch_tokens,
-                              progress=f"{tr.name} local/{name}")
+            df = patch_layers(tr.lm, dummy, vectors, "answers", layers=tr.layers(name), span=span,
+                              max_batch_tokens=tr.cfg.max_batch_tokens, progress=f"{tr.name} local/{name}")
             rows += tr.rows(df, experiment="local", vector=name, span=span)
     return rows
 

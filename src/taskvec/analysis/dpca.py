@@ -423,8 +423,6 @@ def plot_dpca(result: DPCAResult, path: str | Path, title: str = "dPCA") -> list
         axes[2].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    files = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    for f in files:
-        fig.savefig(f, dpi=120)
-    plt.close(fig)
-    return files
+    from taskvec.report.html import save_figure
+
+    return save_figure(fig, path)

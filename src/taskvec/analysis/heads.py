@@ -315,8 +315,6 @@ def plot_heads(summary: pd.DataFrame, path: str | Path, value: str = "patch_effe
     ax.set_yticks(range(data.shape[0]), [str(int(l)) for l in grid.index])
     fig.colorbar(im, ax=ax, label=value)
     fig.tight_layout()
-    files = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    for f in files:
-        fig.savefig(f, dpi=120)
-    plt.close(fig)
-    return files
+    from taskvec.report.html import save_figure
+
+    return save_figure(fig, path)

@@ -277,8 +277,6 @@ def plot_flows(per_layer: pd.DataFrame, path: str | Path, title: str = "saliency
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    files = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    for f in files:
-        fig.savefig(f, dpi=120)
-    plt.close(fig)
-    return files
+    from taskvec.report.html import save_figure
+
+    return save_figure(fig, path)

@@ -21,6 +21,16 @@ th{background:#f3f3f3} .figs{display:flex;flex-wrap:wrap;gap:1em} .figs img{max-
 """
 
 
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> list[Path]:
+    """Save ``fig`` as ``path.png`` and ``path.svg``, close it, return both paths."""
+    path = Path(path)
+    files = [path.with_suffix(".png"), path.with_suffix(".svg")]
+    for f in files:
+        fig.savefig(f, dpi=dpi)
+    plt.close(fig)
+    return files
+
+
 class Page:
     """Collects HTML parts; figures are saved as PNG + SVG under ``figures/`` and embedded as PNG."""
 

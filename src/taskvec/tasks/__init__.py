@@ -87,7 +87,7 @@ def get_task(name: str, **params: Any) -> Task:
 
 def task_for(name: str, tokenizer: Any, **params: Any) -> Task:
     """:func:`get_task` fitted to a tokenizer: a categorization task given no ``labels`` gets
-    :func:`~taskvec.tasks.tokens.default_labels_for` the tokenizer (0/1, or A/B where " 0" splits); its label
+    :func:`~taskvec.tasks.tokens.default_labels_for` the tokenizer (A/B, or X/Y where those collide); its label
     words are then checked (:class:`TokenizationError` on a collision)."""
     task = get_task(name, **params)
     if task.kind == "categorization":

@@ -66,8 +66,8 @@ def check_label_words(tokenizer: Any, words: Sequence[str]) -> list[int]:
 
 
 def default_labels_for(tokenizer: Any) -> tuple[str, str]:
-    """The categorization label pair for this tokenizer: ``DEFAULT_LABELS`` (0/1) when each is one distinct token
-    after a space, else ``FALLBACK_LABELS`` (A/B). Explicit ``labels=`` given by a user are never replaced."""
+    """The categorization label pair for this tokenizer: ``DEFAULT_LABELS`` (A/B) when each is one distinct token
+    after a space, else ``FALLBACK_LABELS`` (X/Y). Explicit ``labels=`` given by a user are never replaced."""
     from taskvec.tasks.categorization import DEFAULT_LABELS, FALLBACK_LABELS
 
     for pair in (DEFAULT_LABELS, FALLBACK_LABELS):
