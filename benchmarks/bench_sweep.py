@@ -85,7 +85,7 @@ def main() -> None:
     g, local = read_icl_states(lm, icl)
     layers = list(range(lm.n_layers))
     gvec = g.mean(0)  # [L, d]
-    rows, res = [], {"model": args.model, "task": args.task, "n_prompts": len(icl), "n_layers": lm.n_layers,
+    res = {"model": args.model, "task": args.task, "n_prompts": len(icl), "n_layers": lm.n_layers,
                      "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
                      "icl_prompt_tokens": sum(map(len, icl)) / len(icl)}
 

@@ -26,7 +26,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from taskvec.batching import Batch, chunks, left_pad
+from taskvec.batching import chunks, left_pad
 from taskvec.errors import EmptyInputError, LayerError, NonFiniteError, PositionError, WidthError
 
 MODES = ("replace", "add")

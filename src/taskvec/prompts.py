@@ -61,11 +61,10 @@ class Prompt:
 
 
 def first_token(tokenizer, text: str) -> int:
-    """First token id of ``" " + text`` tokenized alone (no special tokens)."""
-    ids = tokenizer(" " + text, add_special_tokens=False).input_ids
-    if not ids:
-        raise TokenizationError(f"{text!r} tokenizes to nothing")
-    return ids[0]
+    """First token id of ``" " + text`` tokenized alone (no special tokens): the token scored for answer ``text``."""
+    from taskvec.tasks.tokens import first_token_id
+
+    return first_token_id(tokenizer, text)
 
 
 def _layout(trial: Trial, template: Template, n_demos: int | None) -> tuple[str, list[int]]:

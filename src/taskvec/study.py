@@ -18,20 +18,20 @@ Example::
 from __future__ import annotations
 
 import random
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
-from taskvec.errors import AlignmentError, ConfigError
+from taskvec.errors import ConfigError
 from taskvec.prompts import Template, build_prompts, check_aligned, dummy_trials, zero_shot
 from taskvec.runs import RunStore
 from taskvec.sweep import Variant, patch_layers, read_ids_for, run_variants, score
-from taskvec.tasks import list_tasks, task_for
+from taskvec.tasks import first_token_id, list_tasks, task_for
 from taskvec.vectors import load_vectors, norm_matched_random, pos_avg, read_icl_states, save_vectors, trial_avg
 
 KNOWLEDGE_TASKS = ["country_capital", "antonyms", "english_french", "present_past", "lowercase_uppercase"]
@@ -111,13 +111,10 @@ class _TaskRun:
         self.trials = self.task.sample_trials(cfg.n_trials, cfg.n_demos, seed=cfg.seed)
         self.eval_trials = self.task.sample_trials(cfg.n_trials, cfg.n_demos, seed=cfg.seed + 10_007)
         self.categorization = self.task.kind == "categorization"
-        self._icl = None
 
-    @property
+    @cached_property
     def icl(self):
-        if self._icl is None:
-            self._icl = build_prompts(self.lm, self.trials, self.template)
-        return self._icl
+        return build_prompts(self.lm, self.trials, self.template)
 
     def layers(self, vector: str) -> list[int]:
         """Every layer for the task's own vectors; every ``control_stride``-th (and the last) for controls."""
@@ -143,8 +140,9 @@ class _TaskRun:
         df.insert(0, "prompt", range(len(prompts)))
         return df
 
+    @cached_property
     def dummy_prompts(self):
-        """Dummy prompts (random answers) aligned with the first ``n_patch_trials`` ICL prompts."""
+        """``(icl, dummy)``: dummy prompts (random answers) aligned with the first ``n_patch_trials`` ICL prompts."""
         n = min(self.cfg.n_patch_trials, len(self.trials))
         trials, icl = self.trials[:n], self.icl[:n]
         pools = [self.task.answer_pool(t) for t in trials]
@@ -165,7 +163,7 @@ def chance_level(task_run: _TaskRun) -> float:
     if task_run.categorization:
         return 0.5
     pool = task_run.task.answer_pool(task_run.trials[0])
-    return 1.0 / len({task_run.lm.tokenizer(" " + a, add_special_tokens=False).input_ids[0] for a in pool})
+    return 1.0 / len({first_token_id(task_run.lm.tokenizer, a) for a in pool})
 
 
 def _control_task(name: str, cfg: StudyConfig) -> str:
@@ -218,7 +216,7 @@ def unit_global(tr: _TaskRun, vec: dict, control: dict) -> list[dict]:
 
 
 def unit_local(tr: _TaskRun, vec: dict, control: dict) -> list[dict]:
-    icl, dummy = tr.dummy_prompts()
+    icl, dummy = tr.dummy_prompts
     n = len(dummy)
     local = vec["local"][:n]  # [P, L, n, d]
     ctrl = control["local"].mean((0, 2))[None, :, None, :].expand_as(local)  # other task's mean local vector
@@ -242,7 +240,7 @@ def best_layer(table: pd.DataFrame, task: str, experiment: str, vector: str) -> 
 
 
 def unit_kofn(tr: _TaskRun, vec: dict, layer: int) -> list[dict]:
-    icl, dummy = tr.dummy_prompts()
+    icl, dummy = tr.dummy_prompts
     local = vec["local"][: len(dummy), layer]  # [P, n, d]
     n = local.shape[1]
     rng = random.Random(tr.cfg.seed)

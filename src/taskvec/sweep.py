@@ -91,7 +91,6 @@ def _outputs(logits: torch.Tensor, read: torch.Tensor | None, keep: bool) -> tup
     return top1.cpu(), lp.cpu(), (logits.cpu() if keep else None)
 
 
-@torch.no_grad()
 def _bands(order: list[int], first: dict[int, int] | None, min_rows: int = 8, max_bands: int = 6) -> list[list[int]]:
     """Split variant indices sorted by first written layer into up to ``max_bands`` bands of >= ``min_rows``."""
     if first is None or len(order) < 2 * min_rows:
@@ -101,6 +100,7 @@ def _bands(order: list[int], first: dict[int, int] | None, min_rows: int = 8, ma
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+@torch.no_grad()
 def run_variants(
     lm,
     prompts: Sequence[Sequence[int]],
@@ -168,19 +168,21 @@ def run_variants(
                            logits_to_keep=1).past_key_values
         idx = [i for p in group for i in by_prompt[p]]
         first = {i: int(variants[i].layers.min()) if len(variants[i].positions) else 0 for i in idx}
-        clean = None
-        if skip and max(first.values()) > 0:  # the clean suffix states at every layer, one row per prompt
-            deepest = max(first.values())
-            with hooked(lm.profile.layers, record={l: None for l in range(deepest + 1)}, stop_after_record=True) as rec:
+        skip_here = skip and max(first.values()) > 0
+        bands = _bands(sorted(idx, key=lambda i: first[i]), first if skip_here else None)
+        starts = sorted({first[band[0]] for band in bands} - {0}) if skip_here else []
+        clean = {}
+        if starts:  # the clean suffix states at each band's first layer, one row per prompt
+            with hooked(lm.profile.layers, record={l: None for l in starts}, stop_after_record=True) as rec:
                 run_until_recorded(backbone(model), input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                    position_ids=batch.position_ids, use_cache=False)
-            clean = {l: rec[l][:, split:] for l in range(deepest + 1)}
-        for band in _bands(sorted(idx, key=lambda i: first[i]), first if clean is not None else None):
-            start_layer = first[band[0]] if clean is not None else 0
+            clean = {l: rec[l][:, split:] for l in starts}
+        for band in bands:
+            start_layer = first[band[0]] if skip_here else 0
             row_prompt = torch.tensor([local[variants[i].prompt] for i in band], device=lm.device)
             cache = None
             if prefix is not None:
-                cache = copy.deepcopy(prefix)
+                cache = prefix if len(bands) == 1 else copy.deepcopy(prefix)  # the forward appends to it
                 cache.batch_select_indices(row_prompt)
             e_rows, e_layers, e_pos, e_vec = [], [], [], []
             for r, i in enumerate(band):  # each variant's writes, in suffix columns
