@@ -3,7 +3,10 @@
 1. Training throughput (sequences/s) of an ICL-only step vs an ICL+TVP step on the same model, same process
    (target: TVP step ≤ 1.5× the ICL step): all slots with one query each, all slots sharing one packed
    query per sequence (``tvp_shared_query``), and a subsample of ``--tvp-slots`` slots.
-2. Evaluation of every layer (ICL, TVP(l) for all l + baselines) for ``--prompts`` prompts.
+2. Evaluation of every layer (ICL, TVP(l) for all l + baselines) for ``--prompts`` prompts, batched
+   (``layer_sweep``: θ of all layers from one recording pass, all layers × variants in stacked query passes)
+   against the naive loop a user would write with forward pre-hooks (per layer: one extraction pass, then one
+   patched query pass per vector variant), with agreement of the TVP(l) errors.
 
     python benchmarks/bench_scratch.py --preset cpu-small --steps 5 --prompts 1000
 """
@@ -14,7 +17,8 @@ import time
 
 import torch
 
-from taskvec.scratch.evaluate import EvalConfig, evaluate_model
+from taskvec.scratch.evaluate import _wrong_index, draw_eval_set, errors, layer_sweep
+from taskvec.scratch.layouts import plan, query_plan
 from taskvec.scratch.model import build_model
 from taskvec.scratch.tasks import make_task
 from taskvec.scratch.train import Objective, load_config, sample_batch
@@ -35,6 +39,54 @@ def time_steps(cfg, model, task, steps: int) -> float:
         if step > 1:
             times.append(time.perf_counter() - t)
     return min(times)
+
+
+@torch.no_grad()
+def naive_layer_sweep(model, task, k: int, n: int, seed: int) -> list[float]:
+    """TVP(l) and the random/mean/wrong baselines with plain hooks, one layer at a time; returns TVP(l) errors.
+
+    Draws the same evaluation set as :func:`layer_sweep` with the same seed.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    data = draw_eval_set(task, n, k, gen)
+    pl, qp = plan("x→y", k + 1, query=True), query_plan("x→y")
+    slot, qslot, qpred = int(pl.require_slot()[-1]), int(qp.require_slot()[0]), int(qp.pred[0])
+    emb = model.embed(pl, torch.cat([data["xs"], data["xp"]], dim=1), data["ys"])
+    qemb = model.embed(qp, data["xq"], None)
+    wrong_idx = _wrong_index(data["id"], gen)
+    tvp = []
+    model.predict(pl, torch.cat([data["xs"], data["xq"]], dim=1), data["ys"])  # ICL curve
+    model(qemb)  # zero-shot pass
+    for layer in model.layers:
+        store = {}
+
+        def record(mod, args, kwargs):
+            store["theta"] = hidden_of(args, kwargs)[:, slot].clone()
+
+        h = layer.register_forward_pre_hook(record, with_kwargs=True)
+        model(emb)
+        h.remove()
+        theta = store["theta"]
+        rand = torch.randn(theta.shape, generator=gen)
+        rand = rand / rand.norm(dim=-1, keepdim=True) * theta.norm(dim=-1, keepdim=True)
+        for name, vec in (("tvp", theta), ("random", rand), ("mean", theta.mean(0, keepdim=True).expand_as(theta)),
+                          ("wrong", theta[wrong_idx])):
+            def patch(mod, args, kwargs, vec=vec):
+                hidden = hidden_of(args, kwargs).clone()
+                hidden[:, qslot] = vec
+                return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+            h = layer.register_forward_pre_hook(patch, with_kwargs=True)
+            pred = model.readout(model(qemb)[:, qpred])
+            h.remove()
+            if name == "tvp":
+                tvp.append(float(errors(model, task, pred, data["yq"]).mean()))
+    return tvp
+
+
+def hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The residual stream a decoder layer receives (positional or ``hidden_states=``)."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 def main() -> None:
@@ -64,12 +116,18 @@ def main() -> None:
               f"(target <= 1.5x)")
 
     model.eval()
-    ecfg = EvalConfig(n_prompts=args.prompts, k=args.k, analyses=["layers"])
+    seed = 12345
     t = time.perf_counter()
-    evaluate_model(model, ecfg, progress=False)
+    batched = layer_sweep(model, task, "x→y", args.k, args.prompts, torch.Generator().manual_seed(seed))
     dt = time.perf_counter() - t
     print(f"eval all {n_layer} layers (ICL curve, 0-shot, TVP + 3 baselines per layer) for {args.prompts} prompts: "
-          f"{dt:.2f} s")
+          f"{dt:.2f} s batched")
+    t = time.perf_counter()
+    naive = naive_layer_sweep(model, task, args.k, args.prompts, seed)
+    dn = time.perf_counter() - t
+    gap = max(abs(a - b) for a, b in zip(batched["tvp"], naive))
+    print(f"                        naive per-layer loop with hooks: {dn:.2f} s  ratio {dn / dt:.1f}x; "
+          f"max |TVP(l) batched - naive| = {gap:.2e}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from taskvec.errors import LayerError
 from taskvec.scratch.cli import app
-from taskvec.scratch.evaluate import (EvalConfig, evaluate_model, query_with_vectors, separability,
-                                      task_vectors)
+from taskvec.scratch.evaluate import (EvalConfig, blocked_query_predictions, evaluate_model, icl_predictions,
+                                      query_with_vectors, separability, task_vectors)
 from taskvec.scratch.model import build_model
 from taskvec.scratch.tasks import TaskConfig, make_task
 
@@ -55,8 +55,29 @@ def test_evaluate_model_all_analyses():
     assert [o["shift"] for o in r["ood"]] == ["in-distribution", "x×2"]
     assert len(r["pca"]["layers"]) == 2 and len(r["pca"]["layers"][0]["xy"]) == 24
     c = r["compress"]
-    assert c["tokens_compressed"] < c["tokens_full_icl"]
+    assert c["tokens_compressed"] < c["tokens_full_icl"] and c["err_masked_after_layer"] >= 0
     json.dumps(r)
+
+
+@pytest.mark.parametrize("layout", ["x→y", "*xy", "xy"])
+def test_query_blocked_from_demonstrations_after_a_layer(layout):
+    m = tiny(layout)
+    task = make_task(TaskConfig(d=4))
+    g = torch.Generator().manual_seed(0)
+    p = task.draw_tasks(6, g)
+    xs, ys = task.draw_points(p, 5, g)
+    xq, _ = task.draw_points(p, 1, g)
+    full = icl_predictions(m, layout, xs, ys, xq)[:, -1]
+    # nothing blocked after the last layer: plain ICL (an explicit causal mask: float rounding only)
+    assert torch.allclose(blocked_query_predictions(m, layout, xs, ys, xq, after_layer=1), full, atol=1e-6)
+    # blocked everywhere: the query cannot see its demonstrations, so other demonstrations change nothing
+    cut = blocked_query_predictions(m, layout, xs, ys, xq, after_layer=-1)
+    assert torch.allclose(cut, blocked_query_predictions(m, layout, xs.flip(0), ys.flip(0), xq, -1), atol=1e-6)
+    # blocked after layer 0: differs from full ICL, and demonstrations still matter through layer 0
+    mid = blocked_query_predictions(m, layout, xs, ys, xq, after_layer=0)
+    assert not torch.allclose(mid, full) and not torch.allclose(mid, cut)
+    with pytest.raises(LayerError):
+        blocked_query_predictions(m, layout, xs, ys, xq, after_layer=2)
 
 
 def test_evaluation_is_seeded():

@@ -106,3 +106,24 @@ def test_ddp_two_processes(tmp_path):
     assert [r["step"] for r in logs(out)] == [1, 2, 3]
     assert (out / "model" / "model.safetensors").exists()
     assert len(checkpoints(out)) == 2
+
+
+def test_curriculum_stages_and_zeroed_inputs():
+    from taskvec.scratch.tasks import make_task
+    from taskvec.scratch.train import curriculum_at, sample_batch
+
+    garg = load_config(task={"d": 10}, k_max=20, curriculum=True, curriculum_every=100)
+    assert [curriculum_at(garg, s) for s in (1, 100, 101, 301, 10_000)] == [(5, 11), (5, 11), (6, 13), (8, 17),
+                                                                           (10, 20)]
+    cfg = load_config(task={"d": 10}, k_max=20, curriculum=True, curriculum_every=100, curriculum_start=1,
+                      tvp_layer=2)
+    assert curriculum_at(cfg, 1) == (1, 11) and curriculum_at(cfg, 250) == (3, 15)
+    assert curriculum_at(load_config(task={"d": 10}, k_max=20), 1) == (10, 20)  # off by default
+    batch = sample_batch(cfg, make_task(cfg.task), step=250, rank=0, batch=4)
+    assert batch["xs"].shape == (4, 15, 10)
+    for kx in ("xs", "xq"):  # demonstrations and TVP queries both live in the active subspace
+        assert (batch[kx][..., 3:] == 0).all() and (batch[kx][..., :3] != 0).all()
+    w_fit = torch.linalg.lstsq(batch["xs"][0, :, :3], batch["ys"][0]).solution  # labels use only those dims
+    assert torch.allclose(batch["xs"][0, :, :3] @ w_fit, batch["ys"][0], atol=1e-4)
+    with pytest.raises(ConfigError, match="curriculum_start"):
+        load_config(curriculum_start=0)

@@ -56,7 +56,10 @@ def train(
     tvp_shared_query: Optional[bool] = typer.Option(
         None, "--tvp-shared-query/--no-tvp-shared-query",
         help="x→y: one fresh query per sequence shared by all its slots, packed in one masked pass (faster)"),
-    curriculum: Optional[bool] = typer.Option(None, "--curriculum/--no-curriculum"),
+    curriculum: Optional[bool] = typer.Option(None, "--curriculum/--no-curriculum",
+                                              help="Garg et al.: start at 5 dims / 11 points, +1 / +2 per stage"),
+    curriculum_every: Optional[int] = typer.Option(None, help="steps per curriculum stage (default 2000)"),
+    curriculum_start: Optional[int] = typer.Option(None, help="input dims at curriculum stage 0 (default 5)"),
     seed: Optional[int] = typer.Option(None),
     save_every: Optional[int] = typer.Option(None),
     log_every: Optional[int] = typer.Option(None),
@@ -77,7 +80,9 @@ def train(
                       n_embd=n_embd, k_max=k_max, steps=steps, batch_size=batch_size, lr=lr, tvp_layer=tvp_layer,
                       tvp_weight=tvp_weight, detach_theta=detach_theta, tvp_slots=tvp_slots,
                       tvp_shared_query=tvp_shared_query,
-                      curriculum=curriculum, seed=seed, save_every=save_every, log_every=log_every)
+                      curriculum=curriculum, curriculum_every=curriculum_every,
+                      curriculum_start=curriculum_start, seed=seed,
+                      save_every=save_every, log_every=log_every)
     final = run_train(cfg, out, resume=resume, device=device, tensorboard=tensorboard)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"model saved to {final}")

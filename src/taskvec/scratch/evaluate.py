@@ -147,6 +147,48 @@ def query_with_vectors(model: ScratchModel, layout: str, xq: torch.Tensor, layer
     return torch.cat(out)
 
 
+@torch.no_grad()
+def blocked_query_predictions(model: ScratchModel, layout: str, xs: torch.Tensor, ys: torch.Tensor,
+                              xq: torch.Tensor, after_layer: int, batch_size: int = 256) -> torch.Tensor:
+    """Query predictions of ``demos + query`` where, in every layer after ``after_layer``, the query's tokens
+    may not attend to the demonstrations (B.7, attention-mask compression).
+
+    Everything the query learns from its context must then have reached its own positions by
+    ``h_{after_layer + 1}``. ``after_layer = n_layers - 1`` is plain ICL; ``-1`` cuts the context everywhere.
+
+    Args: xs ``[N, k, ...]``, ys ``[N, k]``, xq ``[N, 1, ...]``. Returns ``[N]`` (numeric) or ``[N, V]``.
+    """
+    if not -1 <= after_layer < model.n_layers:
+        raise LayerError(f"after_layer {after_layer} is out of range: use -1..{model.n_layers - 1}")
+    k = xs.shape[1]
+    pl = plan(layout, k + 1, query=True)
+    first_query_pos = int(pl.x_pos[-1]) - (1 if layout == "*xy" else 0)  # the query's own tokens start here
+    t = pl.length
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    blocked = causal.clone()
+    blocked[first_query_pos:, :first_query_pos] = False
+    to_mask = lambda allowed: torch.zeros(t, t).masked_fill(~allowed, torch.finfo(torch.float32).min)  # noqa: E731
+    masks = {"causal": to_mask(causal), "blocked": to_mask(blocked)}
+
+    def cut(module, args, kwargs):  # the block's 3rd positional argument is its attention mask
+        mask = masks["blocked"].to(args[0].dtype).expand(args[0].shape[0], 1, t, t)
+        return (*args[:2], mask, *args[3:]), kwargs
+
+    x_all = torch.cat([xs, xq], dim=1)
+    handles = [layer.register_forward_pre_hook(cut, with_kwargs=True)
+               for layer in model.layers[after_layer + 1:]]
+    try:
+        out = []
+        for s in _chunks(xs.shape[0], batch_size):
+            emb = model.embed(pl, x_all[s], ys[s])
+            hidden = model(emb, attention_mask=masks["causal"].expand(emb.shape[0], 1, t, t))
+            out.append(model.readout(hidden[:, int(pl.pred[-1])]))
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(out)
+
+
 def errors(model: ScratchModel, task: Task, pred: torch.Tensor, target: torch.Tensor,
            y_var: float | None = None) -> torch.Tensor:
     """Per-item error: squared error / E[y²] (numeric) or 1 − correct (discrete). Same shape as ``target``."""
@@ -266,7 +308,9 @@ def compressed_inference(model: ScratchModel, task: Task, layout: str, k: int, l
                          n_queries: int, gen: torch.Generator) -> dict:
     """B.7: encode the demonstrations once to θ_{l*}, answer many queries with 2-token passes.
 
-    Compares with full ICL (every query re-reads its demonstrations). Reports errors, wall time and tokens.
+    Compares with full ICL (every query re-reads its demonstrations) and with the attention-mask variant
+    (full prompt, but after l* the query may not attend to the demonstrations: ``err_masked_after_layer``).
+    Reports errors, wall time and tokens.
     """
     params = task.draw_tasks(n_tasks, gen)
     xs, ys = task.draw_points(params, k, gen)
@@ -276,6 +320,7 @@ def compressed_inference(model: ScratchModel, task: Task, layout: str, k: int, l
     rep = lambda t: t.repeat_interleave(n_queries, dim=0)  # noqa: E731
     full = icl_predictions(model, layout, rep(xs), rep(ys), xq.reshape(-1, 1, *xq.shape[2:]))[:, -1]
     t_full = time.perf_counter() - t0
+    masked = blocked_query_predictions(model, layout, rep(xs), rep(ys), xq.reshape(-1, 1, *xq.shape[2:]), layer)
     t0 = time.perf_counter()
     theta = task_vectors(model, layout, xs, ys, xp, layers=[layer])[:, 0]  # [T, D]
     comp = query_with_vectors(model, layout, xq.reshape(-1, 1, *xq.shape[2:]),
@@ -287,6 +332,7 @@ def compressed_inference(model: ScratchModel, task: Task, layout: str, k: int, l
         "layer": layer, "k": k, "tasks": n_tasks, "queries_per_task": n_queries,
         "err_full_icl": float(errors(model, task, full, target).mean()),
         "err_compressed": float(errors(model, task, comp, target).mean()),
+        "err_masked_after_layer": float(errors(model, task, masked, target).mean()),
         "seconds_full_icl": t_full, "seconds_compressed": t_comp,
         "tokens_full_icl": n_tasks * n_queries * seq,
         "tokens_compressed": n_tasks * seq + n_tasks * n_queries * query_plan(layout).length,

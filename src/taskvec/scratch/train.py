@@ -62,6 +62,7 @@ class TrainConfig(BaseModel):
     tvp_shared_query: bool = False
     curriculum: bool = False
     curriculum_every: int = 2000
+    curriculum_start: int = 5
     seed: int = 0
     save_every: int = 500
     log_every: int = 10
@@ -83,7 +84,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"tvp_layer {self.tvp_layer} is beyond the model: layers are 0..{n_layer - 1}")
         if self.lr is None:
             self.lr = 3e-4 if self.task.name == "token_offset" else 1e-4
-        for name in ("k_max", "steps", "batch_size", "save_every", "log_every", "curriculum_every"):
+        for name in ("k_max", "steps", "batch_size", "save_every", "log_every", "curriculum_every",
+                     "curriculum_start"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.tvp_shared_query and self.layout != "x→y":
@@ -136,12 +138,16 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 
 
 def curriculum_at(cfg: TrainConfig, step: int) -> tuple[int, int]:
-    """(active input dims, examples per sequence) at ``step`` (Garg et al.: +1 dim, +2 points per stage)."""
+    """(active input dims, examples per sequence) at ``step``.
+
+    Garg et al.: stage 0 has ``curriculum_start`` dims (5 in the paper) and 11 points; every
+    ``curriculum_every`` steps adds one dim and two points, up to ``task.d`` and ``k_max``.
+    """
     d, k = cfg.task.d, cfg.k_max
     if not cfg.curriculum:
         return d, k
     stage = (step - 1) // cfg.curriculum_every
-    return min(d, min(5, d) + stage), min(k, min(11, k) + 2 * stage)
+    return min(d, min(cfg.curriculum_start, d) + stage), min(k, min(11, k) + 2 * stage)
 
 
 def sample_batch(cfg: TrainConfig, task: Task, step: int, rank: int, batch: int) -> dict[str, torch.Tensor]:
