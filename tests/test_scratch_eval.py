@@ -80,6 +80,18 @@ def test_query_blocked_from_demonstrations_after_a_layer(layout):
         blocked_query_predictions(m, layout, xs, ys, xq, after_layer=2)
 
 
+def test_query_beyond_trained_examples_warns():
+    m = tiny()  # n_positions 60 = sequences of 9 examples in training
+    cfg = dict(n_prompts=8, analyses=["layers"])
+    with pytest.warns(UserWarning, match="beyond the 9 examples"):
+        evaluate_model(m, EvalConfig(k=9, **cfg), progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_model(m, EvalConfig(k=8, **cfg), progress=False)
+
+
 def test_evaluation_is_seeded():
     m = tiny()
     cfg = EvalConfig(n_prompts=16, k=3, analyses=["layers"])

@@ -16,6 +16,7 @@ tasks the error is 1 − accuracy. Strength ``S(l) = (err_0shot − err_TVP(l)) 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -170,9 +171,12 @@ def blocked_query_predictions(model: ScratchModel, layout: str, xs: torch.Tensor
     to_mask = lambda allowed: torch.zeros(t, t).masked_fill(~allowed, torch.finfo(torch.float32).min)  # noqa: E731
     masks = {"causal": to_mask(causal), "blocked": to_mask(blocked)}
 
-    def cut(module, args, kwargs):  # the block's 3rd positional argument is its attention mask
-        mask = masks["blocked"].to(args[0].dtype).expand(args[0].shape[0], 1, t, t)
-        return (*args[:2], mask, *args[3:]), kwargs
+    def cut(module, args, kwargs):  # GPT2Block(hidden, past, attention_mask, ...) or attention_mask=
+        hidden = args[0] if args else kwargs["hidden_states"]
+        mask = masks["blocked"].to(hidden.dtype).expand(hidden.shape[0], 1, t, t)
+        if len(args) > 2:
+            return (*args[:2], mask, *args[3:]), kwargs
+        return args, {**kwargs, "attention_mask": mask}
 
     x_all = torch.cat([xs, xq], dim=1)
     handles = [layer.register_forward_pre_hook(cut, with_kwargs=True)
@@ -356,6 +360,11 @@ def evaluate_model(model: ScratchModel, cfg: EvalConfig, progress: bool = True) 
     k_max = (model.config.n_positions // plan(layout, 1, query=False).length) - 1
     if cfg.k > k_max:
         raise ConfigError(f"k={cfg.k} does not fit the model's {model.config.n_positions} positions (max k {k_max})")
+    trained_k = model.config.n_positions // 6 - 1  # training sizes n_positions = 3·(2·k_max + 2)
+    if cfg.k >= trained_k:
+        warnings.warn(f"k={cfg.k} demonstrations put the query beyond the {trained_k} examples per sequence the model "
+                      f"was trained on (untrained positions): use k < {trained_k} for in-distribution numbers",
+                      stacklevel=2)
     gen = lambda salt: torch.Generator().manual_seed(cfg.seed + salt)  # noqa: E731
     res: dict = {"layer": layer, "n_layers": L, "layout": layout, "task": task_cfg.model_dump()}
     steps = [a for a in ANALYSES if a in cfg.analyses]
