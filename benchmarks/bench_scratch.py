@@ -17,9 +17,10 @@ import time
 
 import torch
 
+from taskvec.intervene import _hidden_of, _with_hidden
 from taskvec.scratch.evaluate import _wrong_index, draw_eval_set, errors, layer_sweep
 from taskvec.scratch.layouts import plan, query_plan
-from taskvec.scratch.model import build_model
+from taskvec.scratch.model import build_model, positions_for
 from taskvec.scratch.tasks import make_task
 from taskvec.scratch.train import Objective, load_config, sample_batch
 
@@ -61,7 +62,7 @@ def naive_layer_sweep(model, task, k: int, n: int, seed: int) -> list[float]:
         store = {}
 
         def record(mod, args, kwargs):
-            store["theta"] = hidden_of(args, kwargs)[:, slot].clone()
+            store["theta"] = _hidden_of(args, kwargs)[:, slot].clone()
 
         h = layer.register_forward_pre_hook(record, with_kwargs=True)
         model(emb)
@@ -72,9 +73,9 @@ def naive_layer_sweep(model, task, k: int, n: int, seed: int) -> list[float]:
         for name, vec in (("tvp", theta), ("random", rand), ("mean", theta.mean(0, keepdim=True).expand_as(theta)),
                           ("wrong", theta[wrong_idx])):
             def patch(mod, args, kwargs, vec=vec):
-                hidden = hidden_of(args, kwargs).clone()
+                hidden = _hidden_of(args, kwargs).clone()
                 hidden[:, qslot] = vec
-                return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+                return _with_hidden(args, kwargs, hidden)
 
             h = layer.register_forward_pre_hook(patch, with_kwargs=True)
             pred = model.readout(model(qemb)[:, qpred])
@@ -82,11 +83,6 @@ def naive_layer_sweep(model, task, k: int, n: int, seed: int) -> list[float]:
             if name == "tvp":
                 tvp.append(float(errors(model, task, pred, data["yq"]).mean()))
     return tvp
-
-
-def hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The residual stream a decoder layer receives (positional or ``hidden_states=``)."""
-    return args[0] if args else kwargs["hidden_states"]
 
 
 def main() -> None:
@@ -104,7 +100,7 @@ def main() -> None:
     cfg_icl = load_config(**base)
     torch.manual_seed(0)
     task = make_task(cfg_icl.task)
-    model = build_model(args.preset, d_in=task.d_in, n_positions=3 * (2 * args.k_max + 2))
+    model = build_model(args.preset, d_in=task.d_in, n_positions=positions_for(args.k_max))
     n_layer = model.n_layers
     t_icl = time_steps(cfg_icl, model, task, args.steps)
     print(f"ICL step          : {t_icl:.3f} s  ({args.batch / t_icl:.1f} seq/s)")

@@ -24,9 +24,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskvec.errors import ConfigError, LayerError
-from taskvec.intervene import Edits, hooked, run_until_recorded
+from taskvec.intervene import Edits, _hidden_of, hooked, run_until_recorded
 from taskvec.scratch.layouts import plan, query_plan
-from taskvec.scratch.model import ScratchModel
+from taskvec.scratch.model import ScratchModel, trained_k_max
 from taskvec.scratch.tasks import Task, TaskConfig, corrupt_labels, make_task
 
 ANALYSES = ("layers", "context", "noisy", "ood", "pca", "compress")
@@ -163,7 +163,7 @@ def blocked_query_predictions(model: ScratchModel, layout: str, xs: torch.Tensor
         raise LayerError(f"after_layer {after_layer} is out of range: use -1..{model.n_layers - 1}")
     k = xs.shape[1]
     pl = plan(layout, k + 1, query=True)
-    first_query_pos = int(pl.x_pos[-1]) - (1 if layout == "*xy" else 0)  # the query's own tokens start here
+    first_query_pos = plan(layout, k, query=False).length  # the query's own tokens follow the k demonstrations
     t = pl.length
     causal = torch.ones(t, t, dtype=torch.bool).tril()
     blocked = causal.clone()
@@ -172,7 +172,7 @@ def blocked_query_predictions(model: ScratchModel, layout: str, xs: torch.Tensor
     masks = {"causal": to_mask(causal), "blocked": to_mask(blocked)}
 
     def cut(module, args, kwargs):  # GPT2Block(hidden, past, attention_mask, ...) or attention_mask=
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = _hidden_of(args, kwargs)
         mask = masks["blocked"].to(hidden.dtype).expand(hidden.shape[0], 1, t, t)
         if len(args) > 2:
             return (*args[:2], mask, *args[3:]), kwargs
@@ -320,15 +320,15 @@ def compressed_inference(model: ScratchModel, task: Task, layout: str, k: int, l
     xs, ys = task.draw_points(params, k, gen)
     xp, _ = task.draw_points(params, 1, gen)
     xq, yq = task.draw_points(params, n_queries, gen)  # [T, Q, ...]
-    t0 = time.perf_counter()
     rep = lambda t: t.repeat_interleave(n_queries, dim=0)  # noqa: E731
-    full = icl_predictions(model, layout, rep(xs), rep(ys), xq.reshape(-1, 1, *xq.shape[2:]))[:, -1]
+    xs_rep, ys_rep, queries = rep(xs), rep(ys), xq.reshape(-1, 1, *xq.shape[2:])  # one row per query
+    t0 = time.perf_counter()
+    full = icl_predictions(model, layout, xs_rep, ys_rep, queries)[:, -1]
     t_full = time.perf_counter() - t0
-    masked = blocked_query_predictions(model, layout, rep(xs), rep(ys), xq.reshape(-1, 1, *xq.shape[2:]), layer)
+    masked = blocked_query_predictions(model, layout, xs_rep, ys_rep, queries, layer)
     t0 = time.perf_counter()
     theta = task_vectors(model, layout, xs, ys, xp, layers=[layer])[:, 0]  # [T, D]
-    comp = query_with_vectors(model, layout, xq.reshape(-1, 1, *xq.shape[2:]),
-                              torch.full((n_tasks * n_queries,), layer), rep(theta))
+    comp = query_with_vectors(model, layout, queries, torch.full((n_tasks * n_queries,), layer), rep(theta))
     t_comp = time.perf_counter() - t0
     target = yq.reshape(-1)
     seq = plan(layout, k + 1, query=True).length
@@ -360,7 +360,7 @@ def evaluate_model(model: ScratchModel, cfg: EvalConfig, progress: bool = True) 
     k_max = (model.config.n_positions // plan(layout, 1, query=False).length) - 1
     if cfg.k > k_max:
         raise ConfigError(f"k={cfg.k} does not fit the model's {model.config.n_positions} positions (max k {k_max})")
-    trained_k = model.config.n_positions // 6 - 1  # training sizes n_positions = 3·(2·k_max + 2)
+    trained_k = trained_k_max(model.config.n_positions)
     if cfg.k >= trained_k:
         warnings.warn(f"k={cfg.k} demonstrations put the query beyond the {trained_k} examples per sequence the model "
                       f"was trained on (untrained positions): use k < {trained_k} for in-distribution numbers",

@@ -168,6 +168,17 @@ class ScratchModel(PreTrainedModel):
         self.transformer.save_pretrained(path)
 
 
+def positions_for(k_max: int) -> int:
+    """Learned positions of a model trained on ``k_max`` examples per sequence: room for twice as many
+    examples (context-length OOD evaluation) at 3 tokens each, plus one."""
+    return 3 * (2 * k_max + 2)
+
+
+def trained_k_max(n_positions: int) -> int:
+    """Inverse of :func:`positions_for`: examples per training sequence of a model with ``n_positions``."""
+    return n_positions // 6 - 1
+
+
 def build_model(preset: str = "cpu-small", *, d_in: int = 10, vocab: int = 0, n_positions: int = 256,
                 task: dict | None = None, layout: str = "x→y", tvp_layer: int | None = None,
                 **overrides: int) -> ScratchModel:

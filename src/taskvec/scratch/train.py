@@ -31,7 +31,7 @@ from torch import nn
 from taskvec.errors import ConfigError, LayerError, NonFiniteError
 from taskvec.intervene import Edits, hooked
 from taskvec.scratch.layouts import canonical, plan, query_plan
-from taskvec.scratch.model import PRESETS, ScratchModel, build_model
+from taskvec.scratch.model import PRESETS, ScratchModel, build_model, positions_for
 from taskvec.scratch.tasks import Task, TaskConfig, make_task
 
 
@@ -400,8 +400,7 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
         (out_dir / "versions.json").write_text(json.dumps(_versions(world, device), indent=1))
 
     torch.manual_seed(cfg.seed)
-    n_positions = 3 * (2 * cfg.k_max + 2)  # room for contexts twice as long as trained (OOD eval)
-    model = build_model(cfg.preset, d_in=task.d_in, vocab=task.vocab, n_positions=n_positions,
+    model = build_model(cfg.preset, d_in=task.d_in, vocab=task.vocab, n_positions=positions_for(cfg.k_max),
                         task=cfg.task.model_dump(), layout=cfg.layout, tvp_layer=cfg.tvp_layer,
                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
     if cfg.tvp_layer is not None and cfg.tvp_layer >= model.n_layers:
