@@ -1,13 +1,21 @@
-"""dPCA (SPEC A.6): planted axes are recovered, Mahalanobis is sensible and finite, too few trials fail clearly,
-and the full analysis with subspace ablation runs on smollm2-135m."""
+"""dPCA (SPEC A.6) and claim C8 (A.8): planted axes are recovered, Mahalanobis is sensible, finite and exact in span
+coordinates, the whole marginal subspace is ablated (levels - 1 axes) against random subspaces of equal dimension,
+probes show whether the information is gone, the C8 statistics separate a fading from a constant signal, and the
+full analysis runs on smollm2-135m and writes its files."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from taskvec.analysis.dpca import (TooFewTrialsError, analyze_layer, condition_means, dpca_analysis,
-                                   mahalanobis_between, marginal_variance, orthonormal, plot_dpca, project_out)
+from taskvec.analysis.dpca import (TooFewTrialsError, _ledoit_wolf, ablation_dims, ablation_subspaces,
+                                   ablation_summary, analyze_layer, c8_statistics, condition_means, dpca_analysis,
+                                   late_layers_of, mahalanobis_between, marginal_variance, orthonormal, plot_dpca,
+                                   probe_accuracy, project_out, random_subspace, refit_ablation, separability,
+                                   span_coordinates, trial_folds)
 from taskvec.errors import ConfigError
 
 
@@ -26,18 +34,39 @@ def planted(n=400, d=50, seed=0, length_scale=3.0, label_scale=2.0, noise=0.5):
     return X, lengths, labels, a_len, a_lab
 
 
+def planted_multidim(n_trials=60, n_demos=10, d=40, seed=0, noise=0.6):
+    """Six lengths whose means span 5 dimensions (no single axis carries length), a one-dimensional label."""
+    rng = np.random.default_rng(seed)
+    n = n_trials * n_demos
+    levels = np.array([2, 3, 4, 8, 9, 10])
+    basis = np.linalg.qr(rng.normal(size=(d, 6)))[0]  # 5 length dims + 1 label dim, orthonormal
+    centers = rng.normal(size=(6, 5))
+    centers -= centers.mean(0)
+    centers *= 2.5 / np.linalg.norm(centers, axis=1, keepdims=True)  # equal norms: no length is near the mean
+    li = rng.integers(0, 6, n)
+    labels = rng.choice(["A", "B"], size=n)
+    X = (centers[li] @ basis[:, :5].T + np.where(labels == "A", 2.0, -2.0)[:, None] * basis[:, 5]
+         + noise * rng.normal(size=(n, d)))
+    return X, levels[li], labels, np.repeat(np.arange(n_trials), n_demos)
+
+
 def _cos(u, v):
     return abs(float(u @ v)) / (np.linalg.norm(u) * np.linalg.norm(v))
 
 
+# ----------------------------------------------------------------------------------------------- numerics
 def test_planted_axes_recovered():
     X, lengths, labels, a_len, a_lab = planted()
-    row, enc = analyze_layer(X, lengths, labels, k=1)
+    row, enc = analyze_layer(X, lengths, labels)
+    assert enc["length"].shape[1] == 5 and enc["label"].shape[1] == 1  # levels - 1 components each
+    assert row["dim_length"] == 5 and row["dim_label"] == 1
     assert _cos(enc["length"][:, 0], a_len) > 0.98
     assert _cos(enc["label"][:, 0], a_lab) > 0.98
     assert row["var_length"] > 0.6 and row["var_label"] > 0.2 and row["var_interaction"] < 0.05
     assert abs(row["var_length"] + row["var_label"] + row["var_interaction"] - 1) < 1e-9
     assert row["dpca_length"] > 0.6 and row["dpca_label"] > 0.2
+    row1, enc1 = analyze_layer(X, lengths, labels, k=1)
+    assert row1["dim_length"] == 1 and row1["dpca_length"] <= row["dpca_length"] + 1e-9
 
 
 def test_label_only_data_has_no_length_variance():
@@ -52,10 +81,23 @@ def test_mahalanobis_sensible():
     d_len = mahalanobis_between(X, lengths)
     d_lab = mahalanobis_between(X, labels)
     assert np.mean(list(d_lab.values())) < 1.0 < min(d_len.values())
-    # farther lengths are farther apart
-    assert d_len[(2, 10)] > d_len[(2, 3)]
-    # symmetric in the choice of pair order and finite
+    assert d_len[(2, 10)] > d_len[(2, 3)]  # farther lengths are farther apart
     assert all(np.isfinite(v) for v in d_len.values())
+
+
+def test_ledoit_wolf_and_span_coordinates_are_exact():
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    rng = np.random.default_rng(3)
+    R = rng.normal(size=(40, 90)) * np.linspace(0.2, 3, 90)
+    assert _ledoit_wolf(R, R.T @ R, 90) == pytest.approx(ledoit_wolf_shrinkage(R, assume_centered=True), rel=1e-10)
+    X = rng.normal(size=(60, 200)) * np.r_[np.full(3, 20.0), np.ones(197)]  # n < d, a few huge dimensions
+    groups = rng.integers(0, 4, 60)
+    X[groups == 1] += 0.4
+    Z, p = span_coordinates(X)
+    assert Z.shape[1] < 60 and p == 200
+    full, span = mahalanobis_between(X, groups), mahalanobis_between(Z, groups, n_features=p)
+    assert all(span[key] == pytest.approx(full[key], rel=1e-8) for key in full)
 
 
 def test_singular_covariance_stays_finite():
@@ -65,6 +107,23 @@ def test_singular_covariance_stays_finite():
     assert np.isfinite(d[(0, 1)]) and d[(0, 1)] > 0
     with pytest.raises(ConfigError):
         mahalanobis_between(X, groups, shrinkage=2.0)
+
+
+def test_cross_validated_separability_has_no_noise_floor():
+    rng = np.random.default_rng(0)
+    trial = np.repeat(np.arange(40), 10)
+    folds = trial_folds(trial, 2, 0)
+    assert set(np.bincount(folds)) == {200}  # 20 trials per fold
+    assert all(len(set(folds[trial == t])) == 1 for t in range(40))  # a trial's demos share a fold
+    g = rng.integers(0, 7, 400)
+    X = rng.normal(size=(400, 300)) * np.r_[np.full(3, 20.0), np.ones(297)]  # no group signal, n < d
+    Z, p = span_coordinates(X)
+    plug, cv = separability(Z, g, folds, n_features=p)
+    assert plug > 3 and cv < 0.4 * plug  # the plug-in distance of no signal is a noise floor, crossnobis is not
+    X[:, 3:] += 0.5 * np.eye(7)[g] @ rng.normal(size=(7, 297))  # a real signal: both see it
+    Z, p = span_coordinates(X)
+    plug, cv = separability(Z, g, folds, n_features=p)
+    assert cv > 0.7 * plug
 
 
 def test_too_few_samples_and_empty_conditions():
@@ -88,25 +147,238 @@ def test_project_out_removes_span_keeps_center():
     assert torch.allclose(project_out(c[None], basis, c)[0], c, atol=1e-6)
 
 
-def test_dpca_analysis_on_smollm(smol, tmp_path):
+# ----------------------------------------------------------------------------------------------- ablation + probes
+def test_ablation_dims_are_levels_minus_one():
+    assert ablation_dims(7, 2) == {"none": 0, "length": 6, "length_1": 1, "label": 1, "random_length": 6,
+                                   "random_label": 1}
+    assert ablation_dims(7, 3, k=2) == {"none": 0, "length": 2, "length_1": 1, "label": 2, "random_length": 2,
+                                        "random_label": 2}  # k applies to both, capped at levels - 1
+    assert ablation_dims(7, 2, k=4)["label"] == 1
+    assert "length_1" not in ablation_dims(7, 2, k=1)  # would repeat "length"
+    with pytest.raises(ConfigError):
+        ablation_dims(7, 2, k=0)
+
+
+def test_random_control_has_equal_dimension_and_is_seeded():
+    X, lengths, labels, trial = planted_multidim()
+    _, enc = analyze_layer(X, lengths, labels)
+    bases = ablation_subspaces(enc, ablation_dims(6, 2), X.shape[1], seed=[0, 5])
+    assert {k: b.shape[1] for k, b in bases.items()} == {"none": 0, "length": 5, "length_1": 1, "label": 1,
+                                                         "random_length": 5, "random_label": 1}
+    for b in bases.values():
+        assert np.allclose(b.T @ b, np.eye(b.shape[1]), atol=1e-8)
+    again = ablation_subspaces(enc, ablation_dims(6, 2), X.shape[1], seed=[0, 5])
+    assert np.allclose(again["random_length"], bases["random_length"])
+    other = ablation_subspaces(enc, ablation_dims(6, 2), X.shape[1], seed=[0, 6])
+    assert not np.allclose(other["random_length"], bases["random_length"])
+    assert random_subspace(10, 3, 0).shape == (10, 3)
+
+
+def test_whole_subspace_ablation_removes_length_but_random_does_not():
+    X, lengths, labels, trial = planted_multidim()
+    _, enc = analyze_layer(X, lengths, labels)
+    dims = ablation_dims(6, 2)
+    bases = ablation_subspaces(enc, dims, X.shape[1], seed=0)
+    center = X.mean(0)
+    acc = {}
+    for name, basis in bases.items():
+        if name in ("length", "length_1", "label"):  # dPCA axes re-fitted within each training fold
+            m = "label" if name == "label" else "length"
+            Xa, ablate = X, refit_ablation(X, lengths, labels, m, dims[name])
+        else:
+            Xa, ablate = project_out(torch.tensor(X), basis, torch.tensor(center)).numpy(), None
+        for factor, y in (("length", lengths), ("label", labels)):
+            acc[name, factor] = probe_accuracy(Xa, y, trial, seed=0, ablate=ablate)
+    chance_len = acc["none", "length"]["chance"]
+    assert chance_len == pytest.approx(1 / 6) and acc["none", "label"]["chance"] == 0.5
+    assert acc["none", "length"]["n_folds"] == 5 and acc["none", "length"]["majority"] < 0.25
+    assert acc["none", "length"]["accuracy"] > 0.9 and acc["none", "label"]["accuracy"] > 0.95
+    # the whole length subspace (5 axes) takes length decodability to chance (not below: refitted per fold),
+    # keeps the label
+    assert chance_len - 0.1 < acc["length", "length"]["accuracy"] < chance_len + 0.1
+    assert acc["length", "label"]["accuracy"] > 0.95
+    # one length axis, or a random 5-dim subspace, leaves length decodable
+    assert acc["length_1", "length"]["accuracy"] > 0.6
+    assert acc["random_length", "length"]["accuracy"] > 0.85
+    # the label axis takes the label to chance, its random 1-dim control does not
+    assert 0.4 < acc["label", "label"]["accuracy"] < 0.6
+    assert acc["random_label", "label"]["accuracy"] > 0.95
+
+
+def test_probe_on_noise_is_at_chance_and_reports_levels():
+    rng = np.random.default_rng(2)
+    y = rng.choice(["a", "b", "c"], 300, p=[0.5, 0.25, 0.25])
+    res = probe_accuracy(rng.normal(size=(300, 20)), y, np.repeat(np.arange(30), 10), seed=1)
+    assert res["n_levels"] == 3 and res["chance"] == pytest.approx(1 / 3)
+    assert res["majority"] == pytest.approx(np.mean(y == "a"))
+    assert res["accuracy"] < res["majority"] + 0.08
+    assert np.isnan(probe_accuracy(rng.normal(size=(4, 3)), np.array([0, 0, 0, 1]))["accuracy"])  # too few
+
+
+def test_ablation_summary_has_wilson_intervals_and_paired_costs():
+    from taskvec.stats import mean_ci
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(40):
+        for layer in (2, 8):
+            base = float(rng.random() < 0.9)
+            for name, drop in (("none", 0.0), ("length", 0.5 if layer == 2 else 0.0), ("random_length", 0.0)):
+                ok = base if rng.random() >= drop else 0.0
+                rows.append({"prompt": p, "layer": layer, "ablate": name, "dim": 0 if name == "none" else 3,
+                             "correct": ok, "label_correct": ok})
+    df = pd.DataFrame(rows)
+    s = ablation_summary(df, n_boot=300)
+    assert len(s) == 6 and set(s.columns) >= {"layer", "ablate", "dim", "n", "accuracy", "low", "high", "cost",
+                                              "cost_low", "cost_high"}
+    r = s[(s.layer == 2) & (s.ablate == "length")].iloc[0]
+    m, lo, hi = mean_ci(df[(df.layer == 2) & (df.ablate == "length")].label_correct)
+    assert (r.accuracy, r.low, r.high) == pytest.approx((m, lo, hi)) and r.n == 40 and r.dim == 3
+    assert r.cost_low > 0  # a real cost is detected
+    none = s[(s.layer == 2) & (s.ablate == "none")].iloc[0]
+    assert none.cost == 0 and none.cost_low == 0 and none.cost_high == 0
+
+
+# ----------------------------------------------------------------------------------------------- C8
+def layered(len_scale, n_trials=40, n_demos=8, n_layers=9, d=60, seed=0, lab_scale=1.5):
+    """States ``[n, n_layers, d]`` with a 6-dim length signal of per-layer scale ``len_scale(l)`` and a constant
+    label signal; trial-level shared noise makes a trial's demonstrations dependent."""
+    rng = np.random.default_rng(seed)
+    fixed = np.random.default_rng(100)
+    levels = np.array([2, 3, 4, 8, 9, 10, 11])
+    A = fixed.normal(size=(7, d)) * 0.25
+    B = fixed.normal(size=d) * 0.25
+    n = n_trials * n_demos
+    li = rng.integers(0, 7, n)
+    labels = rng.choice(["A", "B"], size=n)
+    trial = np.repeat(np.arange(n_trials), n_demos)
+    X = np.empty((n, n_layers, d))
+    for l in range(n_layers):
+        shared = 0.4 * rng.normal(size=(n_trials, d))
+        X[:, l] = (len_scale(l) * A[li] + lab_scale * np.where(labels == "A", 1.0, -1.0)[:, None] * B
+                   + rng.normal(size=(n, d)) + shared[trial])
+    return X, levels[li], labels, trial
+
+
+def test_c8_fading_length_signal():
+    fading = lambda l: 3.0 if l == 2 else (1.5 if l < 6 else 0.3)  # noqa: E731  peak at 2, late = 6, 7, 8
+    X, lengths, labels, trial = layered(fading)
+    c8 = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=200, seed=0)
+    assert c8["late_layers"] == [6, 7, 8] and c8["early_candidates"] == [1, 2, 3, 4, 5]
+    assert c8["early_layer"] == 2  # chosen on the selection half
+    assert c8["n_selection_trials"] + c8["n_evaluation_trials"] == 40
+    r = c8["length_ratio"]
+    assert r["estimate"] < 0.5 and r["high"] < 0.5 and r["low"] <= r["estimate"] <= r["high"]
+    assert r["n_boot"] >= 190
+    lab = c8["label_ratio"]
+    assert 0.8 < lab["estimate"] < 1.25 and lab["low"] < 1 < lab["high"]
+    json.dumps(c8)  # plain types
+    assert c8["ablation_cost"] is None
+    chosen = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=5, seed=0, early_layers=[1, 3])
+    assert chosen["early_candidates"] == [1, 3] and chosen["early_layer"] in (1, 3)
+
+
+def test_c8_constant_length_signal():
+    X, lengths, labels, trial = layered(lambda l: 1.5, seed=1)
+    c8 = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=200, seed=1)
+    r = c8["length_ratio"]
+    assert 0.8 < r["estimate"] < 1.25 and r["low"] < 1 < r["high"]
+
+
+def test_c8_ablation_cost_and_guards():
+    rows = []
+    rng = np.random.default_rng(0)
+    for p in range(60):
+        for layer in (0, 3, 5, 7):  # 9 layers: late = 6..8, early = 1..5, layer 0 left out
+            none = float(rng.random() < 0.9)
+            length = none * float(rng.random() >= (0.6 if layer in (3, 5) else 0.0))
+            rows += [{"prompt": p, "layer": layer, "ablate": "none", "label_correct": none, "correct": none},
+                     {"prompt": p, "layer": layer, "ablate": "length", "label_correct": length, "correct": length}]
+    X, lengths, labels, trial = layered(lambda l: 1.0, n_trials=12)
+    c8 = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, ablation=pd.DataFrame(rows), n_boot=200)
+    cost = c8["ablation_cost"]
+    assert cost["early_layers"] == [3, 5] and cost["late_layers"] == [7] and cost["n_prompts"] == 60
+    assert cost["late"]["estimate"] == 0 and cost["early"]["low"] > 0.3
+    assert cost["late_minus_early"]["high"] < 0  # late costs less, paired over prompts
+    no_late = c8_statistics(X[:, :5], lengths, labels, trial, list(range(5)), 9, n_boot=10)
+    assert no_late["length_ratio"] is None and "need analyzed layers" in no_late["reason"]
+    with pytest.raises(TooFewTrialsError):
+        c8_statistics(X[:16], lengths[:16], labels[:16], trial[:16], list(range(9)), 9)  # 2 trials
+    assert late_layers_of(18) == 12 and late_layers_of(30) == 20
+
+
+# ----------------------------------------------------------------------------------------------- real model
+def test_dpca_run_on_smollm(smol, tmp_path):
+    """One end-to-end run (simple_string with 4 lengths x 2 labels; few trials, demos and layers)."""
+    import matplotlib
+
+    from taskvec.analysis.dpca import DPCAResult
+    from taskvec.analysis.runners import run_dpca
+
+    out = run_dpca(smol, tmp_path / "run", n_trials=8, n_demos=5, layers=[3, 12, 22, 26], ablate_layers=[3, 22],
+                   n_boot=50, progress=False, task_params={"short": (2, 3), "long": (8, 9)})  # 8 cells, covered
+    for name in ("dpca_per_layer.csv", "dpca_ablation.parquet", "dpca_ablation_summary.csv", "dpca_probes.csv",
+                 "dpca_c8.json", "dpca_baselines.json", "figures/dpca_simple_string.png",
+                 "figures/dpca_simple_string.svg"):
+        assert (out / name).exists(), name
+    per_layer = pd.read_csv(out / "dpca_per_layer.csv")
+    assert list(per_layer.layer) == [3, 12, 22, 26]
+    assert np.isfinite(per_layer.drop(columns="layer").to_numpy()).all()
+    assert (per_layer.var_label > 0.5).all()  # the answer token is the label word
+    assert (per_layer.dim_length == 3).all() and (per_layer.dim_label == 1).all()  # levels - 1
+    ablation = pd.read_parquet(out / "dpca_ablation.parquet")
+    variants = {"none", "length", "length_1", "label", "random_length", "random_label"}
+    assert set(ablation.ablate) == variants and len(ablation) == 6 * 2 * 8
+    dims = ablation.groupby("ablate")["dim"].first().to_dict()
+    assert dims == {"none": 0, "length": 3, "length_1": 1, "label": 1, "random_length": 3, "random_label": 1}
+    summary = pd.read_csv(out / "dpca_ablation_summary.csv")
+    assert len(summary) == 12 and set(summary.ablate) == variants
+    assert (summary.low <= summary.accuracy + 1e-12).all() and (summary.accuracy <= summary.high + 1e-12).all()
+    assert {"cost", "cost_low", "cost_high", "n"} <= set(summary.columns) and (summary.n == 8).all()
+    probes = pd.read_csv(out / "dpca_probes.csv")
+    assert len(probes) == 2 * 6 * 2 and set(probes.factor) == {"length", "label"}
+    assert np.allclose(probes.chance[probes.factor == "length"], 1 / 4)
+    assert np.allclose(probes.chance[probes.factor == "label"], 1 / 2)
+    assert {"accuracy", "majority", "n_folds"} <= set(probes.columns)
+    c8 = json.loads((out / "dpca_c8.json").read_text())
+    assert c8["late_layers"] == [22, 26] and c8["early_layer"] in (3, 12)
+    assert c8["n_selection_trials"] == 4 and c8["n_evaluation_trials"] == 4
+    assert set(c8["length_ratio"]) >= {"estimate", "low", "high"} and set(c8["label_ratio"]) >= {"estimate"}
+    assert c8["ablation_cost"]["early_layers"] == [3] and c8["ablation_cost"]["late_layers"] == [22]
+    baselines = json.loads((out / "dpca_baselines.json").read_text())
+    assert 0 <= baselines["icl"] <= 1 and baselines["chance"] == 0.5
+    # the figure does not touch the matplotlib backend
+    backend = matplotlib.get_backend()
+    res = DPCAResult(per_layer, ablation, baselines, probes=probes, c8=c8)
+    files = plot_dpca(res, tmp_path / "again")
+    assert all(f.exists() for f in files) and matplotlib.get_backend() == backend
+
+
+def test_dpca_too_few_trials(smol):
     from taskvec.tasks import get_task
 
-    task = get_task("simple_string", short=(2, 3), long=(8, 9), labels=("A", "B"))  # 4 lengths x 2 labels = 8 conditions
-    trials = task.sample_trials(8, 8, seed=0)  # covers all 8 cells (checked)
-    res = dpca_analysis(smol, trials, task=task, layers=[2, 12], ablate_layers=[12], k=1)
-    assert list(res.per_layer.layer) == [2, 12]
-    assert np.isfinite(res.per_layer.drop(columns="layer").to_numpy()).all()
-    assert (res.per_layer.var_label > 0.5).all()  # the answer token is the label word
-    acc = res.ablation_per_layer()
-    assert set(acc.ablate) == {"none", "length", "label", "random"}
-    assert len(res.ablation) == 4 * len(trials)
-    assert 0 <= res.baselines["icl"] <= 1 and res.baselines["chance"] == 0.5
-    files = plot_dpca(res, tmp_path / "dpca")
-    assert all(f.exists() for f in files)
+    task = get_task("simple_string", short=(2, 3), long=(8, 9), labels=("A", "B"))  # 8 conditions
     with pytest.raises(TooFewTrialsError, match="trials"):
-        dpca_analysis(smol, trials[:3], task=task, ablate_layers=[])
+        dpca_analysis(smol, task.sample_trials(3, 8, seed=0), task=task, ablate_layers=[])
 
 
 def test_dpca_needs_length_meta(smol, capital_trials):
     with pytest.raises(ConfigError, match="length"):
         dpca_analysis(smol, capital_trials, ablate_layers=[])
+
+
+def test_c8_selects_on_selection_trials_only():
+    X, lengths, labels, trial = layered(lambda l: 1.0, seed=3)
+    split = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=5, seed=3)["selection_trials"]
+    # the length signal peaks at layer 2 in the selection trials but at layer 4 in the evaluation trials
+    A = np.random.default_rng(7).normal(size=(12, X.shape[2])) * 0.6
+    for l, sel_boost, eval_boost in ((2, 1.0, 0.0), (4, 0.0, 1.0)):
+        boost = np.where(np.isin(trial, split), sel_boost, eval_boost)[:, None]
+        X[:, l] += boost * A[lengths]
+    c8 = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=20, seed=3)
+    assert c8["selection_trials"] == split and c8["early_layer"] == 2
+    ev = dict(zip(c8["evaluation"]["layers"], c8["evaluation"]["sep_length"]))
+    sel_curve = dict(zip(c8["selection"]["layers"], c8["selection"]["sep_length"]))
+    assert sel_curve[2] > 1.5 * sel_curve[4]  # the selection half sees the peak at 2 ...
+    assert c8["length_ratio"]["estimate"] > 0.7  # ... but layer 2 is unremarkable on the evaluation half
+    assert ev[2] < 1.5 * min(ev[l] for l in c8["late_layers"])

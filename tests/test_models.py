@@ -73,3 +73,49 @@ def test_any_hf_checkpoint_directory_loads_and_hooks_match_hidden_states(family,
 def test_profile_of_unknown_architecture_is_clear():
     with pytest.raises(ModelNotFoundError, match="decoder layers"):
         profile_of(torch.nn.Linear(3, 3))
+
+
+# ----------------------------------------------------------------------------------------------- model hash
+def test_named_model_hash_is_the_converted_checkpoints_sha256(smol):
+    from pathlib import Path
+
+    from taskvec.models.registry import cache_dir, model_hash, weights_hash
+
+    sha = smol.source["sha256"]
+    assert isinstance(sha, str) and len(sha) == 64 and int(sha, 16) >= 0
+    directory = Path(smol.path)
+    assert directory.parent == cache_dir() / "models" and (directory / "model.safetensors").exists()
+    assert model_hash(smol) == weights_hash(directory) == sha  # memoised: no second read of 540 MB here
+
+
+def test_checkpoint_directory_hash_follows_the_weights(tmp_path, smol, monkeypatch):
+    import hashlib
+
+    from taskvec.models import registry
+
+    monkeypatch.setenv("TASKVEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(registry, "_MEMO_MIN_BYTES", 0)  # memoise even these tiny files (in the tmp cache)
+    reads = []
+    real_sha = registry._sha256
+    monkeypatch.setattr(registry, "_sha256", lambda p: reads.append(p) or real_sha(p))
+
+    def save(seed: int, where, **kw):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(FAMILIES["llama"]())
+        model.save_pretrained(where, **kw)
+        smol.tokenizer.save_pretrained(where)
+        return where
+
+    a = save(0, tmp_path / "a")
+    lm = taskvec.load_model(str(a))
+    expected = hashlib.sha256((a / "model.safetensors").read_bytes()).hexdigest()
+    assert lm.source["sha256"] == expected == registry.model_hash(lm)
+    assert len(reads) == 1  # the second hash came from the memo
+    assert registry.model_hash(taskvec.load_model(str(save(1, tmp_path / "b")))) != expected
+    shards = save(0, tmp_path / "sharded", max_shard_size="2MB")
+    files = sorted(shards.glob("*.safetensors"))
+    assert len(files) > 1
+    lines = "".join(f"{f.name} {hashlib.sha256(f.read_bytes()).hexdigest()}\n" for f in files)
+    assert taskvec.load_model(str(shards)).source["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    with pytest.raises(ModelNotFoundError, match="no weight files"):
+        registry.weights_hash(tmp_path)

@@ -50,6 +50,37 @@ def test_dummy_prompts_keep_layout_and_change_answers(smol, capital_trials):
     assert [e.input for e in dummies[0].demos] == [e.input for e in capital_trials[0].demos]
 
 
+def test_categorization_dummy_labels_are_independent_uniform_draws():
+    """Defect 1: dummy labels were always the *other* label (a consistent reversed-rule prompt). Each dummy label
+    must be an independent uniform draw from the label set: equal to the true label about half of the time, and
+    the dummy prompt must not encode the reversed rule."""
+    from taskvec.tasks import get_task
+
+    task = get_task("simple_string")
+    trials = task.sample_trials(40, 16, seed=3)
+    dummies = dummy_trials(trials, [task.answer_pool(t) for t in trials], seed=0)
+    same = [d.output == e.output for t, dt in zip(trials, dummies) for e, d in zip(t.demos, dt.demos)]
+    assert all(d.output in t.label_words for t, dt in zip(trials, dummies) for d in dt.demos)
+    assert len(same) == 640 and 0.42 < sum(same) / len(same) < 0.58  # binomial(640, 0.5): > 4 sd away otherwise
+    reversed_prompts = sum(all(not s for s in same[i * 16:(i + 1) * 16]) for i in range(40))
+    assert reversed_prompts == 0  # no dummy prompt is the consistent reversed rule
+    assert [e.input for e in dummies[5].demos] == [e.input for e in trials[5].demos]
+
+
+def test_knowledge_dummy_answers_never_show_the_query_answer(smol):
+    """Defect 2: the query's answer could appear among the dummy answers (the model could copy it); a
+    demonstration must also never keep its own answer."""
+    from taskvec.tasks import task_for
+
+    task = task_for("country_capital", smol.tokenizer)
+    trials = task.sample_trials(60, 10, seed=1)
+    dummies = dummy_trials(trials, [task.answer_pool(t) for t in trials], seed=0, tokenizer=smol.tokenizer)
+    for t, d in zip(trials, dummies):
+        answers = [e.output for e in d.demos]
+        assert t.query.output not in answers
+        assert all(a != e.output for a, e in zip(answers, t.demos))
+
+
 def test_misaligned_prompts_fail_loudly(smol, capital_trials):
     t = capital_trials[0]
     longer = Trial((Example(t.demos[0].input, "Port Moresby and more"),) + t.demos[1:], t.query)

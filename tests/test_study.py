@@ -1,5 +1,6 @@
-"""The local-vs-global study end to end on the real smollm2-135m with small trial counts: every vector type and
-variant, cross-checks between experiments, the run store, resume after killing a real run, and bad input."""
+"""The local-vs-global study end to end on the real smollm2-135m with small trial counts: the selection /
+evaluation protocol, every vector type and control, cross-checks between experiments, the run record, resume after
+killing a real run, custom task files, and bad input."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,12 @@ import torch
 
 from taskvec.errors import ConfigError
 from taskvec.runs import RunStore
-from taskvec.study import StudyConfig, run_study
+from taskvec.study import StudyConfig, _TaskRun, convergence_rows, mapping_trial_avg, run_study, select_layer
 from taskvec.vectors import load_vectors
 
-SMALL = dict(model="smollm2-135m", tasks=["antonyms", "simple_string"], n_trials=4, n_patch_trials=3, n_demos=4,
-             demo_counts=[0, 2], spans=["single", "from"], kofn_subsets=1, control_stride=2)
+SMALL = dict(model="smollm2-135m", tasks=["antonyms", "simple_string"], n_trials=4, n_select=4, n_eval=6,
+             n_local_select=3, n_local_eval=4, n_demos=4, demo_counts=[0, 2], spans=["single", "from"],
+             kofn_subsets=1)
 
 
 @pytest.fixture(scope="module")
@@ -29,45 +31,82 @@ def small_run(smol, tmp_path_factory):
     return out, pd.read_parquet(out / "results.parquet")
 
 
-def test_every_vector_type_and_variant_is_measured_at_every_layer(small_run, smol):
+def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(small_run, smol):
     out, t = small_run
     L = smol.n_layers
     for task in ("antonyms", "simple_string"):
         tt = t[t.task == task]
-        for exp, vectors in [("global", ["global", "random", "other_task"]),
-                             ("local", ["local", "pos_avg", "trial_avg", "random", "other_task"])]:
+        for exp, vectors, n_sel in [("global", ["global", "local_as_global"], 4),
+                                    ("local", ["local", "pos_avg", "trial_avg"], 3)]:
             for vec in vectors:
                 for span in ("single", "from"):
-                    sel = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span)]
-                    layers = sorted(set(range(0, L, 2)) | {L - 1}) if vec in ("random", "other_task") else range(L)
-                    assert sorted(sel.layer.unique()) == list(layers), (task, exp, vec, span)
-                    assert sel.groupby("layer").size().eq(4 if exp == "global" else 3).all()
-                    assert sel.score.between(0, 1).all()
+                    sel = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span) & (tt.split == "select")]
+                    assert sorted(sel.layer.unique()) == list(range(L)), (task, exp, vec, span)
+                    assert sel.groupby("layer").size().eq(n_sel).all()
+                    ev = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span) & (tt.split == "eval")]
+                    assert ev.layer.nunique() == 1, (task, vec)
+                    chooser = "global" if vec == "local_as_global" else vec  # compared at the global's layer
+                    chosen = tt[(tt.experiment == exp) & (tt.vector == chooser) & (tt.span == span)
+                                & (tt.split == "select")]
+                    assert int(ev.layer.iloc[0]) == select_layer(chosen)  # chosen on selection, not evaluation
+                    assert len(ev) == (6 if exp == "global" else 4)
+        ev = tt[(tt.split == "eval") & (tt.span == "single")]
+        layer = {(e, v): int(g.layer.iloc[0]) for (e, v), g in ev.groupby(["experiment", "vector"]) if v != "dummy"}
+        # every control is evaluated at the layer of the vector it controls, never selected on its own
+        assert layer[("global", "random")] == layer[("global", "other_task")] == layer[("global", "global")]
+        assert layer[("local", "random")] == layer[("local", "other_task")] == layer[("local", "local")]
         assert set(tt[tt.experiment == "icl"].n_demos) == {0, 2, 4}
-        assert len(tt[(tt.experiment == "local") & (tt.vector == "dummy")]) == 3
+        assert len(tt[(tt.experiment == "local") & (tt.vector == "dummy")]) == 4
         assert set(tt[tt.experiment == "kofn"].k) == set(range(5))
-        assert len(tt[tt.experiment == "convergence"]) == L
-        assert len(tt[tt.experiment == "chance"]) == 1
+        assert len(tt[tt.experiment == "convergence"]) == L * 4
+        assert t[t.task == task].score.dropna().between(0, 1).all()
     cat = t[t.task == "simple_string"]
     assert (cat.kind == "categorization").all() and (cat.labels == "A/B").all()
-    assert t[t.task == "antonyms"].kind.eq("knowledge").all()
+    assert "trial_avg_mixed" in set(cat.vector)  # the mapping-mixed Trial Avg, kept as a null control
+    assert "trial_avg_mixed" not in set(t[t.task == "antonyms"].vector)
+
+
+def test_selection_and_evaluation_queries_are_disjoint(smol):
+    for name in ("country_capital", "simple_string"):
+        tr = _TaskRun(name, StudyConfig(**{**SMALL, "n_select": 24, "n_eval": 50}), smol)
+        sel, ev = {t.query.input for t in tr.select}, [t.query.input for t in tr.eval]
+        assert len(tr.select) == 24 and len(tr.eval) == 50
+        assert not sel & set(ev) and len(set(ev)) == 50  # distinct queries: no zero-shot prompt counted twice
+
+
+def test_select_layer_breaks_ties_by_log_probability_then_lower_layer():
+    rows = pd.DataFrame(dict(layer=[0, 0, 1, 1, 2, 2], score=[1, 0, 1, 0, 1, 0],
+                             target_logprob=[-2.0, -2.0, -1.0, -1.0, -1.0, -1.0]))
+    assert select_layer(rows) == 1
 
 
 def test_kofn_endpoints_equal_the_dummy_and_the_full_local_patch(small_run):
-    """k = 0 of n is the unpatched dummy prompt; k = n is single-layer local patching at the k-of-n layer."""
+    """k = 0 of n is the unpatched dummy prompt; k = n is local patching at the k-of-n layer (the local vector's
+    selected layer), on the same evaluation dummy prompts."""
     _, t = small_run
     for task, tt in t.groupby("task"):
         kofn = tt[tt.experiment == "kofn"]
         layer, n = int(kofn.layer.iloc[0]), int(kofn.k.max())
-        dummy = tt[(tt.experiment == "local") & (tt.vector == "dummy")].set_index("prompt").sort_index()
         local = tt[(tt.experiment == "local") & (tt.vector == "local") & (tt.span == "single")
-                   & (tt.layer == layer)].set_index("prompt").sort_index()
+                   & (tt.split == "eval")].set_index("prompt").sort_index()
+        assert int(local.layer.iloc[0]) == layer
+        dummy = tt[(tt.experiment == "local") & (tt.vector == "dummy")].set_index("prompt").sort_index()
         k0 = kofn[kofn.k == 0].set_index("prompt").sort_index()
         kn = kofn[kofn.k == n].set_index("prompt").sort_index()
         assert torch.allclose(torch.tensor(k0.target_logprob.values), torch.tensor(dummy.target_logprob.values),
                               atol=1e-4), task
         assert torch.allclose(torch.tensor(kn.target_logprob.values), torch.tensor(local.target_logprob.values),
                               atol=1e-4), task
+
+
+def test_kofn_grid_holds_every_k_the_claims_read():
+    from taskvec.study import kofn_values
+
+    assert kofn_values(16) == [0, 1, 2, 3, 4, 8, 12, 16]
+    assert kofn_values(10) == [0, 1, 2, 3, 4, 5, 7, 10]
+    assert kofn_values(6) == list(range(7)) and kofn_values(16, "all") == list(range(17))
+    for n in range(1, 33):
+        assert {0, n // 2, n} | ({1, 2} & set(range(n))) <= set(kofn_values(n))
 
 
 def test_vectors_are_saved_with_shapes_and_reload(small_run, smol):
@@ -77,29 +116,81 @@ def test_vectors_are_saved_with_shapes_and_reload(small_run, smol):
     assert vec["global_per_prompt"].shape == (4, L, d)
     assert vec["local"].shape == (4, L, 4, d)
     assert torch.equal(vec["global"], vec["global_per_prompt"].mean(0))
-    assert torch.equal(vec["trial_avg"], vec["local"].mean(0))
     assert meta["task"] == "antonyms" and meta["model"] == "smollm2-135m"
+    patch, _ = load_vectors(out / "vectors" / "antonyms.patch.safetensors")
+    assert patch["local_select"].shape == (3, L, 4, d) and patch["local_eval"].shape == (4, L, 4, d)
+    assert patch["reference_mean"].shape == (L, d)
     assert (out / "vectors" / "country_capital.safetensors").exists()  # the other-task control
 
 
-def test_convergence_is_cosine_in_range_and_global_matches_query_state(small_run):
+def test_trial_avg_averages_within_one_label_mapping(smol):
+    """Defect 5: Trial Avg on categorization averaged over per-trial label mappings (so it carried no mapping).
+    A planted mapping signal must survive the within-mapping average and vanish from the mixed one."""
+    tr = _TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), smol)
+    sign = torch.tensor([1.0 if t.label_words == ("A", "B") else -1.0 for t in tr.source])
+    assert 0 < (sign > 0).sum() < 40  # both mappings occur
+    local = sign[:, None, None, None] * torch.ones(40, 2, 4, 3)  # [P, L, n, d]: +1 for A/B prompts, -1 for B/A
+    per_target = mapping_trial_avg(tr, {"local": local}, tr.select)
+    for t, v in zip(tr.select, per_target):
+        assert torch.allclose(v, torch.full_like(v, 1.0 if t.label_words == ("A", "B") else -1.0))
+    mixed = local.mean(0)
+    assert mixed.abs().max() < 1.0  # the mapping-mixed version mixes +1 and -1
+
+
+def test_convergence_is_centred():
+    """Defect 4: raw cosines are dominated by the residual stream's shared direction. With a large common offset
+    and unrelated local/global directions, raw cosines are ~1 and centred cosines ~0; aligned vectors give ~1."""
+    gen = torch.Generator().manual_seed(0)
+    P, L, n, d = 8, 2, 5, 256
+    offset = 50 * torch.ones(d)
+    local = offset + torch.randn(P, L, n, d, generator=gen)
+    g = offset + torch.randn(L, d, generator=gen)
+    local[:, 1] = offset + (g[1] - offset) * 3 + 0.1 * torch.randn(P, n, d, generator=gen)  # layer 1: converged
+    rows = pd.DataFrame(convergence_rows(local, g, offset[None].expand(L, d)))
+    by = rows.groupby("layer").mean(numeric_only=True)
+    assert by.raw_local_global[0] > 0.95  # what the old raw measure reported
+    assert abs(by.centred_local_global[0]) < 0.1 and by.centred_local_global[1] > 0.95
+
+
+def test_convergence_rows_from_the_run_are_cosines(small_run):
     _, t = small_run
     conv = t[t.experiment == "convergence"]
-    for col in ("local_global", "local_local", "local_global_per_trial"):
-        assert conv[col].between(-1, 1).all()
-    # the last layers' local vectors point towards the global one more than at random (cos > 0)
-    assert conv.groupby("task").local_global.max().gt(0.1).all()
+    for col in ("centred_local_global", "centred_local_local", "raw_local_global"):
+        assert conv[col].between(-1.0001, 1.0001).all()
 
 
-def test_report_and_summary_are_written(small_run):
-    out, _ = small_run
+def test_report_verdicts_and_tables_are_written_from_the_run(small_run, smol):
+    from taskvec.claims import ClaimRules, verdicts
+
+    out, t = small_run
     html = (out / "report.html").read_text()
-    assert "antonyms" in html and "simple_string" in html and html.count("<img") >= 6
+    assert "Claims of the paper, as verdicts" in html and html.count("<img") >= 8
+    assert html.index("Claims of the paper") < html.index("<img")  # the claims table comes first
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.kind) == ["knowledge", "categorization"]
-    assert {"global best", "local best", "pos_avg best", "trial_avg best", "chance"} <= set(summary.columns)
-    for name in ("antonyms_layers", "antonyms_layers_from", "simple_string_kofn", "simple_string_convergence"):
+    assert set(summary.claim) >= {"C1", "C2", "C3", "C4", "C5", "C6"}
+    assert set(summary.verdict) <= {"supported", "not supported", "inconclusive"}
+    again = verdicts(t, smol.n_layers, ClaimRules(), out)  # recomputed from the saved rows: the same cells
+    assert list(again.verdict) == list(summary.verdict)
+    evaluation = pd.read_csv(out / "evaluation.csv")
+    assert {"accuracy", "low", "high", "layer", "n"} <= set(evaluation.columns)
+    assert (evaluation.low <= evaluation.accuracy + 1e-9).all() and (evaluation.accuracy <= evaluation.high + 1e-9).all()
+    for name in ("antonyms_global", "antonyms_local_from", "simple_string_kofn", "simple_string_convergence"):
         assert (out / "figures" / f"{name}.png").exists() and (out / "figures" / f"{name}.svg").exists()
+
+
+def test_run_record_saves_the_config_that_ran_and_the_model_hash(smol, tmp_path):
+    """Defect 8: config.json stored the requested config (a --quick run reported trial counts it never ran) and no
+    model hash."""
+    out = tmp_path / "q"
+    run_study(StudyConfig(**{**SMALL, "tasks": ["antonyms"], "spans": ["single"], "n_trials": 40, "quick": True}),
+              out, lm=smol, report=False)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["n_trials"] == 12 and saved["config"]["quick"] is True  # what ran
+    assert saved["config"]["demo_counts"] == [0, 2]
+    assert saved["requested"]["n_trials"] == 40
+    assert saved["model_source"]["sha256"] and saved["model_source"]["gguf_sha256"]
+    assert saved["n_layers"] == smol.n_layers
+    assert load_vectors(out / "vectors" / "antonyms.safetensors")[0]["local"].shape[0] == 12
 
 
 def test_finished_run_resumes_without_recomputing(small_run, smol):
@@ -117,6 +208,22 @@ def test_resume_with_a_different_config_is_refused(small_run, smol):
         run_study(StudyConfig(**SMALL), out, lm=smol)
 
 
+def test_custom_task_file_runs_to_a_report(smol, tmp_path):
+    """Defect 8: a task given as file:PATH crashed the report (the path ended up in a figure file name)."""
+    data = tmp_path / "my data" / "capitals.csv"
+    data.parent.mkdir()
+    pairs = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Japan", "Tokyo"),
+             ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"), ("Cuba", "Havana"),
+             ("Greece", "Athens"), ("Russia", "Moscow"), ("China", "Beijing"), ("Norway", "Oslo")]
+    data.write_text("input,output\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+    out = tmp_path / "run"
+    cfg = {**SMALL, "tasks": [f"file:{data}"], "spans": ["single"], "n_select": 4, "n_eval": 6}
+    run_study(StudyConfig(**cfg), out, lm=smol)
+    assert (out / "report.html").exists()
+    assert list((out / "figures").glob("file_*capitals.csv_global.png"))
+    assert f"file:{data}" in set(pd.read_csv(out / "summary.csv").task)
+
+
 def test_run_store_appends_and_skips_done_units(tmp_path):
     store = RunStore(tmp_path / "r", {"a": 1})
     calls = []
@@ -127,31 +234,49 @@ def test_run_store_appends_and_skips_done_units(tmp_path):
     assert again.done("u") and not again.done("v")
 
 
-def test_bad_study_configs_are_one_line_errors():
+def test_bad_study_configs_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="n_trials"):
         StudyConfig.from_dict({"n_trials": 1})
     with pytest.raises(ConfigError, match="nope"):
         StudyConfig.from_dict({"nope": 3})
+    with pytest.raises(ConfigError, match="n_local_eval"):
+        StudyConfig.from_dict({"n_eval": 10, "n_local_eval": 20})
+    with pytest.raises(ConfigError, match="single"):
+        StudyConfig.from_dict({"spans": ["from"]})
     with pytest.raises(ConfigError, match="unknown task 'capitals'"):
-        run_study(StudyConfig(tasks=["capitals"]), "/nonexistent/never-created")
+        run_study(StudyConfig(tasks=["capitals"]), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "taskvec.cli", *args], capture_output=True, text=True, **kw)
 
 
-def test_cli_errors_are_one_line_without_traceback(small_run):
+def test_cli_errors_are_one_line_without_traceback(small_run, tmp_path):
     out, _ = small_run
     for args, needle in [(["study", "local-global", "--tasks", "capitals", "--out", "x"], "unknown task"),
                          (["study", "local-global", "--model", "smollm2-135m", "--tasks", "antonyms", "--out",
                            str(out), "--resume"], "different config"),
+                         (["study", "local-global", "--model", "smollm2-13m", "--tasks", "antonyms", "--out",
+                           str(tmp_path / "typo")], "unknown model"),
                          (["models", "prepare", "gpt5"], "unknown model"),
                          (["tasks", "show", "nope"], "unknown task"),
                          (["report", "/nonexistent"], "not a study run")]:
         res = _cli(*args)
         assert res.returncode == 2, (args, res.stderr)
-        assert "Traceback" not in res.stderr and needle in res.stderr
+        assert "Traceback" not in res.stderr and needle in res.stderr, res.stderr
         assert res.stderr.strip().startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "typo").exists()  # a mistyped --model leaves no run directory behind
+
+
+def test_cli_flags_override_a_config_file_and_defaults_never_do(tmp_path):
+    """A flag left at its default must not override the file (the old CLI's defaults table could)."""
+    (tmp_path / "cfg.yaml").write_text("model: smollm2-135m\ntasks: [nope_task]\nseed: 3\n")
+    res = _cli("study", "local-global", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "unknown task 'nope_task'" in res.stderr  # the file's task, not the default
+    res = _cli("study", "local-global", "--config", str(tmp_path / "cfg.yaml"), "--tasks", "also_nope",
+               "--out", str(tmp_path / "r"))
+    assert "unknown task 'also_nope'" in res.stderr  # the flag wins over the file
 
 
 def test_resume_after_killing_a_real_run(tmp_path, smol):
@@ -161,9 +286,10 @@ def test_resume_after_killing_a_real_run(tmp_path, smol):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     out = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    log = open(tmp_path / "stderr.txt", "w")
     proc = subprocess.Popen([sys.executable, "-m", "taskvec.cli", "study", "local-global", "--config",
                              str(tmp_path / "cfg.json"), "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     results = out / "results.jsonl"
     deadline = time.time() + 300
     try:
@@ -171,7 +297,8 @@ def test_resume_after_killing_a_real_run(tmp_path, smol):
             units = [json.loads(x)["unit"] for x in results.read_text().splitlines()] if results.exists() else []
             if "antonyms/global" in units:
                 break
-            assert proc.poll() is None, "the study exited before it could be killed"
+            assert proc.poll() is None, ("the study exited before it could be killed: "
+                                         + (tmp_path / "stderr.txt").read_text()[-1500:])
             time.sleep(0.2)
         else:
             pytest.fail("no finished unit within 300 s")
@@ -186,6 +313,6 @@ def test_resume_after_killing_a_real_run(tmp_path, smol):
     assert after.startswith(kept)
     units = [json.loads(x)["unit"] for x in after.splitlines()]
     assert len(units) == len(set(units))
-    for u in ("icl", "vectors", "global", "local", "kofn", "convergence", "chance"):
+    for u in ("icl", "vectors", "patch_states", "global", "local", "kofn", "convergence", "chance"):
         assert f"antonyms/{u}" in units
     assert (out / "report.html").exists()

@@ -297,3 +297,72 @@ def test_filter_for_tokenizer(tok) -> None:
     assert filter_for_tokenizer(cat, tok) == (cat, [])
     with pytest.raises(TokenizationError):
         filter_for_tokenizer(get_task("digit", labels=("0", "1")), tok)
+
+
+# --- word categorization tasks (packaged word lists) --------------------------------------------------------------
+
+WORD_CATEGORIZATION = {"sentiment": ("positive", "negative"), "animal_object": ("animal", "object"),
+                       "food_body": ("food", "body part"), "color_number": ("color", "number")}
+
+
+@pytest.mark.parametrize("name", WORD_CATEGORIZATION)
+def test_word_categorization_data(name: str) -> None:
+    rows = json.loads((DATA_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    assert all(set(r) == {"input", "label"} for r in rows)
+    inputs = Counter(r["input"] for r in rows)
+    assert [x for x, n in inputs.items() if n > 1] == []  # no input repeats (within or across classes)
+    for r in rows:
+        assert r["input"].strip() == r["input"] == r["input"].lower() != ""
+    per_class = Counter(r["label"] for r in rows)
+    assert tuple(per_class) == WORD_CATEGORIZATION[name] and min(per_class.values()) >= 60
+    task = get_task(name)
+    assert task.kind == "categorization" and task.class_names == WORD_CATEGORIZATION[name]
+    assert task.labels == ("A", "B") and task.n_demos == 16 and len(task.rows) == len(rows)
+    assert task.source == f"taskvec/tasks/data/{name}.json" and task.params()["source"] == task.source
+    banned = {"a", "b", "x", "y", *WORD_CATEGORIZATION[name]}
+    assert not banned & set(inputs)  # no input equals a label word or a class name
+    assert describe_tasks()[name] and "\n" not in describe_tasks()[name]
+
+
+@pytest.mark.parametrize("name", WORD_CATEGORIZATION)
+def test_word_categorization_trials(name: str) -> None:
+    task = get_task(name)
+    table = {x: c for x, c in task.rows}
+    a = task.sample_trials(30, None, seed=5)
+    assert a == get_task(name).sample_trials(30, None, seed=5) and a != task.sample_trials(30, None, seed=6)
+    mappings = Counter()
+    for t in a:
+        exs = (*t.demos, t.query)
+        assert len(t.demos) == 16 and Counter(d.label for d in t.demos) == {0: 8, 1: 8}
+        assert len({e.input for e in exs}) == 17  # distinct, query not among the demos
+        assert t.meta["class"] == tuple(e.label for e in exs)
+        assert all(table[e.input] == e.label and e.output == t.label_words[e.label] for e in exs)
+        assert task.answer_pool(t) == list(t.label_words) and sorted(t.label_words) == ["A", "B"]
+        mappings[t.label_words] += 1
+    assert len(mappings) == 2 and min(mappings.values()) >= 5  # class -> word mapping drawn per trial
+    fixed = get_task(name, labels=("X", "Y"), n_demos=6, shuffle_labels=False)
+    t = fixed.sample_trials(4, None, seed=0)
+    assert all(tr.label_words == ("X", "Y") and len(tr.demos) == 6 for tr in t)
+    with pytest.raises(ConfigError, match="no parameter"):
+        get_task(name, nope=1)
+    with pytest.raises(ConfigError, match="too few"):
+        task.sample_trials(1, 200, seed=0)
+
+
+@pytest.mark.parametrize("name", WORD_CATEGORIZATION)
+def test_word_categorization_task_for_smollm2(name: str, smol) -> None:
+    from taskvec.tasks import task_for
+
+    task = task_for(name, smol.tokenizer)
+    assert task.labels == ("A", "B")
+    ids = check_label_words(smol.tokenizer, task.labels)
+    assert len(set(ids)) == 2
+    assert all(len(smol.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in task.labels)
+    xy = task_for(name, smol.tokenizer, labels=("X", "Y"))
+    assert xy.labels == ("X", "Y") and sorted(xy.sample_trials(1, seed=0)[0].label_words) == ["X", "Y"]
+
+
+@pytest.mark.parametrize("name", WORD_CATEGORIZATION)
+@pytest.mark.parametrize("n_demos", [7, 10])
+def test_word_categorization_balance_and_mapping(name: str, n_demos: int) -> None:
+    test_categorization_balance_and_mapping(name, n_demos)  # the generated tasks' checks, odd and even n_demos

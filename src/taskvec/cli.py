@@ -82,9 +82,11 @@ def tasks_show(
     separator: str = "is",
 ) -> None:
     """A task's parameters, size, and one example prompt (with its tokenizer check when --model is given)."""
+    from taskvec.cli_errors import check_at_least
     from taskvec.prompts import Template
     from taskvec.tasks import first_token_collisions, get_task, task_for
 
+    check_at_least("--n-demos", n_demos, 0)
     task = get_task(name)
     if model:
         from taskvec.models import load_model
@@ -116,20 +118,27 @@ def _csv(text: Optional[str]) -> list[str] | None:
 @study_app.command("local-global")
 @friendly
 def study_local_global(
-    model: str = typer.Option("gemma3-270m", help="named offline model, local checkpoint or cached HF id"),
-    tasks: str = typer.Option("all", help="comma-separated: task names, all, knowledge, categorization, file:PATH"),
+    model: Optional[str] = typer.Option(None, help="named offline model, local checkpoint or cached HF id "
+                                                   "[default: gemma3-270m]"),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated: task names, all, knowledge, categorization, "
+                                                   "file:PATH [default: all]"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/local-global-MODEL-sSEED[-quick])"),
     resume: bool = typer.Option(False, help="continue a killed run in --out (same config); finished units are kept"),
-    quick: bool = typer.Option(False, help="fewer trials and demo counts: a smoke run in minutes"),
-    seed: int = 0,
-    n_trials: Optional[int] = typer.Option(None, help="ICL prompts per task (default 50)"),
-    n_patch_trials: Optional[int] = typer.Option(None, help="dummy prompts per task for local patching (default 8)"),
-    n_demos: Optional[int] = typer.Option(None, help="demonstrations per prompt (default: each task's)"),
-    spans: str = typer.Option("single", help="single and/or from (patch layer l only, or l and every later layer)"),
-    with_analyses: bool = typer.Option(False, help="also run saliency, dPCA and heads and put them in the report"),
+    quick: Optional[bool] = typer.Option(None, "--quick/--no-quick", help="fewer trials: a smoke run in minutes"),
+    seed: Optional[int] = typer.Option(None, help="seed of every draw [default: 0]"),
+    n_trials: Optional[int] = typer.Option(None, help="source ICL prompts per task (vectors) [default: 50]"),
+    n_select: Optional[int] = typer.Option(None, help="selection trials per task (layers chosen here) [default: 24]"),
+    n_eval: Optional[int] = typer.Option(None, help="evaluation trials per task (reported numbers) [default: 50]"),
+    n_local_select: Optional[int] = typer.Option(None, help="selection dummy prompts for local patching [default: 16]"),
+    n_local_eval: Optional[int] = typer.Option(None, help="evaluation dummy prompts for local patching [default: 32]"),
+    n_demos: Optional[int] = typer.Option(None, help="demonstrations per prompt [default: each task's]"),
+    spans: Optional[str] = typer.Option(None, help="single, or single,from (also patch l and every later layer)"),
+    with_analyses: Optional[bool] = typer.Option(None, "--with-analyses/--no-analyses",
+                                                 help="also run saliency, dPCA and heads (claims C7, C8)"),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML StudyConfig; flags given here override it"),
 ) -> None:
-    """The local-vs-global task-vector study (SPEC A.1-A.4): every task, every vector type, baselines, report."""
+    """The local-vs-global task-vector study (SPEC A.1-A.4, A.8): every task, every vector type, controls, the
+    paper's claims as verdicts, report."""
     from taskvec.errors import ConfigError
     from taskvec.study import StudyConfig, run_study
 
@@ -143,22 +152,23 @@ def study_local_global(
             base = yaml.safe_load(config.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"cannot read {config}: {str(err).splitlines()[0]}") from None
-    flags = dict(model=model, tasks=_csv(tasks), seed=seed, n_trials=n_trials, n_patch_trials=n_patch_trials,
-                 n_demos=n_demos, spans=_csv(spans), quick=quick or None, with_analyses=with_analyses or None)
-    given = {k: v for k, v in flags.items() if v is not None}
-    if config is not None:  # defaults of flags must not override the file
-        for k, default in (("model", "gemma3-270m"), ("tasks", ["all"]), ("seed", 0), ("spans", ["single"])):
-            if k in base and given.get(k) == default:
-                given.pop(k)
-    cfg = StudyConfig.from_dict({**base, **given})
+        if not isinstance(base, dict):
+            raise ConfigError(f"{config} must hold a mapping of StudyConfig fields")
+    flags = dict(model=model, tasks=_csv(tasks), seed=seed, n_trials=n_trials, n_select=n_select, n_eval=n_eval,
+                 n_local_select=n_local_select, n_local_eval=n_local_eval, n_demos=n_demos, spans=_csv(spans),
+                 quick=quick, with_analyses=with_analyses)
+    cfg = StudyConfig.from_dict({**base, **{k: v for k, v in flags.items() if v is not None}})
     out = out or Path("runs") / f"local-global-{cfg.model.replace('/', '_')}-s{cfg.seed}{'-quick' if cfg.quick else ''}"
     run_dir = run_study(cfg, out, resume=resume)
-    typer.echo(f"report: {run_dir / 'report.html'}\nsummary: {run_dir / 'summary.csv'}")
+    typer.echo(f"report: {run_dir / 'report.html'}\nverdicts: {run_dir / 'summary.csv'}\n"
+               f"accuracies: {run_dir / 'evaluation.csv'}")
     summary = run_dir / "summary.csv"
     if summary.exists():
         import pandas as pd
 
-        typer.echo(pd.read_csv(summary).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+        v = pd.read_csv(summary)
+        typer.echo(v.pivot_table(index="claim", columns="task", values="verdict", aggfunc="first", sort=False)
+                   .fillna("").to_string())
 
 
 @app.command("report")
@@ -166,10 +176,11 @@ def study_local_global(
 def report(run_dir: Path = typer.Argument(..., help="a study run directory")) -> None:
     """Re-render a study run's report.html from its results.jsonl (e.g. while it is still running)."""
     from taskvec.errors import ConfigError
+
+    if not (run_dir / "config.json").exists():  # before the (slow) plotting imports
+        raise ConfigError(f"{run_dir} is not a study run directory (no config.json)")
     from taskvec.report.local_global import write_report
 
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"{run_dir} is not a study run directory (no config.json)")
     typer.echo(f"report: {write_report(run_dir)}")
 
 

@@ -47,3 +47,17 @@ class ConfigError(TaskvecError):
 
 class NonFiniteError(TaskvecError):
     """NaN or inf in a vector or a loss."""
+
+
+class ChoiceError(ConfigError, ValueError):
+    """An option whose value is not one of its allowed choices (``--loss foo``, ``mode="sideways"``).
+
+    Also a :class:`ValueError`, so API callers that caught the plain ``ValueError`` raised before keep working."""
+
+
+class RangeError(ConfigError, ValueError):
+    """A number outside its allowed range (a batch size of 0, a negative trial count, a shrinkage above 1)."""
+
+
+class ParseError(ConfigError, ValueError):
+    """A value that cannot be read as what it stands for (``--layers 2-x``, ``--shrinkage lots``)."""

@@ -19,6 +19,8 @@ Example::
 """
 from __future__ import annotations
 
+import copy
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from taskvec.batching import chunks, left_pad
-from taskvec.errors import EmptyInputError, LayerError, NonFiniteError, PositionError, WidthError
+from taskvec.errors import ChoiceError, EmptyInputError, LayerError, NonFiniteError, PositionError, WidthError
 
 MODES = ("replace", "add")
 
@@ -63,7 +65,7 @@ class Edits:
     def validate(self, n_layers: int, d_model: int, batch: int, width: int) -> None:
         """Raise a one-line error if any edit is out of range or malformed."""
         if self.mode not in MODES:
-            raise ValueError(f"edit mode must be one of {MODES}, got {self.mode!r}")
+            raise ChoiceError(f"edit mode must be one of {MODES}, got {self.mode!r}")
         n = len(self)
         if not (self.layers.numel() == self.positions.numel() == self.vectors.shape[0] == n):
             raise WidthError(
@@ -177,7 +179,8 @@ def hooked(
 @contextmanager
 def skipping(layers: Sequence[nn.Module], below: int) -> Iterator[None]:
     """Run ``layers[:below]`` as the identity inside the block (their outputs are replaced through ``start`` of
-    :func:`hooked` anyway). Only for layers that return a plain tensor (see :func:`layers_return_tensor`)."""
+    :func:`hooked` anyway). Only where :func:`layer_skipping_ok` verified that this gives the full forward's
+    numbers (layers that return a plain tensor and read nothing but their input from the layers below)."""
     def identity(hidden_states=None, *args, **kwargs):
         return hidden_states if hidden_states is not None else args[0]
 
@@ -197,22 +200,135 @@ def skipping(layers: Sequence[nn.Module], below: int) -> Iterator[None]:
 
 def layers_return_tensor(lm) -> bool:
     """Whether ``lm``'s decoder layers return a bare tensor (transformers 5 Llama/Qwen/Gemma/Mistral do), which
-    :func:`skipping` needs; probed once with a one-token forward and remembered on ``lm``."""
-    known = getattr(lm, "_layers_return_tensor", None)
-    if known is None:
-        seen = []
-        handle = lm.profile.layers[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, torch.Tensor)))
-        try:
-            with torch.no_grad():
-                lm.model(input_ids=torch.tensor([[lm.tokenizer.eos_token_id or 0]], device=lm.device), use_cache=False)
+    :func:`skipping` needs (its identity returns a tensor); one one-token forward, not remembered. This is only
+    the structural half of the question: :func:`layer_skipping_ok` also checks the numbers."""
+    seen = []
+    handle = lm.profile.layers[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, torch.Tensor)))
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=torch.tensor([[lm.tokenizer.eos_token_id or 0]], device=lm.device), use_cache=False)
+    finally:
+        handle.remove()
+    return bool(seen and seen[0])
+
+
+class LayerSkippingWarning(UserWarning):
+    """Layer skipping changed a model's logits (or failed) in the probe, so sweeps run every layer instead."""
+
+
+SKIP_PROBE_TEXT = "The capital of France is Paris. The capital of Japan is Tokyo. The capital of Peru is"
+SKIP_RTOL = {"float32": 1e-3, "float64": 1e-3, "other": 5e-2}
+"""The probe's tolerance by parameter dtype, as a fraction of scale: logits may differ by ``rtol * max |logit|``
+and each position's ``h_{s+1}`` by ``rtol * ||h_{s+1}||`` (L2 over the width).
+
+Measured worst case of the skipping path against the full forward, as such a fraction: 1.0e-6 on smollm2-135m
+and 1.5e-6 on gemma3-270m in float32; 1.4e-2 on smollm2-135m in bfloat16 (CPU). A layer that really reads state
+from a skipped layer changes the numbers by a sizeable fraction of their scale (or fails outright, as Gemma 4's
+shared-KV layers do). So 1e-3 for 32/64-bit floats (three orders of magnitude above the noise) and 5e-2 for half
+precision; a false alarm costs only speed (full forwards), never correctness."""
+
+
+def _probe_ids(lm) -> torch.Tensor:
+    vocab = lm.model.get_input_embeddings().num_embeddings
+    try:
+        bos = lm.profile.bos
+        ids = lm.tokenizer(bos.prefix_text + SKIP_PROBE_TEXT, add_special_tokens=bos.add_special_tokens).input_ids
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot do this still gets a probe
+        ids = []
+    if len(ids) < 4:
+        ids = list(range(1, 17))
+    return torch.tensor([[int(i) % vocab for i in ids]], device=lm.device)
+
+
+@torch.no_grad()
+def probe_layer_skipping(lm) -> tuple[bool, str, bool]:
+    """The check behind :func:`layer_skipping_ok` (run every time it is called; the result is not kept here).
+
+    A short prompt is run as one full forward (reference logits, clean ``h_l`` at every layer), then as
+    :func:`taskvec.sweep.run_variants` runs a band: the prefix through a KV cache, the suffix started at layer
+    ``s`` from the clean states with the layers below run as the identity.
+
+    * For every ``s = 1 .. n_layers - 2`` only layer ``s`` is run and its output must equal the clean
+      ``h_{s+1}``. A layer ``j`` that reads state left by a layer ``i < j`` (shared keys/values, caches) fails at
+      ``s = j``, where every layer below it is skipped; these runs cost about one forward in all.
+    * At ``s = n_layers // 2`` and ``s = n_layers - 1`` the forward runs on to the logits, which must equal the
+      reference logits.
+
+    Returns:
+        ``(ok, note, failed)``: ``failed`` is true when the skipping path ran and disagreed or raised (worth a
+        warning), false when skipping is verified or simply not applicable (tuple-returning layers).
+    """
+    layers, n = lm.profile.layers, len(lm.profile.layers)
+    if n < 2:
+        return True, "one decoder layer: nothing to skip", False
+    model, stack = lm.model, backbone(lm.model)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    rtol = SKIP_RTOL.get(dtype, SKIP_RTOL["other"])
+    ids = _probe_ids(lm)
+    T = ids.shape[1]
+    split = T // 2
+    mask = torch.ones_like(ids)
+    positions = torch.arange(T, device=ids.device)[None]
+    suffix = dict(input_ids=ids[:, split:], attention_mask=mask, position_ids=positions[:, split:], use_cache=True)
+    worst, where, what = 0.0, 0, ""
+    try:
+        returns = []
+        handle = layers[0].register_forward_hook(lambda m, a, out: returns.append(isinstance(out, torch.Tensor)))
+        try:  # the reference logits and the clean states in one forward
+            with hooked(layers, record={l: None for l in range(1, n)}) as rec:
+                ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                            logits_to_keep=1).logits[:, -1].float()
         finally:
             handle.remove()
-        known = bool(seen and seen[0])
-        try:
-            lm._layers_return_tensor = known
-        except AttributeError:
-            pass
-    return known
+        if not (returns and returns[0]):
+            return False, "decoder layers return tuples; skipping needs layers that return a tensor", False
+        clean = {l: rec[l][:, split:].float() for l in rec}
+        prefix = model(input_ids=ids[:, :split], attention_mask=mask[:, :split], position_ids=positions[:, :split],
+                       use_cache=True, logits_to_keep=1).past_key_values
+        logit_tol = rtol * max(float(ref.abs().max()), 1e-3)
+        for s in range(1, n):
+            begin = (s, rec[s][:, split:])
+            if s < n - 1:  # layer s alone: its output against the clean h_{s+1}
+                with hooked(layers, start=begin, record={s + 1: None}, stop_after_record=True) as out, \
+                        skipping(layers, s):
+                    run_until_recorded(stack, past_key_values=copy.deepcopy(prefix), **suffix)
+                got, want = out[s + 1].float(), clean[s + 1]
+                err = float(((got - want).norm(dim=-1) / want.norm(dim=-1).clamp_min(1e-6)).max()) / rtol
+                if not err <= worst:  # NaN counts as worst
+                    worst, where, what = err, s, f"layer {s}'s output"
+            if s in (n // 2, n - 1):  # and on to the logits, exactly as a sweep band runs
+                with hooked(layers, start=begin), skipping(layers, s):
+                    logits = model(past_key_values=copy.deepcopy(prefix), logits_to_keep=1,
+                                   **suffix).logits[:, -1].float()
+                err = float((logits - ref).abs().max()) / logit_tol
+                if not err <= worst:
+                    worst, where, what = err, s, "the logits"
+    except Exception as err:  # noqa: BLE001 - any failure of the skipping path means: do not skip
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        return False, f"the skipping path fails on this model ({type(err).__name__}: {first})", True
+    if not worst <= 1.0:
+        return False, (f"starting at layer {where} with the layers below skipped changes {what} by {worst:.3g} "
+                       f"times the tolerance (rtol {rtol:g}): a layer depends on more than the residual stream of the "
+                       "layers below (e.g. cross-layer KV sharing)"), True
+    return True, (f"verified at every start layer: largest deviation {worst:.2g} x the tolerance (rtol {rtol:g}"
+                  + (f", {what} from start layer {where})" if what else ")")), False
+
+
+def layer_skipping_ok(lm, warn: bool = True) -> bool:
+    """Whether sweeps may start at a variant's first written layer and run the layers below as the identity.
+
+    Verified once per loaded model by :func:`probe_layer_skipping` and kept in ``lm.profile.layer_skipping``
+    (with ``lm.profile.layer_skipping_note`` saying why); when the probe disagrees or fails, a one-line
+    :class:`LayerSkippingWarning` says so and sweeps fall back to full forwards.
+    """
+    profile = lm.profile
+    if profile.layer_skipping is None:
+        ok, note, failed = probe_layer_skipping(lm)
+        profile.layer_skipping, profile.layer_skipping_note = ok, note
+        if failed and warn:
+            warnings.warn(f"{getattr(lm, 'name', 'model')}: layer skipping is off, sweeps run every layer ({note})",
+                          LayerSkippingWarning, stacklevel=2)
+    return bool(profile.layer_skipping)
 
 
 def run_until_recorded(fn, *args, **kwargs):

@@ -133,28 +133,53 @@ def zero_shot(trials: Sequence[Trial]) -> list[Trial]:
 
 
 def dummy_trials(trials: Sequence[Trial], pools: Sequence[Sequence[str]], seed: int, tokenizer=None) -> list[Trial]:
-    """The same demonstration inputs with **random answers** drawn from each trial's answer pool.
+    """The same demonstration inputs with **random answers** (SPEC A.4), one independent draw per demonstration.
 
-    When a tokenizer is given, a random answer is drawn among pool answers with as many tokens as the real one
-    (so the dummy prompt keeps the ICL prompt's token layout); answers never repeat the real one when the pool
-    allows it.
+    * Categorization trials (``trial.label_words`` set): each dummy label is drawn uniformly from the trial's
+      label words, so it equals the true label half of the time. (Never "the other label": that would make the
+      dummy prompt a consistent reversed-rule prompt.)
+    * Knowledge trials: each dummy answer is drawn from ``pool`` without the query's answer (the model could copy
+      it) and without that demonstration's own answer. When a tokenizer is given, only answers with as many
+      tokens as the real one are drawn, so the dummy prompt keeps the ICL prompt's token layout.
+
+    Args:
+        trials: ICL trials.
+        pools: per trial, the answers a dummy may use (``task.answer_pool(trial)``).
+        seed: seed of the draws.
+        tokenizer: match answers' token counts (knowledge trials).
+
+    Raises :class:`EmptyInputError` if a pool leaves nothing to draw.
     """
     rng = random.Random(seed)
     n_tokens = (lambda s: len(tokenizer(" " + s, add_special_tokens=False).input_ids)) if tokenizer else None
+    length_cache: dict[str, int] = {}
+
+    def length(answer: str) -> int:
+        if answer not in length_cache:
+            length_cache[answer] = n_tokens(answer)
+        return length_cache[answer]
+
     out = []
     for trial, pool in zip(trials, pools):
-        pool = list(pool)
+        pool = list(dict.fromkeys(pool))
         if not pool:
             raise EmptyInputError("empty answer pool for a dummy prompt")
-        by_len: dict[int, list[str]] = {}
-        if n_tokens:
-            for a in pool:
-                by_len.setdefault(n_tokens(a), []).append(a)
+        if trial.label_words:
+            labels = list(trial.label_words)
+            demos = tuple(Example(ex.input, rng.choice(labels), None) for ex in trial.demos)
+            out.append(replace(trial, demos=demos))
+            continue
         demos = []
         for ex in trial.demos:
-            choices = by_len.get(n_tokens(ex.output), pool) if n_tokens else pool
-            others = [a for a in choices if a != ex.output] or choices
-            demos.append(Example(ex.input, rng.choice(others), None))
+            allowed = [a for a in pool if a != ex.output and a != trial.query.output]
+            if not allowed:
+                raise EmptyInputError(
+                    f"no dummy answer for {ex.input!r}: the pool holds only the query's and the demonstration's "
+                    "own answers; give the task more pairs")
+            if n_tokens:
+                same = [a for a in allowed if length(a) == length(ex.output)]
+                allowed = same or allowed  # the caller's alignment check reports a layout that differs
+            demos.append(Example(ex.input, rng.choice(allowed), None))
         out.append(replace(trial, demos=tuple(demos)))
     return out
 

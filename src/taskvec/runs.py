@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,19 +49,28 @@ class RunStore:
         self.path = Path(path)
         self.config = json.loads(json.dumps(config))
         cfg_file = self.path / "config.json"
-        if cfg_file.exists():
-            saved = json.loads(cfg_file.read_text())
-            if not resume:
-                raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
-            if saved.get("config") != self.config:
-                diff = sorted(k for k in set(saved.get("config", {})) | set(self.config)
-                              if saved.get("config", {}).get(k) != self.config.get(k))
-                raise ConfigError(f"{self.path} holds a run with a different config (differs in: {', '.join(diff)}); "
-                                  "use another --out or the same settings")
-        else:
+        if not RunStore.check(self.path, self.config, resume):
             self.path.mkdir(parents=True, exist_ok=True)
             cfg_file.write_text(json.dumps({"config": self.config, "versions": versions(), **(extra or {})}, indent=2))
         self._done = {r["unit"] for r in self._records()}
+
+    @staticmethod
+    def check(path: str | Path, config: dict, resume: bool = False) -> bool:
+        """Whether ``path`` already holds a run that ``config`` may continue; raise :class:`ConfigError` if it holds
+        one and ``resume`` is off, or if its saved config differs. Cheap: call it before loading a model."""
+        cfg_file = Path(path) / "config.json"
+        if not cfg_file.exists():
+            return False
+        config = json.loads(json.dumps(config))
+        saved = json.loads(cfg_file.read_text())
+        if not resume:
+            raise ConfigError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
+        if saved.get("config") != config:
+            diff = sorted(k for k in set(saved.get("config", {})) | set(config)
+                          if saved.get("config", {}).get(k) != config.get(k))
+            raise ConfigError(f"{path} holds a run with a different config (differs in: {', '.join(diff)}); "
+                              "use another --out or the same settings")
+        return True
 
     @property
     def results_file(self) -> Path:
@@ -94,11 +104,18 @@ class RunStore:
         self._done.add(unit)
 
     def run_unit(self, unit: str, fn: Callable[[], list[dict]], **info: Any) -> bool:
-        """Run ``fn`` unless ``unit`` is done; append its rows. Returns whether it ran."""
+        """Run ``fn`` unless ``unit`` is done; append its rows with the wall time it took (``seconds``).
+        Returns whether it ran."""
         if self.done(unit):
             return False
-        self.append(unit, fn(), **info)
+        start = time.perf_counter()
+        rows = fn()
+        self.append(unit, rows, seconds=round(time.perf_counter() - start, 3), **info)
         return True
+
+    def timings(self) -> dict[str, float]:
+        """``{unit: seconds}`` of the units run through :meth:`run_unit`."""
+        return {r["unit"]: r["seconds"] for r in self._records() if "seconds" in r}
 
     def table(self) -> pd.DataFrame:
         """All result rows, each tagged with its unit."""

@@ -1,10 +1,33 @@
-"""Means with 95% intervals over trials."""
+"""Means with 95% intervals, and bootstrap intervals for the statistics verdicts are computed from.
+
+* :func:`mean_ci` — a mean and its interval (Wilson for 0/1 scores, normal otherwise);
+* :func:`wilson` — the Wilson score interval of ``k`` successes in ``n`` trials;
+* :func:`bootstrap_ci` — a percentile bootstrap interval of any statistic of one or more samples, resampled
+  together (paired: the same resampled indices for every sample) or each on its own (independent samples).
+
+Every bootstrap is seeded, so an interval printed by a run is reproducible from its saved config.
+"""
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+
+Z95 = 1.959964
+DEFAULT_RESAMPLES = 2000
+
+
+def wilson(k: float, n: int) -> tuple[float, float]:
+    """Wilson score 95% interval ``(low, high)`` for ``k`` successes out of ``n``."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    m = k / n
+    denom = 1 + Z95 * Z95 / n
+    centre = (m + Z95 * Z95 / (2 * n)) / denom
+    half = Z95 * math.sqrt(m * (1 - m) / n + Z95 * Z95 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mean_ci(values) -> tuple[float, float, float]:
@@ -19,13 +42,48 @@ def mean_ci(values) -> tuple[float, float, float]:
         return float("nan"), float("nan"), float("nan")
     m = float(x.mean())
     if np.isin(x, (0.0, 1.0)).all():
-        z = 1.959964
-        denom = 1 + z * z / n
-        centre = (m + z * z / (2 * n)) / denom
-        half = z * math.sqrt(m * (1 - m) / n + z * z / (4 * n * n)) / denom
-        return m, centre - half, centre + half
+        return (m, *wilson(float(x.sum()), n))
     se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    return m, m - 1.959964 * se, m + 1.959964 * se
+    return m, m - Z95 * se, m + Z95 * se
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float],
+    samples: Sequence[np.ndarray],
+    paired: bool = True,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(estimate, low, high)``: the statistic on the data and its 95% percentile bootstrap interval.
+
+    Args:
+        statistic: ``f(*samples) -> float``; each sample is an array whose first axis indexes units (prompts).
+        samples: the samples. ``paired=True``: all have the same first-axis length and are resampled with the
+            same indices (differences on the same prompts); ``paired=False``: each is resampled on its own.
+        resamples: bootstrap resamples.
+        seed: seed of the resampling.
+
+    A non-finite statistic in a resample is dropped; if more than half are, the interval is NaN.
+    """
+    arrays = [np.asarray(s) for s in samples]
+    if not arrays or any(len(a) == 0 for a in arrays):
+        return float("nan"), float("nan"), float("nan")
+    if paired and len({len(a) for a in arrays}) != 1:
+        raise ValueError("paired bootstrap needs samples of equal length")
+    estimate = float(statistic(*arrays))
+    rng = np.random.default_rng(seed)
+    values = np.empty(resamples)
+    for b in range(resamples):
+        if paired:
+            idx = rng.integers(0, len(arrays[0]), len(arrays[0]))
+            values[b] = statistic(*(a[idx] for a in arrays))
+        else:
+            values[b] = statistic(*(a[rng.integers(0, len(a), len(a))] for a in arrays))
+    values = values[np.isfinite(values)]
+    if len(values) < resamples / 2:
+        return estimate, float("nan"), float("nan")
+    low, high = np.percentile(values, [2.5, 97.5])
+    return estimate, float(low), float(high)
 
 
 def summarize(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:

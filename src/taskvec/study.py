@@ -1,14 +1,20 @@
-"""The local-vs-global task-vector study (SPEC A.1-A.4): one config -> units of work -> run store -> report.
+"""The local-vs-global task-vector study (SPEC A.1-A.4, A.8): one config -> units of work -> run store -> report.
 
-Per task, the units are:
+Three disjoint sets of trials per task, so that **selection is never evaluation**:
 
-``{task}/icl``          few-shot ICL accuracy vs number of demonstrations (0 = zero-shot)
-``{task}/vectors``      global and local states of ``n_trials`` ICL prompts (safetensors in ``vectors/``)
-``{task}/global``       global vector patched into zero-shot prompts at every layer (+ random, other-task)
-``{task}/local``        local vectors (own, Pos Avg, Trial Avg, random, other-task) patched into dummy prompts
-                        with random answers at every layer (+ the unpatched dummy)
-``{task}/kofn``         only k of the n answer positions patched, at the best local layer, k = 0..n
-``{task}/convergence``  cosine similarity of local vectors to the global vector and to each other, per layer
+* ``source`` (``n_trials`` ICL prompts): the global vector (mean query state), Trial Avg, the other-task control,
+  convergence;
+* ``select`` (``n_select`` trials): every layer is swept here, and each vector's best layer is chosen here
+  (global: zero-shot prompts; local: the first ``n_local_select`` as dummy prompts);
+* ``eval`` (``n_eval`` trials, queries distinct from ``select``'s): every reported accuracy and every verdict —
+  ICL and zero-shot, global patching at the selected layer (``n_eval`` prompts), local patching at the selected
+  layer and the k-of-n ablation (the first ``n_local_eval`` as dummy prompts), each control at the layer of the
+  vector it controls.
+
+Units per task: ``{task}/icl``, ``{task}/vectors``, ``{task}/patch_states``, ``{task}/global``, ``{task}/local``,
+``{task}/kofn``, ``{task}/convergence``, ``{task}/chance``. Every row carries ``split`` (``select``/``eval``) and
+``prompt`` (the index within its split; eval prompt ``i`` is the same query in every experiment, so differences
+are paired).
 
 Example::
 
@@ -18,36 +24,44 @@ Example::
 from __future__ import annotations
 
 import random
+import re
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm.auto import tqdm
 
+from taskvec.claims import ClaimRules
 from taskvec.errors import ConfigError
 from taskvec.prompts import Template, build_prompts, check_aligned, dummy_trials, zero_shot
 from taskvec.runs import RunStore
-from taskvec.sweep import Variant, patch_layers, read_ids_for, run_variants, score
+from taskvec.sweep import Variant, layer_variants, read_ids_for, run_variants, score
 from taskvec.tasks import first_token_id, list_tasks, task_for
-from taskvec.vectors import load_vectors, norm_matched_random, pos_avg, read_icl_states, save_vectors, trial_avg
+from taskvec.vectors import (load_vectors, mean_state, norm_matched_random, pos_avg, read_icl_states, save_vectors,
+                             trial_avg, trial_avg_by_mapping)
 
 KNOWLEDGE_TASKS = ["country_capital", "antonyms", "english_french", "present_past", "lowercase_uppercase"]
-CATEGORIZATION_TASKS = ["simple_string", "digit", "two_d"]
+CATEGORIZATION_TASKS = ["simple_string", "digit", "two_d", "animal_object", "food_body", "color_number"]
+QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, demo_counts=[0, 2])
 
 
 class StudyConfig(BaseModel):
-    """Everything that decides the study's numbers (saved as the run's config)."""
+    """Everything that decides the study's numbers (the effective config is saved with the run)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = "gemma3-270m"
     tasks: list[str] = Field(default_factory=lambda: ["all"])
     seed: int = 0
-    n_trials: int = Field(50, ge=2, description="ICL prompts per task (global vectors, ICL accuracy)")
-    n_patch_trials: int = Field(8, ge=1, description="dummy prompts per task for local patching")
+    n_trials: int = Field(50, ge=2, description="source ICL prompts per task (global vector, Trial Avg, convergence)")
+    n_select: int = Field(24, ge=2, description="selection trials per task: layers are chosen on these")
+    n_eval: int = Field(50, ge=2, description="evaluation trials per task: every reported accuracy and verdict")
+    n_local_select: int = Field(16, ge=2, description="dummy prompts (of the selection trials) for local layer choice")
+    n_local_eval: int = Field(32, ge=2, description="dummy prompts (of the evaluation trials) for local patching")
     n_demos: int | None = Field(None, ge=1, le=64, description="demonstrations per prompt (default: the task's)")
     separator: str = "is"
     joiner: str = "\n"
@@ -55,11 +69,13 @@ class StudyConfig(BaseModel):
     demo_counts: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8], description="ICL vs #demos")
     spans: list[Literal["single", "from"]] = Field(default_factory=lambda: ["single"])
     kofn_subsets: int = Field(1, ge=1, description="random subsets per k in the k-of-n ablation")
-    control_stride: int = Field(2, ge=1, description="layer stride of the random / other-task control curves")
+    kofn_ks: Literal["grid", "all"] = Field("grid", description="k values of the k-of-n ablation: every k, or "
+                                            "0-4 and the quarters of n (all k when n <= 8)")
     control_task: str = Field("auto", description="task whose vectors serve as the other-task control")
     quick: bool = False
-    with_analyses: bool = Field(False, description="also run saliency, dPCA and head analyses into analyses/")
-    max_batch_tokens: int = 12_000
+    with_analyses: bool = Field(False, description="also run saliency, dPCA and heads (claims C7, C8)")
+    claims: ClaimRules = Field(default_factory=ClaimRules)
+    max_batch_tokens: int = Field(12_000, ge=64)
 
     @field_validator("tasks")
     @classmethod
@@ -68,17 +84,26 @@ class StudyConfig(BaseModel):
             raise ValueError("give at least one task")
         return v
 
+    @model_validator(mode="after")
+    def _sizes(self) -> "StudyConfig":
+        if self.n_local_select > self.n_select:
+            raise ValueError(f"n_local_select ({self.n_local_select}) cannot exceed n_select ({self.n_select})")
+        if "single" not in self.spans:
+            raise ValueError("spans must include 'single' (layers are selected on single-layer patching)")
+        if self.n_local_eval > self.n_eval:
+            raise ValueError(f"n_local_eval ({self.n_local_eval}) cannot exceed n_eval ({self.n_eval})")
+        return self
+
     @classmethod
     def from_dict(cls, data: dict) -> "StudyConfig":
         """Validate a dict (e.g. a YAML file); a mistake raises :class:`ConfigError` naming the field."""
-        from pydantic import ValidationError
-
         try:
             return cls(**data)
         except ValidationError as err:
             e = err.errors()[0]
             where = ".".join(str(x) for x in e["loc"]) or "config"
-            raise ConfigError(f"study config field {where!r}: {e['msg']}") from None
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"study config field {where!r}: {msg}") from None
 
     def resolved_tasks(self) -> list[str]:
         names: list[str] = []
@@ -94,76 +119,110 @@ class StudyConfig(BaseModel):
         return list(dict.fromkeys(names))
 
     def effective(self) -> "StudyConfig":
-        """The config with ``quick`` applied (fewer trials, fewer demo counts)."""
+        """The config that runs: ``quick`` applied (fewer trials and demo counts), ``quick`` itself kept."""
         if not self.quick:
             return self
-        return self.model_copy(update=dict(n_trials=min(self.n_trials, 12), n_patch_trials=min(self.n_patch_trials, 6),
-                                           demo_counts=[0, 2], kofn_subsets=1, control_stride=max(self.control_stride, 3)))
+        update = {k: min(getattr(self, k), v) for k, v in QUICK.items() if k != "demo_counts"}
+        update["demo_counts"] = QUICK["demo_counts"]
+        return self.model_copy(update=update)
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a task name (``file:/data/my task.csv`` -> ``file_data_my_task.csv``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
+
+
+def held_out_trials(task, n: int, n_demos: int | None, seed: int) -> list:
+    """``n`` trials whose queries are pairwise distinct (so a selection and an evaluation split drawn from them
+    share no query, and no zero-shot prompt is counted twice). Deterministic in ``seed``."""
+    out, seen = [], set()
+    for round_ in range(50):
+        for trial in task.sample_trials(n, n_demos, seed=seed + 7919 * round_):
+            if trial.query.input not in seen:
+                seen.add(trial.query.input)
+                out.append(trial)
+                if len(out) == n:
+                    return out
+    raise ConfigError(f"task {task.name!r} has too few distinct queries for {n} selection + evaluation trials "
+                      f"(found {len(out)}); lower --n-select / --n-eval")
 
 
 class _TaskRun:
-    """What the units of one task share: its task object, trials and prompts."""
+    """What the units of one task share: its task object, the three sets of trials and their prompts."""
 
     def __init__(self, name: str, cfg: StudyConfig, lm):
         self.name, self.cfg, self.lm = name, cfg, lm
         self.task = task_for(name, lm.tokenizer, **cfg.task_params.get(name, {}))
         self.template = Template(cfg.separator, cfg.joiner)
-        self.trials = self.task.sample_trials(cfg.n_trials, cfg.n_demos, seed=cfg.seed)
-        self.eval_trials = self.task.sample_trials(cfg.n_trials, cfg.n_demos, seed=cfg.seed + 10_007)
         self.categorization = self.task.kind == "categorization"
+        self.source = self.task.sample_trials(cfg.n_trials, cfg.n_demos, seed=cfg.seed)
+        held = held_out_trials(self.task, cfg.n_select + cfg.n_eval, cfg.n_demos, cfg.seed + 10_007)
+        self.select, self.eval = held[:cfg.n_select], held[cfg.n_select:]
+        self.file = slug(name)
 
     @cached_property
-    def icl(self):
-        return build_prompts(self.lm, self.trials, self.template)
-
-    def layers(self, vector: str) -> list[int]:
-        """Every layer for the task's own vectors; every ``control_stride``-th (and the last) for controls."""
-        n = self.lm.n_layers
-        if vector in ("random", "other_task"):
-            return sorted(set(range(0, n, self.cfg.control_stride)) | {n - 1})
-        return list(range(n))
-
-    def rows(self, df: pd.DataFrame, **tags) -> list[dict]:
-        df = df.copy()
-        df["score"] = df["label_correct"] if self.categorization else df["correct"]
-        for k, v in tags.items():
-            df[k] = v
-        return df.to_dict("records")
-
-    def clean_scores(self, prompts) -> pd.DataFrame:
-        variants = [Variant.clean(i, self.lm.d_model) for i in range(len(prompts))]
-        targets = torch.tensor([p.target_id for p in prompts])
-        labels = torch.tensor([p.label_ids for p in prompts]) if self.categorization else None
-        out = run_variants(self.lm, [p.ids for p in prompts], variants, read_ids=read_ids_for(targets, labels),
-                           max_batch_tokens=self.cfg.max_batch_tokens)
-        df = score(out, targets, labels)
-        df.insert(0, "prompt", range(len(prompts)))
-        return df
+    def source_prompts(self):
+        return build_prompts(self.lm, self.source, self.template)
 
     @cached_property
-    def dummy_prompts(self):
-        """``(icl, dummy)``: dummy prompts (random answers) aligned with the first ``n_patch_trials`` ICL prompts."""
-        n = min(self.cfg.n_patch_trials, len(self.trials))
-        trials, icl = self.trials[:n], self.icl[:n]
-        pools = [self.task.answer_pool(t) for t in trials]
+    def eval_prompts(self):
+        return build_prompts(self.lm, self.eval, self.template)
+
+    def zero_shot(self, split: str):
+        return build_prompts(self.lm, zero_shot(self.select if split == "select" else self.eval), self.template)
+
+    def dummies(self, split: str):
+        """``(icl, dummy)`` prompts for local patching on a split: dummy = same inputs, random answers, the same
+        token layout (redrawn up to 8 times where a tokenizer merges differently; then an error)."""
+        n = self.cfg.n_local_select if split == "select" else self.cfg.n_local_eval
+        trials = (self.select if split == "select" else self.eval)[:n]
+        icl = build_prompts(self.lm, trials, self.template)
+        salt = 0 if split == "select" else 500_009
         out = []
-        for i in range(n):
+        for i, trial in enumerate(trials):
             for attempt in range(8):
-                d = build_prompts(self.lm, dummy_trials([trials[i]], [pools[i]], self.cfg.seed + 31 * i + attempt,
-                                                        self.lm.tokenizer), self.template)[0]
+                d = build_prompts(self.lm, dummy_trials([trial], [self.task.answer_pool(trial)],
+                                                        self.cfg.seed + salt + 31 * i + attempt, self.lm.tokenizer),
+                                  self.template)[0]
                 if len(d) == len(icl[i]) and d.answer_positions == icl[i].answer_positions:
                     break
             out.append(d)
         check_aligned(icl, out)
         return icl, out
 
+    @cached_property
+    def dummy_select(self):
+        return self.dummies("select")
 
-def chance_level(task_run: _TaskRun) -> float:
+    @cached_property
+    def dummy_eval(self):
+        return self.dummies("eval")
+
+    def score_column(self) -> str:
+        return "label_correct" if self.categorization else "correct"
+
+    def run(self, prompts, variants: list[Variant], meta: list[dict], label: str) -> list[dict]:
+        """Run variants on prompts and return one row per variant: ``meta`` + scores (``score`` is label-restricted
+        accuracy for categorization, accuracy over the vocabulary otherwise)."""
+        targets = torch.tensor([prompts[v.prompt].target_id for v in variants])
+        labels = torch.tensor([prompts[v.prompt].label_ids for v in variants]) if self.categorization else None
+        out = run_variants(self.lm, [p.ids for p in prompts], variants, read_ids=read_ids_for(targets, labels),
+                           max_batch_tokens=self.cfg.max_batch_tokens, progress=f"{self.name} {label}")
+        df = pd.concat([pd.DataFrame(meta), score(out, targets, labels)], axis=1)
+        df["score"] = df[self.score_column()]
+        return df.to_dict("records")
+
+    def clean(self, prompts, **tags) -> list[dict]:
+        variants = [Variant.clean(i, self.lm.d_model) for i in range(len(prompts))]
+        return self.run(prompts, variants, [dict(prompt=i, **tags) for i in range(len(prompts))], "clean")
+
+
+def chance_level(tr: _TaskRun) -> float:
     """Chance of the reported score: 1/2 for two labels; 1/(number of distinct answers' first tokens) otherwise."""
-    if task_run.categorization:
-        return 0.5
-    pool = task_run.task.answer_pool(task_run.trials[0])
-    return 1.0 / len({first_token_id(task_run.lm.tokenizer, a) for a in pool})
+    if tr.categorization:
+        return 1.0 / len(tr.task.labels)
+    pool = tr.task.answer_pool(tr.source[0])
+    return 1.0 / len({first_token_id(tr.lm.tokenizer, a) for a in pool})
 
 
 def _control_task(name: str, cfg: StudyConfig) -> str:
@@ -172,116 +231,208 @@ def _control_task(name: str, cfg: StudyConfig) -> str:
     return "antonyms" if name == "country_capital" else "country_capital"
 
 
-def _vectors(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
-    path = store.path / "vectors" / f"{tr.name}.safetensors"
+def select_layer(rows: pd.DataFrame) -> int:
+    """The layer with the highest mean score on selection rows (ties: higher mean target log-prob, then the lower
+    layer)."""
+    if rows.empty:
+        raise ConfigError("no selection rows to choose a layer from")
+    g = rows.groupby("layer").agg(score=("score", "mean"), lp=("target_logprob", "mean")).reset_index()
+    g = g.sort_values(["score", "lp", "layer"], ascending=[False, False, True])
+    return int(g.layer.iloc[0])
 
-    def compute() -> list[dict]:
-        g, local = read_icl_states(tr.lm, tr.icl)
-        save_vectors(path, {"global_per_prompt": g, "global": g.mean(0), "local": local,
-                            "trial_avg": trial_avg(local)},
-                     {"model": tr.cfg.model, "task": tr.name, "shape_local": "[P, L, n, d]",
-                      "seed": tr.cfg.seed, "separator": tr.cfg.separator})
-        return []
 
+# ----------------------------------------------------------------------------------------------------- states
+def source_vectors(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
+    """Global and local states of the source prompts (saved before any unit uses them; reloaded on resume)."""
+    path = store.path / "vectors" / f"{tr.file}.safetensors"
+    unit = f"{tr.name}/vectors"
+    start = time.perf_counter()
     if not path.exists():
-        store.append(f"{tr.name}/vectors", compute())
-    elif not store.done(f"{tr.name}/vectors"):
-        store.append(f"{tr.name}/vectors", [])
+        g, local = read_icl_states(tr.lm, tr.source_prompts)
+        save_vectors(path, {"global_per_prompt": g, "global": g.mean(0), "local": local, "trial_avg": trial_avg(local)},
+                     {"model": tr.cfg.model, "task": tr.name, "shape_local": "[P, L, n, d]", "seed": tr.cfg.seed,
+                      "separator": tr.cfg.separator})
+    if not store.done(unit):
+        store.append(unit, [], seconds=round(time.perf_counter() - start, 3))
     return load_vectors(path)[0]
 
 
+def patch_states(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
+    """Local states of the selection and evaluation ICL prompts (their own local vectors) and the reference mean
+    state over every token of the evaluation prompts (for centred convergence)."""
+    path = store.path / "vectors" / f"{tr.file}.patch.safetensors"
+    unit = f"{tr.name}/patch_states"
+    start = time.perf_counter()
+    if not path.exists():
+        tensors = {}
+        for split in ("select", "eval"):
+            icl, _ = tr.dummy_select if split == "select" else tr.dummy_eval
+            tensors[f"local_{split}"] = read_icl_states(tr.lm, icl)[1]
+        tensors["reference_mean"] = mean_state(tr.lm, tr.eval_prompts)
+        save_vectors(path, tensors, {"model": tr.cfg.model, "task": tr.name})
+    if not store.done(unit):
+        store.append(unit, [], seconds=round(time.perf_counter() - start, 3))
+    return load_vectors(path)[0]
+
+
+def mapping_trial_avg(tr: _TaskRun, source: dict, trials) -> torch.Tensor:
+    """``[P, L, n, d]``: for each target trial, Trial Avg over the source prompts that share its class -> word
+    mapping (knowledge tasks: every source prompt)."""
+    key = (lambda t: t.label_words) if tr.categorization else (lambda t: None)
+    groups = trial_avg_by_mapping(source["local"], [key(t) for t in tr.source])
+    missing = {key(t) for t in trials} - set(groups)
+    if missing:
+        raise ConfigError(f"{tr.name}: no source prompt has the label mapping {sorted(missing)[0]}; raise --n-trials")
+    return torch.stack([groups[key(t)] for t in trials])
+
+
+# ----------------------------------------------------------------------------------------------------- units
 def unit_icl(tr: _TaskRun) -> list[dict]:
+    """ICL accuracy vs number of demonstrations on the evaluation trials (0 = zero-shot)."""
     rows = []
-    counts = sorted(set(tr.cfg.demo_counts) | {len(tr.trials[0].demos)})
-    for k in counts:
-        if k > len(tr.trials[0].demos):
+    full = len(tr.eval[0].demos)
+    for k in sorted(set(tr.cfg.demo_counts) | {full}):
+        if k > full:
             continue
-        trials = zero_shot(tr.trials) if k == 0 else tr.trials
+        trials = zero_shot(tr.eval) if k == 0 else tr.eval
         prompts = build_prompts(tr.lm, trials, tr.template, n_demos=k)
-        rows += tr.rows(tr.clean_scores(prompts), experiment="icl", n_demos=k)
+        rows += tr.clean(prompts, experiment="icl", split="eval", n_demos=k)
     return rows
 
 
-def unit_global(tr: _TaskRun, vec: dict, control: dict) -> list[dict]:
-    prompts = build_prompts(tr.lm, zero_shot(tr.eval_trials), tr.template)
-    g = vec["global"]
+def _layer_rows(tr, prompts, vectors: dict[str, torch.Tensor], positions: str, layers: dict[str, list[int]],
+                span: str, experiment: str, split: str) -> list[dict]:
+    """Every named vector at its layers, stacked into one run."""
+    pos = (torch.tensor([[p.query_position] for p in prompts]) if positions == "query"
+           else torch.tensor([p.answer_positions for p in prompts]))
+    variants, meta = [], []
+    for name, vec in vectors.items():
+        if vec.dim() == 2:  # [L, d] -> shared [L, 1, d]
+            vec = vec[:, None, :]
+        if vec.shape[-2] != pos.shape[1]:
+            vec = vec.expand(*vec.shape[:-2], pos.shape[1], vec.shape[-1])
+        vs = layer_variants(len(prompts), vec, pos, layers[name], span)
+        variants += vs
+        meta += [dict(experiment=experiment, vector=name, span=span, split=split, prompt=p, layer=l)
+                 for p in range(len(prompts)) for l in layers[name]]
+    return tr.run(prompts, variants, meta, f"{experiment}/{split}")
+
+
+def _selected(rows: list[dict], vector: str, span: str) -> int:
+    df = pd.DataFrame(rows)
+    return select_layer(df[(df.vector == vector) & (df.span == span) & (df.split == "select")])
+
+
+def unit_global(tr: _TaskRun, src: dict, control: dict) -> list[dict]:
+    """Global vector (and the local vectors rebuilt as a global one) into zero-shot prompts: every layer on the
+    selection split; on the evaluation split at the global vector's selected layer, with the controls there."""
+    L = tr.lm.n_layers
+    g = src["global"]
+    rebuilt = src["local"].mean((0, 2))  # [L, d]: local vectors averaged into one vector per layer
+    vectors = {"global": g, "local_as_global": rebuilt}
     rows = []
-    for name, vectors in [("global", g), ("random", norm_matched_random(g, tr.cfg.seed)),
-                          ("other_task", control["global"])]:
-        for span in tr.cfg.spans:
-            df = patch_layers(tr.lm, prompts, vectors, "query", layers=tr.layers(name), span=span,
-                              max_batch_tokens=tr.cfg.max_batch_tokens, progress=f"{tr.name} global/{name}")
-            rows += tr.rows(df, experiment="global", vector=name, span=span)
+    for span in tr.cfg.spans:
+        sel = _layer_rows(tr, tr.zero_shot("select"), vectors, "query", {k: list(range(L)) for k in vectors}, span,
+                          "global", "select")
+        layer = _selected(sel, "global", span)
+        evals = {**vectors, "random": norm_matched_random(g, tr.cfg.seed), "other_task": control["global"]}
+        rows += sel + _layer_rows(tr, tr.zero_shot("eval"), evals, "query", {k: [layer] for k in evals}, span,
+                                  "global", "eval")
     return rows
 
 
-def unit_local(tr: _TaskRun, vec: dict, control: dict) -> list[dict]:
-    icl, dummy = tr.dummy_prompts
-    n = len(dummy)
-    local = vec["local"][:n]  # [P, L, n, d]
-    ctrl = control["local"].mean((0, 2))[None, :, None, :].expand_as(local)  # other task's mean local vector
-    rows = tr.rows(tr.clean_scores(dummy), experiment="local", vector="dummy", span="none", layer=-1)
-    for name, vectors in [("local", local), ("pos_avg", pos_avg(local)), ("trial_avg", vec["trial_avg"]),
-                          ("random", norm_matched_random(local, tr.cfg.seed)), ("other_task", ctrl)]:
-        for span in tr.cfg.spans:
-            df = patch_layers(tr.lm, dummy, vectors, "answers", layers=tr.layers(name), span=span,
-                              max_batch_tokens=tr.cfg.max_batch_tokens, progress=f"{tr.name} local/{name}")
-            rows += tr.rows(df, experiment="local", vector=name, span=span)
+def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dict]:
+    """Local vectors (own, Pos Avg, Trial Avg within a mapping) into dummy prompts: every layer on the selection
+    split; on the evaluation split each at its own selected layer, controls at the layer of the vector they
+    control, and the unpatched dummy."""
+    L = tr.lm.n_layers
+    _, dummy_s = tr.dummy_select
+    _, dummy_e = tr.dummy_eval
+    rows = tr.clean(dummy_e, experiment="local", vector="dummy", span="none", split="eval", layer=-1)
+    for span in tr.cfg.spans:
+        local_s = states["local_select"]
+        sel_vectors = {"local": local_s, "pos_avg": pos_avg(local_s),
+                       "trial_avg": mapping_trial_avg(tr, src, tr.select[:len(dummy_s)])}
+        sel = _layer_rows(tr, dummy_s, sel_vectors, "answers", {k: list(range(L)) for k in sel_vectors}, span,
+                          "local", "select")
+        layer = {k: _selected(sel, k, span) for k in sel_vectors}
+        local_e = states["local_eval"]
+        trials_e = tr.eval[:len(dummy_e)]
+        evals = {"local": local_e, "pos_avg": pos_avg(local_e), "trial_avg": mapping_trial_avg(tr, src, trials_e),
+                 "random": norm_matched_random(local_e, tr.cfg.seed),
+                 "other_task": control["local"].mean((0, 2))[None, :, None, :].expand_as(local_e)}
+        at = {k: layer[k] for k in sel_vectors} | {"random": layer["local"], "other_task": layer["local"]}
+        if tr.categorization:  # the mapping-mixed average carries no mapping: a null control
+            evals["trial_avg_mixed"] = src["trial_avg"]
+            at["trial_avg_mixed"] = layer["trial_avg"]
+        rows += sel + _layer_rows(tr, dummy_e, evals, "answers", {k: [at[k]] for k in evals}, span, "local", "eval")
     return rows
 
 
-def best_layer(table: pd.DataFrame, task: str, experiment: str, vector: str) -> int:
-    """Layer with the highest mean score for a (task, experiment, vector) curve (single-layer span)."""
-    sel = table[(table.task == task) & (table.experiment == experiment) & (table.vector == vector)
-                & (table.span == "single")]
-    if sel.empty:
-        raise ConfigError(f"no {experiment}/{vector} results for {task} yet")
-    return int(sel.groupby("layer").score.mean().idxmax())
+def kofn_values(n: int, which: str = "grid") -> list[int]:
+    """The k values of the k-of-n ablation: every k (``"all"``, or n <= 8), else 0-4 and the quarters of n (what
+    the C5 rules read — k = 0, 1, 2, n/2, n — plus the shape of the curve)."""
+    if which == "all" or n <= 8:
+        return list(range(n + 1))
+    return sorted({0, 1, 2, 3, 4, n // 4, n // 2, (3 * n) // 4, n})
 
 
-def unit_kofn(tr: _TaskRun, vec: dict, layer: int) -> list[dict]:
-    icl, dummy = tr.dummy_prompts
-    local = vec["local"][: len(dummy), layer]  # [P, n, d]
+def unit_kofn(tr: _TaskRun, states: dict, layer: int) -> list[dict]:
+    """Only k of the n answer positions of each evaluation dummy prompt patched (local vectors, at the local
+    vector's selected layer), k in :func:`kofn_values`, ``kofn_subsets`` random subsets per k."""
+    _, dummy = tr.dummy_eval
+    local = states["local_eval"][:, layer]  # [P, n, d]
     n = local.shape[1]
     rng = random.Random(tr.cfg.seed)
     variants, meta = [], []
     for p in range(len(dummy)):
-        for k in range(n + 1):
+        for k in kofn_values(n, tr.cfg.kofn_ks):
             for s in range(tr.cfg.kofn_subsets if 0 < k < n else 1):
                 slots = sorted(rng.sample(range(n), k))
                 pos = torch.tensor([dummy[p].answer_positions[i] for i in slots], dtype=torch.long)
                 variants.append(Variant(p, torch.full((k,), layer, dtype=torch.long), pos, local[p, slots]))
-                meta.append(dict(prompt=p, k=k, subset=s))
-    targets = torch.tensor([dummy[m["prompt"]].target_id for m in meta])
-    labels = torch.tensor([dummy[m["prompt"]].label_ids for m in meta]) if tr.categorization else None
-    out = run_variants(tr.lm, [d.ids for d in dummy], variants, read_ids=read_ids_for(targets, labels),
-                       max_batch_tokens=tr.cfg.max_batch_tokens, progress=f"{tr.name} k-of-n")
-    df = pd.concat([pd.DataFrame(meta), score(out, targets, labels)], axis=1)
-    return tr.rows(df, experiment="kofn", layer=layer)
+                meta.append(dict(experiment="kofn", split="eval", prompt=p, k=k, n=n, subset=s, layer=layer))
+    return tr.run(dummy, variants, meta, "k-of-n")
 
 
-def unit_convergence(tr: _TaskRun, vec: dict) -> list[dict]:
-    local, g = vec["local"], vec["global_per_prompt"]  # [P, L, n, d], [P, L, d]
-    cos = torch.nn.functional.cosine_similarity
-    slot_mean, g_mean = local.mean(0), g.mean(0)  # [L, n, d], [L, d]
-    rows = []
-    n = local.shape[2]
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)
+
+
+def convergence_rows(local: torch.Tensor, g: torch.Tensor, mu: torch.Tensor) -> list[dict]:
+    """Per prompt and layer: the mean over slots of the **centred** cosine between each local vector and the global
+    vector, the mean centred cosine between the prompt's local vectors, and the raw cosine (for comparison).
+
+    Args:
+        local: ``[P, L, n, d]`` local vectors; g: ``[L, d]`` global vector; mu: ``[L, d]`` reference mean state
+            (from prompts other than the ones compared). Centring removes the residual stream's shared mean
+            direction, which makes raw cosines ~0.9+ at every layer whatever the vectors encode.
+    """
+    P, L, n, _ = local.shape
     iu = torch.triu_indices(n, n, 1)
-    for layer in range(local.shape[1]):
-        to_global = cos(slot_mean[layer], g_mean[layer][None], dim=-1)  # [n]
-        unit = torch.nn.functional.normalize(slot_mean[layer], dim=-1)
-        pair = (unit @ unit.T)[iu[0], iu[1]]
-        per_trial = cos(local[:, layer], g[:, layer, None], dim=-1)  # [P, n]
-        rows.append(dict(experiment="convergence", layer=layer, local_global=float(to_global.mean()),
-                         local_local=float(pair.mean()) if n > 1 else float("nan"),
-                         local_global_per_trial=float(per_trial.mean()),
-                         last_slot_global=float(to_global[-1])))
+    rows = []
+    for layer in range(L):
+        lc = local[:, layer] - mu[layer]  # [P, n, d]
+        to_global = _cos(lc, (g[layer] - mu[layer])[None, None]).mean(-1)  # [P]
+        raw = _cos(local[:, layer], g[layer][None, None]).mean(-1)
+        unit = torch.nn.functional.normalize(lc, dim=-1)
+        pair = (unit @ unit.transpose(1, 2))[:, iu[0], iu[1]].mean(-1) if n > 1 else torch.full((P,), float("nan"))
+        for p in range(P):
+            rows.append(dict(experiment="convergence", split="source", prompt=p, layer=layer,
+                             centred_local_global=float(to_global[p]), centred_local_local=float(pair[p]),
+                             raw_local_global=float(raw[p])))
     return rows
 
 
+def unit_convergence(tr: _TaskRun, src: dict, states: dict) -> list[dict]:
+    """Convergence of the source prompts' local vectors into the global vector, centred on the mean state over
+    every token of the evaluation prompts (:func:`convergence_rows`)."""
+    return convergence_rows(src["local"], src["global"], states["reference_mean"])
+
+
 def run_analyses(lm, out: Path, names: list[str], cfg: StudyConfig) -> None:
-    """Saliency (one knowledge task + the first categorization task), dPCA and heads (categorization task with
-    string lengths, ``simple_string`` when in the study) into ``out/{saliency,dpca,heads}``; resumable."""
+    """Saliency (one knowledge task + ``simple_string``), dPCA and heads (``simple_string``) into
+    ``out/{saliency,dpca,heads}``; resumable."""
     from taskvec.analysis.runners import run_dpca, run_heads, run_saliency
 
     knowledge = [n for n in names if n in KNOWLEDGE_TASKS][:1]
@@ -296,18 +447,27 @@ def run_analyses(lm, out: Path, names: list[str], cfg: StudyConfig) -> None:
               resume=True)
 
 
-def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, report: bool = True) -> Path:
-    """Run (or resume) the study into ``out``; returns the run directory. Writes ``report.html`` at the end."""
-    from taskvec.models import load_model
-
-    eff = cfg.effective()
-    names = eff.resolved_tasks()
+def check_tasks(names: list[str]) -> None:
+    """Raise :class:`ConfigError` for a task name that is neither registered nor a file."""
     known = set(list_tasks())
     for name in names:
         if name not in known and not name.startswith("file:") and not Path(name).suffix:
             raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(known))}, all, knowledge, "
                               "categorization (or file:PATH)")
-    store = RunStore(out, cfg.model_dump(), resume=resume)
+
+
+def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, report: bool = True) -> Path:
+    """Run (or resume) the study into ``out``; returns the run directory. Writes ``report.html`` at the end.
+
+    The run directory is created only once the config is valid, every task resolves and the model has loaded,
+    so a mistyped model or task leaves nothing behind.
+    """
+    from taskvec.models import load_model
+
+    eff = cfg.effective()
+    names = eff.resolved_tasks()
+    check_tasks(names)
+    RunStore.check(out, eff.model_dump(mode="json"), resume)  # a refused resume costs no model load
     lm = lm or load_model(cfg.model)
     runs: dict[str, _TaskRun] = {}
 
@@ -316,6 +476,11 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
             runs[name] = _TaskRun(name, eff, lm)
         return runs[name]
 
+    for name in names:  # fail on a bad task before the run directory exists
+        task_run(name)
+    store = RunStore(out, eff.model_dump(mode="json"), resume=resume,
+                     extra={"requested": cfg.model_dump(mode="json"), "model_source": dict(lm.source),
+                            "n_layers": lm.n_layers, "d_model": lm.d_model})
     bar = tqdm(names, desc="tasks")
     for name in bar:
         bar.set_postfix_str(name)
@@ -326,18 +491,20 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
         with_tags = lambda rows: [dict(r, **tag) for r in rows]  # noqa: E731
         store.run_unit(f"{name}/icl", lambda: with_tags(unit_icl(tr)))
         units = [f"{name}/{u}" for u in ("global", "local", "kofn", "convergence")]
-        if all(store.done(u) for u in units):
-            continue
-        vec = _vectors(store, tr)
-        control = _vectors(store, task_run(_control_task(name, eff)))
-        store.run_unit(f"{name}/global", lambda: with_tags(unit_global(tr, vec, control)))
-        store.run_unit(f"{name}/local", lambda: with_tags(unit_local(tr, vec, control)))
-        if not store.done(f"{name}/kofn"):
-            layer = best_layer(store.table(), name, "local", "local")
-            store.run_unit(f"{name}/kofn", lambda: with_tags(unit_kofn(tr, vec, layer)))
-        store.run_unit(f"{name}/convergence", lambda: with_tags(unit_convergence(tr, vec)))
-        store.append(f"{name}/chance", [dict(experiment="chance", score=chance_level(tr), **tag)]) \
-            if not store.done(f"{name}/chance") else None
+        if not all(store.done(u) for u in units):
+            src = source_vectors(store, tr)
+            states = patch_states(store, tr)
+            control = source_vectors(store, task_run(_control_task(name, eff)))
+            store.run_unit(f"{name}/global", lambda: with_tags(unit_global(tr, src, control)))
+            store.run_unit(f"{name}/local", lambda: with_tags(unit_local(tr, src, states, control)))
+            if not store.done(f"{name}/kofn"):
+                t = store.table()
+                layer = select_layer(t[(t.task == name) & (t.experiment == "local") & (t.vector == "local")
+                                       & (t.span == "single") & (t.split == "select")])
+                store.run_unit(f"{name}/kofn", lambda: with_tags(unit_kofn(tr, states, layer)))
+            store.run_unit(f"{name}/convergence", lambda: with_tags(unit_convergence(tr, src, states)))
+        if not store.done(f"{name}/chance"):
+            store.append(f"{name}/chance", [dict(experiment="chance", score=chance_level(tr), **tag)])
     if eff.with_analyses:
         run_analyses(lm, store.path / "analyses", names, eff)
     if report:

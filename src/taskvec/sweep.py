@@ -28,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from taskvec.batching import left_pad
-from taskvec.errors import EmptyInputError, PositionError, WidthError
-from taskvec.intervene import Edits, backbone, hooked, layers_return_tensor, run_until_recorded, skipping
+from taskvec.errors import ChoiceError, EmptyInputError, PositionError, WidthError
+from taskvec.intervene import Edits, backbone, hooked, layer_skipping_ok, run_until_recorded, skipping
 
 
 @dataclass
@@ -91,13 +91,22 @@ def _outputs(logits: torch.Tensor, read: torch.Tensor | None, keep: bool) -> tup
     return top1.cpu(), lp.cpu(), (logits.cpu() if keep else None)
 
 
-def _bands(order: list[int], first: dict[int, int] | None, min_rows: int = 8, max_bands: int = 6) -> list[list[int]]:
-    """Split variant indices sorted by first written layer into up to ``max_bands`` bands of >= ``min_rows``."""
-    if first is None or len(order) < 2 * min_rows:
+def _bands(order: list[int], first: dict[int, int] | None, min_rows: int = 4) -> list[list[int]]:
+    """Split variant indices sorted by first written layer into bands of one first layer each, merging a band of
+    fewer than ``min_rows`` rows into the next (a band starts at its lowest first layer, so every row of a band
+    that starts below its own first layer recomputes clean layers: one layer per band is the least work)."""
+    if first is None:
         return [order]
-    n = min(max_bands, len(order) // min_rows)
-    size = -(-len(order) // n)
-    return [order[i:i + size] for i in range(0, len(order), size)]
+    bands: list[list[int]] = []
+    for i in order:
+        if bands and (first[bands[-1][0]] == first[i] or len(bands[-1]) < min_rows):
+            bands[-1].append(i)
+        else:
+            bands.append([i])
+    if len(bands) > 1 and len(bands[-1]) < min_rows:
+        last = bands.pop()
+        bands[-1].extend(last)
+    return bands
 
 
 @torch.no_grad()
@@ -114,9 +123,10 @@ def run_variants(
 ) -> VariantOutput:
     """Run every variant; shared prefixes are computed once per prompt and reused through the KV cache.
 
-    Layers below a variant's first write see the clean prompt, so (``skip_layers``, on models whose decoder
-    layers return a tensor) the clean states are computed once per prompt, variants are run in bands sorted by
-    their first written layer, and each band starts at its first layer instead of layer 0.
+    Layers below a variant's first write see the clean prompt, so (``skip_layers``, on models where
+    :func:`~taskvec.intervene.layer_skipping_ok` verified it once per loaded model) the clean states are computed
+    once per prompt, variants are run in bands sorted by their first written layer, and each band starts at its
+    first layer instead of layer 0.
 
     Args:
         lm: an :class:`~taskvec.models.LM`.
@@ -127,13 +137,15 @@ def run_variants(
         max_batch_tokens: bound on (rows x sequence length) per forward pass; lower it to save memory.
         return_logits: also return full ``[V, vocab]`` logits.
         progress: show a progress bar (a string is used as its label).
+        skip_layers: allow layer skipping (``False`` forces full forwards; the result must not change).
 
     Returns:
         :class:`VariantOutput` in the order of ``variants``.
     """
     _check(lm, prompts, variants, read_ids)
+    if mode not in ("replace", "add"):
+        raise ChoiceError(f"mode must be 'replace' or 'add', got {mode!r}")
     model, pad = lm.model, lm.tokenizer.pad_token_id
-    skip = skip_layers and layers_return_tensor(lm)
     by_prompt: dict[int, list[int]] = defaultdict(list)
     for i, v in enumerate(variants):
         by_prompt[v.prompt].append(i)
@@ -152,8 +164,8 @@ def run_variants(
     groups.append(current)
 
     V = len(variants)
-    top1 = torch.empty(V, dtype=torch.long)
-    lps = torch.empty(V, 0 if read_ids is None else read_ids.shape[1])
+    top1 = torch.full((V,), -1, dtype=torch.long)  # -1 / NaN until run: a missed variant cannot pass unseen
+    lps = torch.full((V, 0 if read_ids is None else read_ids.shape[1]), float("nan"))
     logits_all = [None] * V if return_logits else None
     bar = tqdm(total=V, desc=progress if isinstance(progress, str) else "variants", disable=not progress,
                leave=False)
@@ -168,7 +180,7 @@ def run_variants(
                            logits_to_keep=1).past_key_values
         idx = [i for p in group for i in by_prompt[p]]
         first = {i: int(variants[i].layers.min()) if len(variants[i].positions) else 0 for i in idx}
-        skip_here = skip and max(first.values()) > 0
+        skip_here = skip_layers and max(first.values()) > 0 and layer_skipping_ok(lm)
         bands = _bands(sorted(idx, key=lambda i: first[i]), first if skip_here else None)
         starts = sorted({first[band[0]] for band in bands} - {0}) if skip_here else []
         clean = {}
@@ -211,6 +223,8 @@ def run_variants(
                     logits_all[i] = lg[r]
         bar.update(len(idx))
     bar.close()
+    if (top1 < 0).any():
+        raise RuntimeError(f"internal error: {int((top1 < 0).sum())} variants were not run")
     return VariantOutput(top1, lps, torch.stack(logits_all) if return_logits else None)
 
 
@@ -258,6 +272,8 @@ def layer_variants(
     Returns:
         ``n_prompts * len(layers)`` variants, prompt-major.
     """
+    if span not in ("single", "from"):
+        raise ChoiceError(f"span must be 'single' or 'from', got {span!r}")
     if vectors.dim() == 3:
         vectors = vectors.expand(n_prompts, *vectors.shape)
     n_layers, K = vectors.shape[1], positions.shape[1]
@@ -330,7 +346,7 @@ def patch_layers(
         elif positions == "answers":
             positions = torch.tensor([p.answer_positions for p in prompts])
         else:
-            raise ValueError(f"positions must be 'query', 'answers' or a tensor, got {positions!r}")
+            raise ChoiceError(f"positions must be 'query', 'answers' or a tensor, got {positions!r}")
     if vectors.dim() == 2:
         vectors = vectors[:, None, :]
     if vectors.shape[-2] != positions.shape[1]:

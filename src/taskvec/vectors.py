@@ -6,7 +6,10 @@ Shapes: ``P`` prompts, ``L`` layers, ``n`` demonstrations, ``d`` = d_model.
   :func:`global_vector` — ``[L, d]`` their mean (the **global task vector** ``g_l``).
 * :func:`local_vectors` — ``[P, L, n, d]``: ``h_l`` at each demonstration's answer position.
 * :func:`pos_avg` — ``[P, L, n, d]``: each prompt's local vectors averaged over its ``n`` slots (patched at every
-  answer position); :func:`trial_avg` — ``[L, n, d]``: slot ``i`` averaged over prompts.
+  answer position); :func:`trial_avg` — ``[L, n, d]``: slot ``i`` averaged over prompts;
+  :func:`trial_avg_by_mapping` — the same within each class -> word mapping of a categorization task (averaging
+  across mappings erases the mapping: that version is only a null control).
+* :func:`mean_state` — ``[L, d]``: ``h_l`` averaged over every token of a reference set of prompts (centring).
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from taskvec.errors import AlignmentError, NonFiniteError, TaskvecError
-from taskvec.intervene import read_states
+from taskvec.batching import chunks, left_pad
+from taskvec.errors import AlignmentError, EmptyInputError, NonFiniteError, TaskvecError
+from taskvec.intervene import backbone, hooked, read_states, run_until_recorded
 
 
 def global_vectors(lm, prompts: Sequence, layers: Sequence[int] | None = None, batch_size: int = 16) -> torch.Tensor:
@@ -55,6 +59,44 @@ def pos_avg(local: torch.Tensor) -> torch.Tensor:
 def trial_avg(local: torch.Tensor) -> torch.Tensor:
     """Trial Avg: ``[P, L, n, d]`` -> ``[L, n, d]``, each slot averaged over the prompts."""
     return local.mean(0)
+
+
+def trial_avg_by_mapping(local: torch.Tensor, mappings: Sequence) -> dict:
+    """Trial Avg within each class -> word mapping: ``{mapping: [L, n, d]}``, slot ``i`` averaged over the prompts
+    whose trial has that mapping (``mappings[p]``, e.g. ``trial.label_words``; ``None`` for knowledge tasks, where
+    every prompt shares one "mapping")."""
+    if len(mappings) != local.shape[0]:
+        raise AlignmentError(f"{len(mappings)} mappings for {local.shape[0]} prompts")
+    groups: dict = {}
+    for p, m in enumerate(mappings):
+        groups.setdefault(m, []).append(p)
+    return {m: local[idx].mean(0) for m, idx in groups.items()}
+
+
+@torch.no_grad()
+def mean_state(lm, prompts: Sequence, batch_size: int = 16, skip_first: bool = True) -> torch.Tensor:
+    """``[L, d]``: ``h_l`` averaged over every token of ``prompts`` (a reference set for centring states: the
+    residual stream shares a large mean direction at every position, which raw cosines are dominated by).
+
+    ``skip_first`` leaves out each prompt's first token (the BOS, whose states are outliers).
+    """
+    if len(prompts) == 0:
+        raise EmptyInputError("no reference prompts to average")
+    layers = list(range(lm.n_layers))
+    total = torch.zeros(len(layers), lm.d_model, dtype=torch.float64)
+    count = 0
+    for rng in chunks(len(prompts), batch_size):
+        batch = left_pad([prompts[i].ids for i in rng], lm.tokenizer.pad_token_id).to(lm.device)
+        mask = batch.attention_mask.bool().clone()
+        if skip_first:
+            mask[torch.arange(len(rng), device=mask.device), batch.offsets] = False
+        with hooked(lm.profile.layers, record={l: None for l in layers}, stop_after_record=True) as rec:
+            run_until_recorded(backbone(lm.model), input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids, use_cache=False)
+        for l in layers:
+            total[l] += rec[l][mask].double().sum(0).cpu()
+        count += int(mask.sum())
+    return (total / max(count, 1)).float()
 
 
 def norm_matched_random(vectors: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -17,6 +17,8 @@ _LAZY = {
     "EagerAttentionError": "taskvec.analysis.saliency",
     "dpca_analysis": "taskvec.analysis.dpca", "DPCAResult": "taskvec.analysis.dpca",
     "plot_dpca": "taskvec.analysis.dpca", "TooFewTrialsError": "taskvec.analysis.dpca",
+    "c8_statistics": "taskvec.analysis.dpca", "ablation_summary": "taskvec.analysis.dpca",
+    "probe_accuracy": "taskvec.analysis.dpca",
     "head_effects": "taskvec.analysis.heads", "attention_to_answers": "taskvec.analysis.heads",
     "summarize": "taskvec.analysis.heads", "top_heads": "taskvec.analysis.heads", "plot_heads": "taskvec.analysis.heads",
     "run_saliency": "taskvec.analysis.runners", "run_dpca": "taskvec.analysis.runners",

@@ -298,17 +298,15 @@ def top_heads(summary: pd.DataFrame, n: int = 10, by: str = "patch_effect") -> p
 
 def plot_heads(summary: pd.DataFrame, path: str | Path, value: str = "patch_effect", title: str | None = None) -> list[Path]:
     """Heat map layer x head of ``summary[value]`` to ``path.png`` and ``path.svg``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a bare Figure: the caller's matplotlib backend is left alone
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = summary.pivot(index="layer", columns="head", values=value).sort_index()
     data = np.nan_to_num(grid.to_numpy(dtype=float))
     vmax = float(np.abs(data).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * data.shape[1], 1.0 + 0.22 * data.shape[0]))
+    fig = Figure(figsize=(1.2 + 0.45 * data.shape[1], 1.0 + 0.22 * data.shape[0]))
+    ax = fig.add_subplot()
     im = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax, origin="lower")
     ax.set(xlabel="head", ylabel="layer", title=title or value.replace("_", " "))
     ax.set_xticks(range(data.shape[1]))

@@ -68,46 +68,76 @@ def run_saliency(lm, out: str | Path, tasks: Sequence[str] = ("simple_string",),
 
 
 def run_dpca(lm, out: str | Path, task_name: str = "simple_string", n_trials: int = 40, n_demos: int | None = None,
-             seed: int = 0, k: int = 1, layers: Sequence[int] | None = None,
+             seed: int = 0, k: int | None = None, layers: Sequence[int] | None = None,
              ablate_layers: Sequence[int] | None = None, regularizer: float = 1e-4, shrinkage: float | str = "auto",
-             separator: str = "is", resume: bool = False, progress: bool = True) -> Path:
-    """dPCA + Mahalanobis + subspace ablation (SPEC A.6) -> ``dpca_per_layer.csv``, ``dpca_ablation.parquet``,
-    ``dpca_baselines.json``, ``figures/dpca_<task>.png|svg``."""
+             separator: str = "is", resume: bool = False, progress: bool = True, n_boot: int = 200,
+             probe_folds: int = 5, task_params: dict | None = None) -> Path:
+    """dPCA + Mahalanobis + subspace ablation with controls and probes + C8 statistics (SPEC A.6, A.8).
+
+    ``k=None`` (default) ablates the whole marginal subspaces (length: ``n_lengths - 1`` axes, label:
+    ``n_labels - 1``); an int ``k`` takes ``min(k, levels - 1)`` axes of both. ``task_params`` are passed to
+    :func:`~taskvec.tasks.task_for` (e.g. ``{"short": (2, 3), "long": (8, 9)}``). Writes:
+
+    * ``dpca_per_layer.csv``: variance split, dPCA explained variance, Mahalanobis (plug-in and cross-validated);
+    * ``dpca_ablation.parquet``: per (prompt, layer, ablate) local-patching scores, with the subspace ``dim``;
+    * ``dpca_ablation_summary.csv``: per (layer, ablate) accuracy with 95% Wilson interval and the cost
+      (none - ablated) with a paired bootstrap interval;
+    * ``dpca_probes.csv``: per (layer, ablate, factor) cross-validated probe accuracy with chance and majority;
+    * ``dpca_c8.json``: :func:`~taskvec.analysis.dpca.c8_statistics`;
+    * ``dpca_baselines.json``; ``figures/dpca_<task>.png|svg``.
+    """
     import json
 
-    from taskvec.analysis.dpca import DPCAResult, dpca_analysis, plot_dpca
+    from taskvec.analysis.dpca import DPCAResult, ablation_summary, dpca_analysis, plot_dpca
 
     config = {"analysis": "dpca", "model": lm.name, "task": task_name, "n_trials": n_trials, "n_demos": n_demos,
               "seed": seed, "k": k, "layers": list(layers) if layers is not None else None,
               "ablate_layers": list(ablate_layers) if ablate_layers is not None else None,
-              "regularizer": regularizer, "shrinkage": shrinkage, "separator": separator}
+              "regularizer": regularizer, "shrinkage": shrinkage, "separator": separator, "n_boot": n_boot,
+              "probe_folds": probe_folds, "task_params": dict(task_params or {})}
     store = RunStore(out, config, resume=resume)
 
     def unit():
-        task, trials, template, _ = _prompts(lm, task_name, n_trials, n_demos, seed, separator)
+        if task_params:
+            from taskvec.prompts import Template
+            from taskvec.tasks import task_for
+
+            task = task_for(task_name, lm.tokenizer, **task_params)
+            trials, template = task.sample_trials(n_trials, n_demos, seed=seed), Template(separator=separator)
+        else:
+            task, trials, template, _ = _prompts(lm, task_name, n_trials, n_demos, seed, separator)
         res = dpca_analysis(lm, trials, task=task, template=template, layers=layers, k=k, regularizer=regularizer,
-                            shrinkage=shrinkage, ablate_layers=ablate_layers, seed=seed, progress=progress)
+                            shrinkage=shrinkage, ablate_layers=ablate_layers, seed=seed, progress=progress,
+                            n_boot=n_boot, probe_folds=probe_folds)
         rows = [dict(r, table="per_layer") for r in res.per_layer.to_dict("records")]
         rows += [dict(r, table="ablation") for r in res.ablation.to_dict("records")]
+        rows += [dict(r, table="probe") for r in res.probes.to_dict("records")]
         rows.append({"table": "baselines", **res.baselines})
+        rows.append({"table": "c8", "c8_json": json.dumps(res.c8)})
         return rows
 
     store.run_unit(f"dpca/{task_name}", unit)
     table = store.table()
-    drop = lambda df: df.dropna(axis=1, how="all").drop(columns=["table", "unit"])  # noqa: E731
-    per_layer = drop(table[table.table == "per_layer"])
-    ablation = drop(table[table.table == "ablation"])
-    baselines = drop(table[table.table == "baselines"]).iloc[0].to_dict()
-    for df in (per_layer, ablation):  # jsonl round trip with NaN-padded rows makes ints floats
-        for col in ("layer", "prompt"):
-            if col in df:
+
+    def part(name: str) -> pd.DataFrame:
+        df = table[table.table == name].dropna(axis=1, how="all").drop(columns=["table", "unit"], errors="ignore")
+        for col in ("layer", "prompt", "dim", "n_folds", "n_samples", "n_levels", "dim_length", "dim_label"):
+            if col in df:  # jsonl round trip with NaN-padded rows makes ints floats
                 df[col] = df[col].astype(int)
+        return df.reset_index(drop=True)
+
+    per_layer, ablation, probes = part("per_layer"), part("ablation"), part("probe")
+    baselines = part("baselines").iloc[0].to_dict()
+    c8_rows = table[table.table == "c8"] if "c8_json" in table else pd.DataFrame()
+    c8 = json.loads(c8_rows["c8_json"].iloc[0]) if len(c8_rows) else {}
     per_layer.to_csv(store.path / "dpca_per_layer.csv", index=False)
     ablation.to_parquet(store.path / "dpca_ablation.parquet")
     (store.path / "dpca_baselines.json").write_text(json.dumps(baselines, indent=2))
-    res = DPCAResult(per_layer, ablation, baselines)
+    (store.path / "dpca_c8.json").write_text(json.dumps(c8, indent=2))
+    probes.to_csv(store.path / "dpca_probes.csv", index=False)
     if not ablation.empty:
-        res.ablation_per_layer().to_csv(store.path / "dpca_ablation_per_layer.csv", index=False)
+        ablation_summary(ablation, seed=seed).to_csv(store.path / "dpca_ablation_summary.csv", index=False)
+    res = DPCAResult(per_layer, ablation, baselines, probes=probes, c8=c8)
     plot_dpca(res, _figures(store.path) / f"dpca_{task_name}", title=f"dPCA: {task_name} ({lm.name})")
     return store.path
 

@@ -37,10 +37,12 @@ import pandas as pd
 import torch
 
 from taskvec.batching import chunks, left_pad
-from taskvec.errors import EmptyInputError, NonFiniteError, TaskvecError, TokenizationError
+from taskvec.errors import (ChoiceError, EmptyInputError, NonFiniteError, RangeError, TaskvecError,
+                             TokenizationError)
 
 FLOWS = ("answers_to_query", "inputs_to_answers", "inputs_to_query", "rest")
 LossKind = Literal["auto", "vocab", "label"]
+LOSSES: tuple[str, ...] = ("auto", "vocab", "label")
 
 
 class EagerAttentionError(TaskvecError):
@@ -157,12 +159,12 @@ class SaliencyResult:
 
 def _loss_kind(prompts, loss: LossKind) -> str:
     has_labels = all(p.label_ids is not None for p in prompts)
+    if loss not in LOSSES:
+        raise ChoiceError(f"loss must be 'auto', 'vocab' or 'label', got {loss!r}")
     if loss == "auto":
         return "label" if has_labels else "vocab"
     if loss == "label" and not has_labels:
         raise TokenizationError("loss='label' needs prompts with label words (a categorization task)")
-    if loss not in ("vocab", "label"):
-        raise ValueError(f"loss must be 'auto', 'vocab' or 'label', got {loss!r}")
     return loss
 
 
@@ -204,7 +206,7 @@ def saliency(
     if len(prompts) == 0:
         raise EmptyInputError("no prompts for saliency")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise RangeError(f"batch_size must be >= 1, got {batch_size}")
     kind = _loss_kind(prompts, loss)
     model, embed = lm.model, lm.model.get_input_embeddings()
     masks = [flow_masks(lm, p) for p in prompts]
@@ -253,10 +255,7 @@ def plot_flows(per_layer: pd.DataFrame, path: str | Path, title: str = "saliency
     """Plot the four flows per layer (``per_layer`` from :meth:`SaliencyResult.flows_per_layer`) to
     ``path.png`` and ``path.svg``. ``normalize`` divides each layer's flows by their sum (proportions, as in
     Wang et al.). Returns the written files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a bare Figure: the caller's matplotlib backend is left alone
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,7 +265,8 @@ def plot_flows(per_layer: pd.DataFrame, path: str | Path, title: str = "saliency
         for name in FLOWS:
             data[name] = (data[name] / total).fillna(0.0)
             data[f"{name}_ci"] = 0.0
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.add_subplot()
     for name in FLOWS:
         y = data[name].to_numpy()
         ci = data.get(f"{name}_ci", pd.Series(np.zeros(len(y)))).to_numpy()

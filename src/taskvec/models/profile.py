@@ -55,6 +55,11 @@ class LMProfile:
         n_layers, d_model: depth and width of the residual stream.
         bos: the BOS policy prompts must follow.
         family: the HF ``model_type`` (``"gemma3_text"``, ``"llama"``, ``"gpt2"``, ...).
+        layer_skipping: whether a forward may start at layer ``l`` from recorded clean states with the layers
+            below run as the identity (what :func:`taskvec.sweep.run_variants` does to save work): ``None`` until
+            :func:`taskvec.intervene.layer_skipping_ok` has verified it on this loaded model, then ``True`` or
+            ``False``. Families whose layers share keys/values or other state across layers get ``False``.
+        layer_skipping_note: how that was decided (the measured logit difference, or why skipping is off).
     """
 
     layers: list[nn.Module]
@@ -64,6 +69,8 @@ class LMProfile:
     d_model: int
     bos: BosPolicy = field(default_factory=BosPolicy)
     family: str = "unknown"
+    layer_skipping: bool | None = None
+    layer_skipping_note: str = ""
 
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` if it is a valid residual-stream index, else raise :class:`LayerError`."""

@@ -78,8 +78,9 @@ def cache_dir() -> Path:
 class LM:
     """A loaded causal LM: the HF model (eval mode), its tokenizer and its :class:`LMProfile`.
 
-    ``source`` records where the weights came from (named model + GGUF sha256, HF id or path) so that
-    runs can save it with their config.
+    ``source`` records where the weights came from (named model + GGUF sha256, HF id or path) and
+    ``source["sha256"]``, the :func:`model_hash` of the weights, so that runs can save it with their config.
+    ``path`` is the local checkpoint directory the weights were loaded from (``None`` if unknown).
     """
 
     model: torch.nn.Module
@@ -87,6 +88,7 @@ class LM:
     profile: LMProfile
     name: str
     source: dict
+    path: str | None = None
 
     @property
     def n_layers(self) -> int:
@@ -112,17 +114,90 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_MEMO_MIN_BYTES = 8 << 20  # smaller files are hashed each time (fast), so test checkpoints leave no memo entries
+
+
+def _read_memo(memo: Path) -> dict:
+    try:
+        table = json.loads(memo.read_text())
+    except (OSError, ValueError):  # missing, or cut short by a crash: start afresh
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
 def _sha_cached(path: Path) -> str:
-    """sha256 of a file, memoised beside the cache by (path, size, mtime)."""
+    """sha256 of a file, memoised beside the cache by (path, size, mtime); the memo is replaced atomically, so
+    processes hashing at the same time never read a half-written one (at worst one entry is computed twice)."""
     stat = path.stat()
+    if stat.st_size < _MEMO_MIN_BYTES:
+        return _sha256(path)
     memo = cache_dir() / "sha256.json"
     key = f"{path}:{stat.st_size}:{int(stat.st_mtime)}"
-    table = json.loads(memo.read_text()) if memo.exists() else {}
+    table = _read_memo(memo)
     if key not in table:
-        table[key] = _sha256(path)
+        digest = _sha256(path)
+        table = _read_memo(memo)  # entries other processes added meanwhile
+        table[key] = digest
         memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(json.dumps(table))
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table))
+        os.replace(tmp, memo)
     return table[key]
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+"""Weight files :func:`model_hash` covers, by preference: safetensors when there are any (what transformers
+loads), else PyTorch ``.bin`` files."""
+
+
+def weights_hash(directory: str | Path) -> str:
+    """sha256 of a checkpoint directory's weight files (see :data:`WEIGHT_PATTERNS`).
+
+    One file: its own sha256 (what ``sha256sum model.safetensors`` prints). Several shards: the sha256 of the
+    lines ``"<file name> <file sha256>\n"`` in name order. Each file's hash is memoised by (path, size, mtime),
+    so only the first call after a checkpoint changes reads the weights.
+    """
+    directory = Path(directory)
+    for pattern in WEIGHT_PATTERNS:
+        files = sorted(f for f in directory.glob(pattern) if f.is_file())
+        if files:
+            break
+    else:
+        raise ModelNotFoundError(f"{directory}: no weight files ({', '.join(WEIGHT_PATTERNS)}) to hash")
+    if len(files) == 1:
+        return _sha_cached(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name} {_sha_cached(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _weights_dir(name_or_path: str) -> Path | None:
+    """The local directory holding a checkpoint: the path itself, or an HF id's snapshot in the local cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not an id in the local cache
+        return None
+
+
+def model_hash(lm: "LM") -> str:
+    """sha256 of the weights ``lm`` was loaded from (:func:`weights_hash` of its checkpoint directory: for a
+    named model the converted float32 checkpoint in the cache, else the local directory or the HF id's cached
+    snapshot). Memoised: cheap after the first call for a given checkpoint.
+
+    Raises :class:`ModelNotFoundError` if no checkpoint directory with weight files can be found.
+    """
+    candidates = [lm.path, getattr(lm.model, "name_or_path", None), lm.source.get("hf")]
+    for candidate in candidates:
+        directory = _weights_dir(str(candidate)) if candidate else None
+        if directory is not None:
+            return weights_hash(directory)
+    raise ModelNotFoundError(f"{lm.name}: cannot find the checkpoint directory its weights were loaded from")
 
 
 def prepare_named(name: str, progress: Callable[[str], None] | None = None) -> Path:
@@ -208,4 +283,11 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     profile: LMProfile = profile_of(model, bos or default_bos_policy(tokenizer))
-    return LM(model=model, tokenizer=tokenizer, profile=profile, name=name_or_path, source=source)
+    directory = _weights_dir(str(path))
+    lm = LM(model=model, tokenizer=tokenizer, profile=profile, name=name_or_path, source=source,
+            path=str(directory) if directory is not None else None)
+    try:
+        source["sha256"] = model_hash(lm)
+    except ModelNotFoundError:  # loaded, but from nowhere we can read back (recorded as unknown)
+        source["sha256"] = None
+    return lm

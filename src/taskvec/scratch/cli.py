@@ -13,20 +13,27 @@ from typing import Optional
 
 import typer
 
-from taskvec.cli_errors import friendly
+from taskvec.cli_errors import check_at_least, friendly
 
 app = typer.Typer(help="Train and evaluate from-scratch ICL models (task vectors, TVP-loss).",
                   no_args_is_help=True, add_completion=False)
 
 
+def _check_model_dir(path: Path) -> None:
+    """A missing or non-model directory fails here, before heavy imports and before any work."""
+    from taskvec.errors import ModelNotFoundError
+
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no such directory; give the "
+                                 "model directory a training run saved, e.g. runs/NAME/model)")
+    if not (path / "config.json").exists():
+        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no config.json)")
 
 
 def _load_model(path: Path):
-    from taskvec.errors import ModelNotFoundError
+    _check_model_dir(path)
     from taskvec.scratch.model import ScratchModel
 
-    if not (path / "config.json").exists():
-        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no config.json)")
     return ScratchModel.from_pretrained(path)
 
 
@@ -69,6 +76,11 @@ def train(
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard"),
 ):
     """Train a GPT-2-style model with L = L_ICL + λ·L_TVP."""
+    check_at_least("--threads", threads, 1)
+    if layout is not None:  # fails before the heavy imports below
+        from taskvec.scratch.layouts import canonical
+
+        canonical(layout)
     import torch
 
     from taskvec.scratch.train import load_config, train as run_train
@@ -102,12 +114,18 @@ def evaluate(
 ):
     """Per-layer ICL / zero-shot / TVP(l) / baselines / strength, robustness, PCA; HTML report."""
     from taskvec.errors import ConfigError
-    from taskvec.scratch.evaluate import EvalConfig, evaluate_model
-    from taskvec.scratch.report import write_report
 
     labels = list(label or [])
     if labels and len(labels) != len(model):
         raise ConfigError(f"got {len(labels)} --label for {len(model)} --model")
+    check_at_least("--k", k, 1)
+    check_at_least("--n-prompts", n_prompts, 1)
+    check_at_least("--layer", layer, 0)
+    for path in model:  # every directory is checked before the first (long) evaluation starts
+        _check_model_dir(path)
+    from taskvec.scratch.evaluate import EvalConfig, evaluate_model
+    from taskvec.scratch.report import write_report
+
     labels = labels or [p.parent.name if p.name in ("model",) else p.name for p in model]
     from pydantic import ValidationError
 
@@ -139,14 +157,26 @@ def compress(
     seed: int = typer.Option(0),
 ):
     """Compressed inference: encode demonstrations once to θ, answer many queries with 2-token passes."""
+    check_at_least("--k", k, 1)
+    check_at_least("--tasks", tasks, 1)
+    check_at_least("--queries", queries, 1)
+    check_at_least("--layer", layer, 0)
+    _check_model_dir(model)
     import torch
 
+    from taskvec.errors import LayerError, RangeError
     from taskvec.scratch.evaluate import compressed_inference
+    from taskvec.scratch.layouts import plan
     from taskvec.scratch.tasks import TaskConfig, make_task
 
     m = _load_model(model).eval()
     layer = layer if layer is not None else (m.config.tvp_layer if m.config.tvp_layer is not None
                                              else m.n_layers // 2)
+    if not 0 <= layer < m.n_layers:
+        raise LayerError(f"--layer {layer} is out of range: this model has layers 0..{m.n_layers - 1}")
+    k_max = (m.config.n_positions // plan(m.config.layout, 1, query=False).length) - 1
+    if k > k_max:
+        raise RangeError(f"--k {k} does not fit the model's {m.config.n_positions} positions (max k {k_max})")
     res = compressed_inference(m, make_task(TaskConfig(**m.config.task)), m.config.layout, k, layer, tasks,
                                queries, torch.Generator().manual_seed(seed))
     typer.echo(json.dumps(res, indent=1))

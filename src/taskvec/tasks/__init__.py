@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -120,6 +121,29 @@ for _name, _desc in _KNOWLEDGE.items():
     register_task(_name, _knowledge_factory(_name, _desc), _desc)
 for _cls in (SimpleStringTask, DigitTask, TwoDTask):
     register_task(_cls.name, _cls, _cls.description)
+
+
+def _word_categorization_factory(name: str, description: str) -> Callable[..., Task]:
+    """A packaged two-class word list ``data/{name}.json`` (rows ``{"input", "label"}``; first label = class 0)."""
+    def make(labels: Sequence[str] = DEFAULT_LABELS, n_demos: int = DEFAULT_N_DEMOS,
+             shuffle_labels: bool = True) -> Task:
+        task = load_task_file(DATA_DIR / f"{name}.json", name=name, kind="categorization", description=description,
+                              labels=labels, n_demos=n_demos, shuffle_labels=shuffle_labels)
+        task.source = f"taskvec/tasks/data/{name}.json"  # machine-independent, for saved configs
+        return task
+
+    return make
+
+
+# Semantic word categorization: the class is obvious to a language model from the word itself.
+_WORD_CATEGORIZATION = {
+    "sentiment": "English words -> label word by sentiment (positive e.g. happy vs negative e.g. awful)",
+    "animal_object": "English nouns -> label word by animal (e.g. horse) vs man-made object (e.g. hammer)",
+    "food_body": "English nouns -> label word by food (e.g. bread) vs body part (e.g. elbow)",
+    "color_number": "English words -> label word by color name (e.g. crimson) vs number word (e.g. forty)",
+}
+for _name, _desc in _WORD_CATEGORIZATION.items():
+    register_task(_name, _word_categorization_factory(_name, _desc), _desc)
 
 __all__ = [
     "CategorizationTask", "DATA_DIR", "DEFAULT_KNOWLEDGE_N_DEMOS", "DEFAULT_LABELS", "DEFAULT_N_DEMOS", "DigitTask",
