@@ -75,10 +75,17 @@ def test_knowledge_dummy_answers_never_show_the_query_answer(smol):
     task = task_for("country_capital", smol.tokenizer)
     trials = task.sample_trials(60, 10, seed=1)
     dummies = dummy_trials(trials, [task.answer_pool(t) for t in trials], seed=0, tokenizer=smol.tokenizer)
+    n_tokens = lambda a: len(smol.tokenizer(" " + a, add_special_tokens=False).input_ids)  # noqa: E731
+    pool = task.answer_pool(trials[0])
+    kept = 0
     for t, d in zip(trials, dummies):
         answers = [e.output for e in d.demos]
         assert t.query.output not in answers
-        assert all(a != e.output for a, e in zip(answers, t.demos))
+        for a, e in zip(answers, t.demos):
+            if a == e.output:  # only when no other answer but the query's has this many tokens
+                kept += 1
+                assert not [b for b in pool if b not in (e.output, t.query.output) and n_tokens(b) == n_tokens(a)]
+    assert kept <= 3
 
 
 def test_misaligned_prompts_fail_loudly(smol, capital_trials):

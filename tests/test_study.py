@@ -47,8 +47,10 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
                     assert ev.layer.nunique() == 1, (task, vec)
                     chooser = "global" if vec == "local_as_global" else vec  # compared at the global's layer
                     chosen = tt[(tt.experiment == exp) & (tt.vector == chooser) & (tt.span == span)
-                                & (tt.split == "select")]
+                                & (tt.split == "select") & (tt.layer >= (1 if exp == "local" else 0))]
                     assert int(ev.layer.iloc[0]) == select_layer(chosen)  # chosen on selection, not evaluation
+                    if exp == "local":
+                        assert int(ev.layer.iloc[0]) >= 1  # layer 0 would restore the ICL prompt itself
                     assert len(ev) == (6 if exp == "global" else 4)
         ev = tt[(tt.split == "eval") & (tt.span == "single")]
         layer = {(e, v): int(g.layer.iloc[0]) for (e, v), g in ev.groupby(["experiment", "vector"]) if v != "dummy"}
@@ -97,6 +99,21 @@ def test_kofn_endpoints_equal_the_dummy_and_the_full_local_patch(small_run):
                               atol=1e-4), task
         assert torch.allclose(torch.tensor(kn.target_logprob.values), torch.tensor(local.target_logprob.values),
                               atol=1e-4), task
+
+
+def test_local_patching_at_layer_0_is_the_icl_prompt_itself(smol):
+    """Why local layers are selected from layer 1 on (``min_local_layer``): h_0 at an answer position is the answer
+    token's embedding, so local patching at layer 0 turns the dummy prompt back into the ICL prompt."""
+    from taskvec.sweep import patch_layers
+    from taskvec.vectors import read_icl_states
+
+    tr = _TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    icl, dummy = tr.dummy_select
+    _, local = read_icl_states(smol, icl)
+    patched = patch_layers(smol, dummy, local, "answers", layers=[0])
+    clean = patch_layers(smol, icl, local, "answers", layers=[0])  # writing a prompt's own states changes nothing
+    assert torch.allclose(torch.tensor(patched.target_logprob.values), torch.tensor(clean.target_logprob.values),
+                          atol=1e-4)
 
 
 def test_kofn_grid_holds_every_k_the_claims_read():
@@ -316,3 +333,17 @@ def test_resume_after_killing_a_real_run(tmp_path, smol):
     for u in ("icl", "vectors", "patch_states", "global", "local", "kofn", "convergence", "chance"):
         assert f"antonyms/{u}" in units
     assert (out / "report.html").exists()
+
+
+def test_resume_may_add_the_analyses_but_nothing_else(tmp_path):
+    """with_analyses only adds units, so a finished run may be resumed with it switched on (the saved config
+    follows); any other change is refused."""
+    store = RunStore(tmp_path / "r", {"a": 1, "with_analyses": False})
+    store.append("u", [{"x": 1}])
+    again = RunStore(tmp_path / "r", {"a": 1, "with_analyses": True}, resume=True, additive=("with_analyses",))
+    assert again.done("u")
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["with_analyses"] is True
+    with pytest.raises(ConfigError, match="differs in: with_analyses"):
+        RunStore(tmp_path / "r", {"a": 1, "with_analyses": False}, resume=True)
+    with pytest.raises(ConfigError, match="differs in: a"):
+        RunStore(tmp_path / "r", {"a": 2, "with_analyses": True}, resume=True, additive=("with_analyses",))

@@ -129,7 +129,7 @@ def study_local_global(
     n_trials: Optional[int] = typer.Option(None, help="source ICL prompts per task (vectors) [default: 50]"),
     n_select: Optional[int] = typer.Option(None, help="selection trials per task (layers chosen here) [default: 24]"),
     n_eval: Optional[int] = typer.Option(None, help="evaluation trials per task (reported numbers) [default: 50]"),
-    n_local_select: Optional[int] = typer.Option(None, help="selection dummy prompts for local patching [default: 16]"),
+    n_local_select: Optional[int] = typer.Option(None, help="selection dummy prompts for local patching [default: 12]"),
     n_local_eval: Optional[int] = typer.Option(None, help="evaluation dummy prompts for local patching [default: 32]"),
     n_demos: Optional[int] = typer.Option(None, help="demonstrations per prompt [default: each task's]"),
     spans: Optional[str] = typer.Option(None, help="single, or single,from (also patch l and every later layer)"),

@@ -140,7 +140,9 @@ def dummy_trials(trials: Sequence[Trial], pools: Sequence[Sequence[str]], seed: 
       dummy prompt a consistent reversed-rule prompt.)
     * Knowledge trials: each dummy answer is drawn from ``pool`` without the query's answer (the model could copy
       it) and without that demonstration's own answer. When a tokenizer is given, only answers with as many
-      tokens as the real one are drawn, so the dummy prompt keeps the ICL prompt's token layout.
+      tokens as the real one are drawn, so the dummy prompt keeps the ICL prompt's token layout; where no other
+      answer has that many tokens, the demonstration keeps its own answer (never the query's) — the layout must
+      align, and this is rare (a handful of long answers per task).
 
     Args:
         trials: ICL trials.
@@ -178,7 +180,7 @@ def dummy_trials(trials: Sequence[Trial], pools: Sequence[Sequence[str]], seed: 
                     "own answers; give the task more pairs")
             if n_tokens:
                 same = [a for a in allowed if length(a) == length(ex.output)]
-                allowed = same or allowed  # the caller's alignment check reports a layout that differs
+                allowed = same or [ex.output]  # nothing else of this token length: keep it, the layout must align
             demos.append(Example(ex.input, rng.choice(allowed), None))
         out.append(replace(trial, demos=tuple(demos)))
     return out

@@ -45,19 +45,27 @@ class RunStore:
             Without ``resume``, a non-empty run directory is refused (nothing is overwritten).
     """
 
-    def __init__(self, path: str | Path, config: dict, resume: bool = False, extra: dict | None = None):
+    def __init__(self, path: str | Path, config: dict, resume: bool = False, extra: dict | None = None,
+                 additive: tuple[str, ...] = ()):
         self.path = Path(path)
         self.config = json.loads(json.dumps(config))
         cfg_file = self.path / "config.json"
-        if not RunStore.check(self.path, self.config, resume):
+        if RunStore.check(self.path, self.config, resume, additive):
+            saved = json.loads(cfg_file.read_text())
+            if any(saved["config"].get(k) != self.config.get(k) for k in additive):  # e.g. analyses added later
+                saved["config"] = self.config
+                cfg_file.write_text(json.dumps(saved, indent=2))
+        else:
             self.path.mkdir(parents=True, exist_ok=True)
             cfg_file.write_text(json.dumps({"config": self.config, "versions": versions(), **(extra or {})}, indent=2))
         self._done = {r["unit"] for r in self._records()}
 
     @staticmethod
-    def check(path: str | Path, config: dict, resume: bool = False) -> bool:
+    def check(path: str | Path, config: dict, resume: bool = False, additive: tuple[str, ...] = ()) -> bool:
         """Whether ``path`` already holds a run that ``config`` may continue; raise :class:`ConfigError` if it holds
-        one and ``resume`` is off, or if its saved config differs. Cheap: call it before loading a model."""
+        one and ``resume`` is off, or if its saved config differs in any key but the ``additive`` ones (keys that
+        only add work, such as running the analyses too; the saved config is updated). Cheap: call it before
+        loading a model."""
         cfg_file = Path(path) / "config.json"
         if not cfg_file.exists():
             return False
@@ -65,9 +73,9 @@ class RunStore:
         saved = json.loads(cfg_file.read_text())
         if not resume:
             raise ConfigError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
-        if saved.get("config") != config:
-            diff = sorted(k for k in set(saved.get("config", {})) | set(config)
-                          if saved.get("config", {}).get(k) != config.get(k))
+        diff = sorted(k for k in set(saved.get("config", {})) | set(config)
+                      if k not in additive and saved.get("config", {}).get(k) != config.get(k))
+        if diff:
             raise ConfigError(f"{path} holds a run with a different config (differs in: {', '.join(diff)}); "
                               "use another --out or the same settings")
         return True

@@ -46,7 +46,8 @@ from taskvec.vectors import (load_vectors, mean_state, norm_matched_random, pos_
 
 KNOWLEDGE_TASKS = ["country_capital", "antonyms", "english_french", "present_past", "lowercase_uppercase"]
 CATEGORIZATION_TASKS = ["simple_string", "digit", "two_d", "animal_object", "food_body", "color_number"]
-QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, demo_counts=[0, 2])
+ADDITIVE = ("with_analyses",)  # config keys a resume may change: they only add units, never change finished ones
+QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, demo_counts=[0, 2])  # --quick
 
 
 class StudyConfig(BaseModel):
@@ -60,7 +61,7 @@ class StudyConfig(BaseModel):
     n_trials: int = Field(50, ge=2, description="source ICL prompts per task (global vector, Trial Avg, convergence)")
     n_select: int = Field(24, ge=2, description="selection trials per task: layers are chosen on these")
     n_eval: int = Field(50, ge=2, description="evaluation trials per task: every reported accuracy and verdict")
-    n_local_select: int = Field(16, ge=2, description="dummy prompts (of the selection trials) for local layer choice")
+    n_local_select: int = Field(12, ge=2, description="dummy prompts (of the selection trials) for local layer choice")
     n_local_eval: int = Field(32, ge=2, description="dummy prompts (of the evaluation trials) for local patching")
     n_demos: int | None = Field(None, ge=1, le=64, description="demonstrations per prompt (default: the task's)")
     separator: str = "is"
@@ -68,6 +69,9 @@ class StudyConfig(BaseModel):
     task_params: dict[str, dict] = Field(default_factory=dict, description="per-task parameters, e.g. labels")
     demo_counts: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8], description="ICL vs #demos")
     spans: list[Literal["single", "from"]] = Field(default_factory=lambda: ["single"])
+    min_local_layer: int = Field(1, ge=0, description="lowest layer local vectors may be selected at: at layer 0 "
+                                 "h_0 at an answer is the answer token's embedding, so patching it restores the ICL "
+                                 "prompt itself (no task vector involved)")
     kofn_subsets: int = Field(1, ge=1, description="random subsets per k in the k-of-n ablation")
     kofn_ks: Literal["grid", "all"] = Field("grid", description="k values of the k-of-n ablation: every k, or "
                                             "0-4 and the quarters of n (all k when n <= 8)")
@@ -288,13 +292,16 @@ def mapping_trial_avg(tr: _TaskRun, source: dict, trials) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------- units
 def unit_icl(tr: _TaskRun) -> list[dict]:
-    """ICL accuracy vs number of demonstrations on the evaluation trials (0 = zero-shot)."""
+    """ICL accuracy vs number of demonstrations on the evaluation trials: zero-shot and all demonstrations on
+    every evaluation trial (the baselines of the verdicts, paired with global patching), the counts in between
+    on the local-evaluation trials (paired with the k-of-n ablation, which patches k answers of the same prompts)."""
     rows = []
     full = len(tr.eval[0].demos)
-    for k in sorted(set(tr.cfg.demo_counts) | {full}):
+    for k in sorted(set(tr.cfg.demo_counts) | {0, full}):
         if k > full:
             continue
-        trials = zero_shot(tr.eval) if k == 0 else tr.eval
+        trials = tr.eval if k in (0, full) else tr.eval[:tr.cfg.n_local_eval]
+        trials = zero_shot(trials) if k == 0 else trials
         prompts = build_prompts(tr.lm, trials, tr.template, n_demos=k)
         rows += tr.clean(prompts, experiment="icl", split="eval", n_demos=k)
     return rows
@@ -318,9 +325,10 @@ def _layer_rows(tr, prompts, vectors: dict[str, torch.Tensor], positions: str, l
     return tr.run(prompts, variants, meta, f"{experiment}/{split}")
 
 
-def _selected(rows: list[dict], vector: str, span: str) -> int:
+def _selected(rows: list[dict], vector: str, span: str, min_layer: int = 0) -> int:
     df = pd.DataFrame(rows)
-    return select_layer(df[(df.vector == vector) & (df.span == span) & (df.split == "select")])
+    return select_layer(df[(df.vector == vector) & (df.span == span) & (df.split == "select")
+                           & (df.layer >= min_layer)])
 
 
 def unit_global(tr: _TaskRun, src: dict, control: dict) -> list[dict]:
@@ -355,7 +363,7 @@ def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dic
                        "trial_avg": mapping_trial_avg(tr, src, tr.select[:len(dummy_s)])}
         sel = _layer_rows(tr, dummy_s, sel_vectors, "answers", {k: list(range(L)) for k in sel_vectors}, span,
                           "local", "select")
-        layer = {k: _selected(sel, k, span) for k in sel_vectors}
+        layer = {k: _selected(sel, k, span, tr.cfg.min_local_layer) for k in sel_vectors}
         local_e = states["local_eval"]
         trials_e = tr.eval[:len(dummy_e)]
         evals = {"local": local_e, "pos_avg": pos_avg(local_e), "trial_avg": mapping_trial_avg(tr, src, trials_e),
@@ -467,7 +475,7 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
     eff = cfg.effective()
     names = eff.resolved_tasks()
     check_tasks(names)
-    RunStore.check(out, eff.model_dump(mode="json"), resume)  # a refused resume costs no model load
+    RunStore.check(out, eff.model_dump(mode="json"), resume, ADDITIVE)  # a refused resume costs no model load
     lm = lm or load_model(cfg.model)
     runs: dict[str, _TaskRun] = {}
 
@@ -478,7 +486,7 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
 
     for name in names:  # fail on a bad task before the run directory exists
         task_run(name)
-    store = RunStore(out, eff.model_dump(mode="json"), resume=resume,
+    store = RunStore(out, eff.model_dump(mode="json"), resume=resume, additive=ADDITIVE,
                      extra={"requested": cfg.model_dump(mode="json"), "model_source": dict(lm.source),
                             "n_layers": lm.n_layers, "d_model": lm.d_model})
     bar = tqdm(names, desc="tasks")
@@ -499,8 +507,9 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
             store.run_unit(f"{name}/local", lambda: with_tags(unit_local(tr, src, states, control)))
             if not store.done(f"{name}/kofn"):
                 t = store.table()
-                layer = select_layer(t[(t.task == name) & (t.experiment == "local") & (t.vector == "local")
-                                       & (t.span == "single") & (t.split == "select")])
+                chosen = t[(t.task == name) & (t.experiment == "local") & (t.vector == "local")
+                           & (t.span == "single") & (t.split == "eval")]
+                layer = int(chosen.layer.iloc[0])  # the local vector's selected layer
                 store.run_unit(f"{name}/kofn", lambda: with_tags(unit_kofn(tr, states, layer)))
             store.run_unit(f"{name}/convergence", lambda: with_tags(unit_convergence(tr, src, states)))
         if not store.done(f"{name}/chance"):

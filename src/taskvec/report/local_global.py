@@ -234,3 +234,36 @@ def write_report(run_dir: str | Path) -> Path:
                 page.heading(sub.name, level=3)
                 page.images(pngs)
     return page.write(run_dir / "report.html")
+
+
+def markdown_summary(run_dir: str | Path) -> str:
+    """Markdown tables of a finished study run (for docs): the verdict grid and the evaluation-split accuracies
+    per task (value [95% interval] @ selected layer), read from ``summary.csv`` and ``evaluation.csv``."""
+    run_dir = Path(run_dir)
+    v = pd.read_csv(run_dir / "summary.csv")
+    ev = pd.read_csv(run_dir / "evaluation.csv")
+    grid = v.pivot_table(index="claim", columns="task", values="verdict", aggfunc="first", sort=False).fillna("")
+    tasks = list(dict.fromkeys(ev.task))
+    lines = ["| claim | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    short = {"supported": "**yes**", "not supported": "no", "inconclusive": "?", "": ""}
+    for claim, row in grid.iterrows():
+        lines.append(f"| {claim} | " + " | ".join(short[str(row.get(t, ''))] for t in tasks) + " |")
+    cols = [("ICL", "ICL"), ("zero-shot", "zero-shot"), ("dummy prompt unpatched", "dummy"),
+            ("global vector → zero-shot", "global"), ("local vectors → dummy prompt", "local"),
+            ("Pos Avg → dummy prompt", "Pos Avg"), ("Trial Avg (same label mapping) → dummy prompt", "Trial Avg"),
+            ("local vectors averaged → zero-shot (convergence)", "local→global"),
+            ("control: norm-matched random → dummy prompt", "random (local)"),
+            ("null control: Trial Avg across mappings", "Trial Avg mixed")]
+    table = ["| task | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for task in tasks:
+        t = ev[ev.task == task].set_index("what")
+        cells = []
+        for what, _ in cols:
+            if what not in t.index:
+                cells.append("–")
+                continue
+            r = t.loc[what]
+            at = "" if pd.isna(r.layer) else f" @{int(r.layer)}"
+            cells.append(f"{r.accuracy:.2f} [{r.low:.2f}, {r.high:.2f}]{at}")
+        table.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(table) + "\n"

@@ -100,12 +100,16 @@ def task_for(name: str, tokenizer: Any, **params: Any) -> Task:
     return task
 
 
+def _packaged(name: str, kind: str, description: str, **params: Any) -> Task:
+    """A task from the packaged data file ``data/{name}.json``."""
+    task = load_task_file(DATA_DIR / f"{name}.json", name=name, kind=kind, description=description, **params)
+    task.source = f"taskvec/tasks/data/{name}.json"  # machine-independent, for saved configs
+    return task
+
+
 def _knowledge_factory(name: str, description: str) -> Callable[..., Task]:
     def make(single_token_answers: bool = False, n_demos: int = DEFAULT_KNOWLEDGE_N_DEMOS) -> Task:
-        task = load_task_file(DATA_DIR / f"{name}.json", name=name, kind="knowledge", description=description,
-                              single_token_answers=single_token_answers, n_demos=n_demos)
-        task.source = f"taskvec/tasks/data/{name}.json"  # machine-independent, for saved configs
-        return task
+        return _packaged(name, "knowledge", description, single_token_answers=single_token_answers, n_demos=n_demos)
 
     return make
 
@@ -127,10 +131,8 @@ def _word_categorization_factory(name: str, description: str) -> Callable[..., T
     """A packaged two-class word list ``data/{name}.json`` (rows ``{"input", "label"}``; first label = class 0)."""
     def make(labels: Sequence[str] = DEFAULT_LABELS, n_demos: int = DEFAULT_N_DEMOS,
              shuffle_labels: bool = True) -> Task:
-        task = load_task_file(DATA_DIR / f"{name}.json", name=name, kind="categorization", description=description,
-                              labels=labels, n_demos=n_demos, shuffle_labels=shuffle_labels)
-        task.source = f"taskvec/tasks/data/{name}.json"  # machine-independent, for saved configs
-        return task
+        return _packaged(name, "categorization", description, labels=labels, n_demos=n_demos,
+                         shuffle_labels=shuffle_labels)
 
     return make
 
