@@ -14,7 +14,7 @@ body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0
 h1{border-bottom:2px solid #444} h2{margin-top:2em;border-bottom:1px solid #ccc}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:0.85em} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f3f3f3} .figs{display:flex;flex-wrap:wrap;gap:1em} .figs img{max-width:520px;width:100%}
+th{background:#f3f3f3} .figs{display:flex;flex-wrap:wrap;gap:1em} .figs img{max-width:560px;width:100%}
 .note{color:#555;font-size:0.9em} td.supported{background:#d9f2d9} td.not-supported{background:#f8d7d7}
 td.inconclusive{background:#f3f3f3;color:#555} td.left,th.left{text-align:left}
 """

@@ -97,7 +97,7 @@ def _lines(ax, t: pd.DataFrame, names: list[str]) -> None:
 
 
 def _axes(title: str) -> tuple[Figure, object]:
-    fig = Figure(figsize=(5.6, 3.6))
+    fig = Figure(figsize=(5.0, 3.4))
     ax = fig.add_subplot()
     ax.set(title=title, ylim=(-0.02, 1.02))
     return fig, ax
@@ -109,7 +109,7 @@ def global_figure(task: str, t: pd.DataFrame, span: str = "single") -> Figure:
     _curve(ax, t, "global", "local_as_global", "local vectors averaged", "C2", span)
     _lines(ax, t, ["ICL", "zero-shot", "chance"])
     ax.set(xlabel="layer l (h_l replaced at the query)", ylabel="accuracy")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return fig
 
 
@@ -120,7 +120,7 @@ def local_figure(task: str, t: pd.DataFrame, span: str = "single") -> Figure:
         _curve(ax, t, "local", vec, label, color, span)
     _lines(ax, t, ["ICL", "dummy", "chance"])
     ax.set(xlabel="layer l (h_l replaced at every answer)", ylabel="accuracy")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return fig
 
 
@@ -137,12 +137,12 @@ def kofn_figure(task: str, t: pd.DataFrame) -> Figure:
         ax.plot(s.n_demos, s["mean"], "s-", color="k", label="ICL with k demonstrations")
     _lines(ax, t, ["chance"])
     ax.set(xlabel="k", ylabel="accuracy (evaluation split)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return fig
 
 
 def convergence_figure(task: str, t: pd.DataFrame, rules: ClaimRules, n_layers: int) -> Figure:
-    fig = Figure(figsize=(5.6, 3.6))
+    fig = Figure(figsize=(5.0, 3.4))
     ax = fig.add_subplot()
     c = t[t.experiment == "convergence"]
     for col, label, style in (("centred_local_global", "centred cos(local, global)", dict(color="C0", lw=2)),
@@ -156,8 +156,8 @@ def convergence_figure(task: str, t: pd.DataFrame, rules: ClaimRules, n_layers: 
     summary = convergence_summary(t, rules, n_layers)
     if summary and summary["layer"] is not None:
         ax.axvline(summary["layer"], color="C0", lw=0.8, ls="--")
-    ax.set(xlabel="layer", ylabel="cosine (source prompts)", ylim=(-0.3, 1.05), title=f"{task}: convergence")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="layer", ylabel="cosine (source prompts)", ylim=(-1.02, 1.02), title=f"{task}: convergence")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return fig
 
 
