@@ -1,6 +1,6 @@
 # Two commands for a fresh machine (see README):
 #   make demo   set up .venv, convert the default model once, run the local-vs-global study, write its report
-#   make test   set up .venv and run the test suite (what CI runs)
+#   make test   set up .venv (and headless chromium, if missing and apt can) and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,7 +14,7 @@ RUN    ?= runs/local-global-$(MODEL)
 STUDY_FLAGS ?=
 PYTEST_FLAGS ?=
 
-.PHONY: setup models demo quick test test-slow bench clean-venv
+.PHONY: setup models demo quick browser test test-slow bench clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,15 @@ quick: setup
 	$(BIN)/taskvec study local-global --model smollm2-135m --tasks antonyms,simple_string --quick \
 		--out runs/quick-smollm2 --resume
 
-test: setup
+# Headless Chromium for tests/test_report_browser.py (the reports looked at in a browser). Installed only where
+# missing, with apt as root; a failure is tolerated (those tests then skip, naming this target).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+	  echo "note: headless chromium not installed (need root and apt-get); the browser tests will be skipped"
+
+test: setup browser
 	$(BIN)/taskvec models prepare
 	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)
 

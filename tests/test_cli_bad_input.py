@@ -33,22 +33,31 @@ CASES = [
     ("report-not-a-run", ["report", "{tmp}"], "not a study run directory", False),
     ("report-missing-dir", ["report", "{tmp}/nowhere"], "not a study run directory", False),
     ("saliency-bad-loss", ["saliency", *SMOL, "--loss", "foo", "--out", "{tmp}/run"],
-     "--loss must be one of auto, vocab, label, got 'foo'", False),
-    ("saliency-bad-task", ["saliency", *SMOL, "--task", "no_such_task", "--out", "{tmp}/run"],
+     "field 'loss' (--loss): Input should be 'auto', 'vocab' or 'label'", False),
+    ("saliency-bad-task", ["saliency", *SMOL, "--tasks", "no_such_task", "--out", "{tmp}/run"],
      "unknown task 'no_such_task'", False),
     ("saliency-batch-size-0", ["saliency", *SMOL, "--batch-size", "0", "--out", "{tmp}/run"],
-     "--batch-size must be >= 1, got 0", False),
+     "(--batch-size): Input should be greater than or equal to 1", False),
     ("saliency-zero-trials", ["saliency", *SMOL, "--n-trials", "0", "--out", "{tmp}/run"], "--n-trials", False),
     ("dpca-unreadable-shrinkage", ["dpca", *SMOL, "--shrinkage", "lots", "--out", "{tmp}/run"], "--shrinkage",
      False),
     ("dpca-shrinkage-above-1", ["dpca", *SMOL, "--shrinkage", "2", "--out", "{tmp}/run"], "[0, 1], got '2'", False),
     ("dpca-unreadable-layers", ["dpca", *SMOL, "--layers", "2-x", "--out", "{tmp}/run"], "cannot read --layers",
      False),
-    ("dpca-k-0", ["dpca", *SMOL, "--k", "0", "--out", "{tmp}/run"], "--k must be >= 1", False),
+    ("dpca-k-0", ["dpca", *SMOL, "--k", "0", "--out", "{tmp}/run"], "(--k): Input should be greater than or equal to 1",
+     False),
     ("dpca-layer-beyond-model", ["dpca", *SMOL, "--layers", "0,99", "--out", "{tmp}/run"],
      "layer 99 is out of range", True),
-    ("heads-bad-mode", ["heads", *SMOL, "--mode", "sideways", "--out", "{tmp}/run"], "--mode must be one of", False),
+    ("heads-bad-mode", ["heads", *SMOL, "--modes", "sideways", "--out", "{tmp}/run"],
+     "field 'modes.0' (--modes): Input should be 'mean' or 'patch'", False),
     ("heads-negative-layer", ["heads", *SMOL, "--layers=-2", "--out", "{tmp}/run"], "layer -2", False),
+    ("study-device-that-does-not-exist", ["study", "local-global", *SMOL, "--device", "tpu", "--out", "{tmp}/s"],
+     "unknown device 'tpu'", False),
+    ("saliency-bad-dtype", ["saliency", *SMOL, "--dtype", "fp8", "--out", "{tmp}/run"], "--dtype must be one of",
+     False),
+    ("heads-empty-layers", ["heads", *SMOL, "--layers", "", "--out", "{tmp}/run"], "--layers is empty", False),
+    ("dpca-config-and-flag", ["dpca", *SMOL, "--config", "{tmp}/dpca.yaml", "--k", "0", "--out", "{tmp}/run"],
+     "(--k)", False),
     ("heads-backwards-layers", ["heads", *SMOL, "--layers", "6-2", "--out", "{tmp}/run"], "runs backwards", False),
     ("train-bad-layout", ["train", "--out", "{tmp}/run", "--layout", "yx"], "unknown layout 'yx'", False),
     ("train-bad-preset", ["train", "--out", "{tmp}/run", "--preset", "huge"], "unknown preset 'huge'", False),
@@ -75,6 +84,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def workdir(tmp_path):
     (tmp_path / "bad.yaml").write_text("steps: [1, 2\n")
+    (tmp_path / "dpca.yaml").write_text("k: 3\nn_trials: 12\n")  # the flag --k 0 must win over the file's k
     return tmp_path
 
 

@@ -313,10 +313,11 @@ def test_dpca_run_on_smollm(smol, tmp_path):
     import matplotlib
 
     from taskvec.analysis.dpca import DPCAResult
-    from taskvec.analysis.runners import run_dpca
+    from taskvec.analysis.runners import DPCAConfig, run_dpca
 
-    out = run_dpca(smol, tmp_path / "run", n_trials=8, n_demos=5, layers=[3, 12, 22, 26], ablate_layers=[3, 22],
-                   n_boot=50, progress=False, task_params={"short": (2, 3), "long": (8, 9)})  # 8 cells, covered
+    cfg = DPCAConfig(model="smollm2-135m", n_trials=8, n_demos=5, layers=[3, 12, 22, 26], ablate_layers=[3, 22],
+                     n_boot=50, task_params={"short": (2, 3), "long": (8, 9)})  # 8 cells, all covered
+    out = run_dpca(cfg, tmp_path / "run", lm=smol, progress=False)
     for name in ("dpca_per_layer.csv", "dpca_ablation.parquet", "dpca_ablation_summary.csv", "dpca_probes.csv",
                  "dpca_c8.json", "dpca_baselines.json", "figures/dpca_simple_string.png",
                  "figures/dpca_simple_string.svg"):

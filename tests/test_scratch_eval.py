@@ -1,4 +1,5 @@
-"""From-scratch evaluation: batched layer sweep equals the per-layer loop, analyses, report, CLI."""
+"""From-scratch evaluation: batched layer sweep equals the per-layer loop, analyses, report, CLI, the run
+directory (RunStore units, resume, refused configs)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from taskvec.errors import LayerError
+import taskvec.scratch.evaluate as ev
+from taskvec.errors import ConfigError, LayerError
+from taskvec.runs import RunStore
 from taskvec.scratch.cli import app
-from taskvec.scratch.evaluate import (EvalConfig, blocked_query_predictions, evaluate_model, icl_predictions,
-                                      query_with_vectors, separability, task_vectors)
-from taskvec.scratch.model import build_model
+from taskvec.scratch.evaluate import (CompressConfig, EvalConfig, blocked_query_predictions, compress_model,
+                                      evaluate_model, icl_predictions, query_with_vectors, run_evaluation,
+                                      separability, task_vectors)
+from taskvec.scratch.model import ScratchModel, build_model
 from taskvec.scratch.tasks import TaskConfig, make_task
 
 
@@ -43,7 +47,7 @@ def test_batched_tvp_equals_per_layer_loop():
 
 def test_evaluate_model_all_analyses():
     m = tiny()
-    cfg = EvalConfig(n_prompts=24, k=4, context_ks=[1, 4], noisy_fracs=[0.0, 0.5], ood=["x×2"],
+    cfg = EvalConfig(n_trials=24, k=4, context_ks=[1, 4], noisy_fracs=[0.0, 0.5], ood=["x×2"],
                      pca_tasks=3, pca_per_task=8, compress_tasks=3, compress_queries=4)
     r = evaluate_model(m, cfg, progress=False)
     lay = r["layers"]
@@ -82,7 +86,7 @@ def test_query_blocked_from_demonstrations_after_a_layer(layout):
 
 def test_query_beyond_trained_examples_warns():
     m = tiny()  # n_positions 60 = sequences of 9 examples in training
-    cfg = dict(n_prompts=8, analyses=["layers"])
+    cfg = dict(n_trials=8, analyses=["layers"])
     with pytest.warns(UserWarning, match="beyond the 9 examples"):
         evaluate_model(m, EvalConfig(k=9, **cfg), progress=False)
     import warnings
@@ -94,7 +98,7 @@ def test_query_beyond_trained_examples_warns():
 
 def test_evaluation_is_seeded():
     m = tiny()
-    cfg = EvalConfig(n_prompts=16, k=3, analyses=["layers"])
+    cfg = EvalConfig(n_trials=16, k=3, analyses=["layers"])
     a, b = evaluate_model(m, cfg, progress=False), evaluate_model(m, cfg, progress=False)
     assert json.dumps(a) == json.dumps(b)  # (NaN-safe equality)
 
@@ -117,12 +121,44 @@ def test_cli_train_evaluate_report(tmp_path):
                               "--batch-size", "4", "--steps", "2", "--tvp-layer", "1", "--no-tensorboard"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["evaluate", "--model", str(out / "model"), "--model", str(out / "model"),
-                              "--label", "a", "--label", "b", "--out", str(tmp_path / "ev"), "--n-prompts", "16",
+                              "--label", "a", "--label", "b", "--out", str(tmp_path / "ev"), "--n-trials", "16",
                               "--k", "3", "--analyses", "layers,noisy,pca"])
     assert res.exit_code == 0, res.output
     html = (tmp_path / "ev" / "report.html").read_text()
     assert "data:image/png;base64," in html and "Noisy labels" in html
     assert set(json.loads((tmp_path / "ev" / "results.json").read_text())) == {"a", "b"}
+    saved = json.loads((tmp_path / "ev" / "config.json").read_text())
+    assert saved["config"]["n_trials"] == 16 and saved["config"]["seed"] == 12345  # the default: EvalConfig's
+    assert saved["config"]["models"]["a"] == str((out / "model").resolve()) and "torch" in saved["versions"]
+    assert set(saved["weights"]) == {"a", "b"} and saved["weights"]["a"] == saved["weights"]["b"]
+    again = ["evaluate", "--model", str(out / "model"), "--model", str(out / "model"), "--label", "a", "--label", "b",
+             "--out", str(tmp_path / "ev"), "--n-trials", "16", "--k", "3", "--analyses", "layers,noisy,pca"]
+    res = runner.invoke(app, again)
+    assert res.exit_code == 2 and "already holds a run" in res.output
+    res = runner.invoke(app, [*again, "--resume"])  # every unit done: nothing is recomputed
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*again[:-1], "layers", "--n-trials", "8", "--resume"])
+    assert res.exit_code == 2 and "differs in: n_trials" in res.output
+    res = runner.invoke(app, ["evaluate", "--model", str(out / "model"), "--out", str(tmp_path / "old"),
+                              "--n-prompts", "16"])
+    assert res.exit_code == 2 and "--n-prompts is now --n-trials" in res.output
+    res = runner.invoke(app, ["evaluate", "--model", str(out), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "training run: give its model" in res.output
+    # --config gives any EvalConfig field (n_prompts mapped); a flag given wins over the file
+    (tmp_path / "ev.yaml").write_text("n_prompts: 9\nk: 2\nanalyses: [layers]\nseed: 3\n")
+    res = runner.invoke(app, ["evaluate", "--model", str(out / "model"), "--out", str(tmp_path / "cfg"),
+                              "--config", str(tmp_path / "ev.yaml"), "--seed", "4"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "cfg" / "config.json").read_text())["config"]
+    assert (saved["n_trials"], saved["k"], saved["analyses"], saved["seed"]) == (9, 2, ["layers"], 4)
+    assert list(saved["models"]) == ["run"]  # .../run/model is labelled by its run
+    res = runner.invoke(app, ["compress", "--model", str(out / "model"), "--k", "3", "--n-tasks", "2",
+                              "--n-queries", "3"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)  # (stderr: loading bars)
+    assert printed["tasks"] == 2 and printed["queries_per_task"] == 3 and printed["k"] == 3
+    res = runner.invoke(app, ["compress", "--model", str(out / "model"), "--tasks", "2"])
+    assert res.exit_code == 2 and "--tasks is now --n-tasks" in res.output
     res = runner.invoke(app, ["train", "--out", str(out), "--preset", "tiny", "--tvp-layer", "9"])
     assert res.exit_code == 2 and "beyond the model" in res.output
     res = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
@@ -148,6 +184,138 @@ def test_degenerate_cases_are_nan_not_noise():
     same = np.ones((30, 4), dtype=np.float32)
     assert math.isnan(separability(same, ids)["between_within"])
     m = tiny()  # untrained: ICL does not beat zero-shot, so S(l) is undefined
-    r = evaluate_model(m, EvalConfig(n_prompts=16, k=3, analyses=["layers"]), progress=False)
+    r = evaluate_model(m, EvalConfig(n_trials=16, k=3, analyses=["layers"]), progress=False)
     if r["layers"]["zero_shot"] - r["layers"]["icl"] <= 0.01 * r["layers"]["zero_shot"]:
         assert all(math.isnan(s) for s in r["layers"]["strength"])
+
+
+# ----------------------------------------------------------------------------------------------- run directory
+
+SMALL = dict(n_trials=12, k=3, context_ks=[1, 3], noisy_fracs=[0.0, 0.5], ood=["x×2"], pca_tasks=3, pca_per_task=6,
+             compress_tasks=2, compress_queries=3)
+
+
+@pytest.fixture
+def two_models(tmp_path):
+    paths = {}
+    for seed, label in ((0, "a"), (1, "b")):
+        torch.manual_seed(seed)
+        path = tmp_path / label / "model"
+        build_model("tiny", d_in=4, n_positions=60, task={"d": 4}).save_pretrained(path)
+        paths[label] = path
+    return paths
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Equal results, wall times of compressed inference aside (NaN-safe: compared as JSON)."""
+    strip = lambda r: {lab: {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("seconds")}  # noqa: E731
+                                 if k == "compress" else v) for k, v in m.items()} for lab, m in r.items()}
+    return json.dumps(strip(a), sort_keys=True) == json.dumps(strip(b), sort_keys=True)
+
+
+def test_resumed_evaluation_recomputes_nothing_finished(tmp_path, two_models, monkeypatch):
+    cfg = EvalConfig(**SMALL, models=two_models)
+    full = run_evaluation(cfg, tmp_path / "full", progress=False, report=False)
+    expected = json.loads((full / "results.json").read_text())
+    assert list(expected) == ["a", "b"] and set(expected["a"]) >= set(ev.ANALYSES)
+    for lab, path in two_models.items():  # the same numbers as the in-memory API
+        assert _same({lab: expected[lab]}, {lab: evaluate_model(ScratchModel.from_pretrained(path), cfg,
+                                                                progress=False)})
+
+    calls: list[str] = []
+    real = ev.run_analysis
+
+    def counted(s, c, analysis):
+        calls.append(analysis)
+        if len(calls) == 9 and not getattr(counted, "killed", False):  # b's third unit: "killed" once
+            counted.killed = True
+            raise KeyboardInterrupt
+        return real(s, c, analysis)
+
+    monkeypatch.setattr(ev, "run_analysis", counted)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(cfg, tmp_path / "cut", progress=False, report=False)
+    assert not (tmp_path / "cut" / "results.json").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_evaluation(cfg, tmp_path / "cut", progress=False, report=False)
+    calls.clear()
+    run_evaluation(cfg, tmp_path / "cut", resume=True, progress=False, report=False)
+    assert calls == ["noisy", "ood", "pca", "compress"]  # a's six units and b's first two were not recomputed
+    assert _same(json.loads((tmp_path / "cut" / "results.json").read_text()), expected)
+
+    # a line cut by a kill mid-write: that unit (only) is redone
+    lines = (tmp_path / "cut" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(l)["unit"] for l in lines[-2:]] == ["b/pca", "b/compress"]
+    (tmp_path / "cut" / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])
+    calls.clear()
+    run_evaluation(cfg, tmp_path / "cut", resume=True, progress=False, report=False)
+    assert calls == ["compress"]
+    assert _same(json.loads((tmp_path / "cut" / "results.json").read_text()), expected)
+
+
+def test_evaluation_run_refuses_another_config_or_other_weights(tmp_path, two_models):
+    cfg = EvalConfig(**SMALL, analyses=["layers"], models=two_models)
+    out = run_evaluation(cfg, tmp_path / "r", progress=False, report=False)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["kind"] == "scratch-evaluate" and set(saved["weights"]) == {"a", "b"}
+    assert saved["config"]["models"] == {lab: str(p.resolve()) for lab, p in two_models.items()}
+    table = RunStore(out, saved["config"], resume=True).table()
+    assert list(table.unit) == ["a/layers", "b/layers"] and list(table.model) == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"differs in: n_trials\)") as err:
+        run_evaluation(cfg.model_copy(update={"n_trials": 13}), out, resume=True, progress=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="differs in: models"):
+        run_evaluation(EvalConfig(**SMALL, analyses=["layers"], models={"a": two_models["a"]}), out, resume=True,
+                       progress=False)
+    # more analyses may be added on resume: only the new units run
+    more = cfg.model_copy(update={"analyses": ["layers", "noisy"]})
+    run_evaluation(more, out, resume=True, progress=False, report=False)
+    assert set(json.loads((out / "results.json").read_text())["b"]) >= {"layers", "noisy"}
+    torch.manual_seed(7)  # model a retrained in place: its weights no longer match the run's
+    build_model("tiny", d_in=4, n_positions=60, task={"d": 4}).save_pretrained(two_models["a"])
+    with pytest.raises(ConfigError, match="other weights for 'a'"):
+        run_evaluation(more, out, resume=True, progress=False)
+
+
+def test_old_n_prompts_key_maps_to_n_trials():
+    with pytest.warns(DeprecationWarning, match="'n_prompts' is now 'n_trials'"):
+        assert EvalConfig(n_prompts=7).n_trials == 7
+    with pytest.warns(DeprecationWarning):
+        assert EvalConfig.from_dict({"n_prompts": 9, "k": 2}).n_trials == 9
+    with pytest.raises(ConfigError, match="n_trials only"):
+        EvalConfig.from_dict({"n_prompts": 9, "n_trials": 9})
+    with pytest.raises(ConfigError, match="n_trials"):
+        EvalConfig.from_dict({"n_trials": 0})
+    with pytest.raises(ConfigError, match="unknown shift"):
+        EvalConfig.from_dict({"ood": ["x×9"]})
+
+
+def test_compress_config_matches_the_evaluate_analysis():
+    m = tiny()
+    small = CompressConfig(k=3, n_tasks=2, n_queries=3)
+    a = compress_model(m, small)
+    b = evaluate_model(m, EvalConfig(k=3, analyses=["compress"], compress_tasks=2, compress_queries=3),
+                       progress=False)["compress"]
+    assert {k: v for k, v in a.items() if not k.startswith("seconds")} == \
+        {k: v for k, v in b.items() if not k.startswith("seconds")}
+    with pytest.raises(LayerError):
+        compress_model(m, CompressConfig(layer=5))
+
+
+def test_cli_help_defaults_are_the_config_defaults():
+    """The CLI keeps no defaults: every option is None unless given, and each ``[default: N]`` in its help is the
+    config class's."""
+    import re
+
+    import typer.main
+
+    for name, cls in (("evaluate", EvalConfig), ("compress", CompressConfig)):
+        command = typer.main.get_command(app).commands[name]
+        for param in command.params:
+            field = cls.model_fields.get(param.name)
+            if field is None or param.name in ("models", "analyses"):
+                continue
+            assert param.default is None, (name, param.name)
+            shown = re.search(r"\[default: ([-\w.]+)", param.help or "")
+            if shown and field.default is not None:
+                assert shown.group(1) == str(field.default), (name, param.name)

@@ -6,18 +6,19 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 
 from taskvec.errors import ConfigError, NonFiniteError
 from taskvec.scratch.model import ScratchModel
-from taskvec.scratch.train import checkpoints, load_config, train
+from taskvec.scratch.train import checkpoints, load_config, train, training_curve
 
 TINY = dict(preset="tiny", task={"d": 4}, k_max=5, batch_size=8, save_every=2, log_every=1)
 
 
 def run(cfg, out, **kw):
-    return train(cfg, out, progress=False, tensorboard=False, **kw)
+    return train(cfg, out, progress=False, tensorboard=False, report=kw.pop("report", False), **kw)
 
 
 def params_of(path) -> dict[str, torch.Tensor]:
@@ -36,13 +37,15 @@ def test_short_run_decreases_the_loss(tmp_path):
     first = sum(r["loss"] for r in rows[:5]) / 5
     last = sum(r["loss"] for r in rows[-5:]) / 5
     assert last < 0.7 * first, (first, last)
-    assert json.loads((tmp_path / "r" / "versions.json").read_text())["torch"] == torch.__version__
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["versions"]["torch"] == torch.__version__ and saved["kind"] == "train"
+    assert saved["config"] == cfg.saved() and saved["world_size"] == 1
     assert (tmp_path / "r" / "log.csv").exists() and (tmp_path / "r" / "model" / "config.json").exists()
 
 
 def test_tvp_run_logs_both_losses_and_tensorboard(tmp_path):
     cfg = load_config(**TINY, steps=2, tvp_layer=1)
-    train(cfg, tmp_path / "r", progress=False, tensorboard=True)
+    train(cfg, tmp_path / "r", progress=False, tensorboard=True, report=False)
     rows = logs(tmp_path / "r")
     assert rows[-1]["tvp_loss"] > 0 and abs(rows[-1]["loss"] - rows[-1]["icl_loss"] - rows[-1]["tvp_loss"]) < 1e-4
     assert any((tmp_path / "r" / "tb").iterdir())
@@ -70,12 +73,45 @@ def test_resume_after_interruption_is_exact(tmp_path):
     a, b = params_of(tmp_path / "full" / "model"), params_of(tmp_path / "cut" / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in logs(tmp_path / "full")] == [r["loss"] for r in logs(tmp_path / "cut")]
+    # the run store holds one unit per checkpoint interval, the rows of the cut interval once (redone on resume)
+    full, cut = training_curve(tmp_path / "full"), training_curve(tmp_path / "cut")
+    assert list(cut.step) == [1, 2, 3, 4, 5, 6] and list(cut.loss) == list(full.loss)
+    assert list(cut.unit.unique()) == ["train/step-0000002", "train/step-0000004", "train/step-0000006"]
+    assert list(cut.drop(columns=["unit", "seq_per_s"]).itertuples()) == \
+        list(full.drop(columns=["unit", "seq_per_s"]).itertuples())
+
+
+def test_run_store_table_is_the_training_curve(tmp_path):
+    from taskvec.runs import RunStore
+
+    out = tmp_path / "r"
+    cfg = load_config(**{**TINY, "save_every": 3}, steps=4, tvp_layer=1)
+    run(cfg, out, report=True)
+    assert "Training curves" in (out / "report.html").read_text()
+    saved = json.loads((out / "config.json").read_text())
+    table = RunStore(out, saved["config"], resume=True).table()
+    assert list(table.unit) == ["train/step-0000003"] * 3 + ["train/step-0000004"]
+    assert table.drop(columns="unit").to_dict("records") == logs(out)  # the logged rows, nothing else
+    assert list(pd.read_csv(out / "log.csv").step) == [1, 2, 3, 4]
+    # a longer run may continue the same directory (steps, save_every, log_every may change on resume)
+    run(load_config(**{**TINY, "save_every": 3}, steps=6, tvp_layer=1), out, resume=True)
+    assert list(training_curve(out).step) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((out / "config.json").read_text())["config"]["steps"] == 6
+    # a kill between an interval's unit and its checkpoint: the steps are redone, the rows not written twice
+    cut = tmp_path / "cut"
+    run(cfg, cut)
+    import shutil
+
+    shutil.rmtree(checkpoints(cut)[-1])  # as if killed after appending train/step-0000004, before its checkpoint
+    run(cfg, cut, resume=True)
+    assert list(training_curve(cut).step) == [1, 2, 3, 4]
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
     run(load_config(**TINY, steps=2), tmp_path / "r")
-    with pytest.raises(ConfigError, match="different config.*lr"):
+    with pytest.raises(ConfigError, match=r"different config \(differs in: lr\)") as err:
         run(load_config(**TINY, steps=4, lr=1e-3), tmp_path / "r", resume=True)
+    assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="holds no run"):
         run(load_config(**TINY, steps=2), tmp_path / "empty", resume=True)
 

@@ -54,6 +54,12 @@ def left_pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> Batch:
     return Batch(ids, mask, pos, width - lengths, lengths)
 
 
+LAST_LOGITS = torch.tensor([-1])
+"""``logits_to_keep`` for logits at the last column only, as a tensor rather than the int ``1``: given an int, Gemma 4
+cuts every other column before its KV-shared layers (a generation shortcut), so a write there at an earlier position
+would have no column to go to; a tensor keeps every layer's input whole (the lm head still sees one column)."""
+
+
 def chunks(n: int, size: int) -> list[range]:
     """Split ``range(n)`` into consecutive ranges of at most ``size`` items."""
     size = max(1, int(size))

@@ -1,4 +1,4 @@
-"""The claims of the local-vs-global paper as verdicts computed from a run (SPEC A.8).
+"""The claims of the local-vs-global paper as verdicts computed from a run (docs/spec.md A.8).
 
 The rules are fixed here, in code, before any data is seen; their thresholds are a :class:`ClaimRules` saved with
 every run's config. Every statistic uses the **evaluation split** only (layers were chosen on the selection split),
@@ -43,7 +43,7 @@ CLAIMS = {
 
 
 class ClaimRules(BaseModel):
-    """Thresholds of the verdict rules (SPEC A.8 defaults); saved with the run."""
+    """Thresholds of the verdict rules (docs/spec.md A.8 defaults); saved with the run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -120,6 +120,9 @@ def _csv(text: Optional[str]) -> list[str] | None:
 def study_local_global(
     model: Optional[str] = typer.Option(None, help="named offline model, local checkpoint or cached HF id "
                                                    "[default: gemma3-270m]"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or auto [default: cpu]"),
+    dtype: Optional[str] = typer.Option(None, help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 "
+                                                   "[default: auto]"),
     tasks: Optional[str] = typer.Option(None, help="comma-separated: task names, all, knowledge, categorization, "
                                                    "file:PATH [default: all]"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/local-global-MODEL-sSEED[-quick])"),
@@ -137,29 +140,25 @@ def study_local_global(
                                                  help="also run saliency, dPCA and heads (claims C7, C8)"),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML StudyConfig; flags given here override it"),
 ) -> None:
-    """The local-vs-global task-vector study (SPEC A.1-A.4, A.8): every task, every vector type, controls, the
+    """The local-vs-global task-vector study (docs/spec.md A.1-A.4, A.8): every task, every vector type, controls, the
     paper's claims as verdicts, report."""
-    from taskvec.errors import ConfigError
+    from taskvec.distributed import RankError, World
+    from taskvec.experiment import config_from
     from taskvec.study import StudyConfig, run_study
 
-    base: dict = {}
-    if config is not None:
-        if not config.exists():
-            raise ConfigError(f"config file {config} does not exist")
-        import yaml
-
-        try:
-            base = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"cannot read {config}: {str(err).splitlines()[0]}") from None
-        if not isinstance(base, dict):
-            raise ConfigError(f"{config} must hold a mapping of StudyConfig fields")
-    flags = dict(model=model, tasks=_csv(tasks), seed=seed, n_trials=n_trials, n_select=n_select, n_eval=n_eval,
-                 n_local_select=n_local_select, n_local_eval=n_local_eval, n_demos=n_demos, spans=_csv(spans),
-                 quick=quick, with_analyses=with_analyses)
-    cfg = StudyConfig.from_dict({**base, **{k: v for k, v in flags.items() if v is not None}})
+    flags = dict(model=model, device=device, dtype=dtype, tasks=_csv(tasks), seed=seed, n_trials=n_trials,
+                 n_select=n_select, n_eval=n_eval, n_local_select=n_local_select, n_local_eval=n_local_eval,
+                 n_demos=n_demos, spans=_csv(spans), quick=quick, with_analyses=with_analyses)
+    cfg = config_from(StudyConfig, config, flags)
     out = out or Path("runs") / f"local-global-{cfg.model.replace('/', '_')}-s{cfg.seed}{'-quick' if cfg.quick else ''}"
-    run_dir = run_study(cfg, out, resume=resume)
+    try:
+        run_dir = run_study(cfg, out, resume=resume)  # under torchrun: this rank's share (docs/distributed.md)
+    except RankError as err:
+        if err.rank > 0:  # every rank stops on it; rank 0 says why, in one line
+            raise typer.Exit(2) from None
+        raise
+    if World.from_env().rank > 0:
+        return
     typer.echo(f"report: {run_dir / 'report.html'}\nverdicts: {run_dir / 'summary.csv'}\n"
                f"accuracies: {run_dir / 'evaluation.csv'}")
     summary = run_dir / "summary.csv"
@@ -173,13 +172,10 @@ def study_local_global(
 
 @app.command("report")
 @friendly
-def report(run_dir: Path = typer.Argument(..., help="a study run directory")) -> None:
-    """Re-render a study run's report.html from its results.jsonl (e.g. while it is still running)."""
-    from taskvec.errors import ConfigError
-
-    if not (run_dir / "config.json").exists():  # before the (slow) plotting imports
-        raise ConfigError(f"{run_dir} is not a study run directory (no config.json)")
-    from taskvec.report.local_global import write_report
+def report(run_dir: Path = typer.Argument(..., help="a run directory: a study, an analysis (saliency, dpca, heads), "
+                                         "a from-scratch evaluation or training run")) -> None:
+    """Re-render a run's report.html from its directory (e.g. while a study is still running)."""
+    from taskvec.report import write_report  # dispatches on the run's kind; a non-run is a one-line error
 
     typer.echo(f"report: {write_report(run_dir)}")
 

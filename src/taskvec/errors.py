@@ -1,4 +1,5 @@
-"""Typed errors for user mistakes. Each carries a one-line message that says what to fix.
+"""Every error class of taskvec, typed by what the user got wrong. Each carries a one-line message that says what
+to fix.
 
 The CLI catches :class:`TaskvecError` and prints ``error: <message>`` with exit code 2, never a traceback.
 """
@@ -61,3 +62,21 @@ class RangeError(ConfigError, ValueError):
 
 class ParseError(ConfigError, ValueError):
     """A value that cannot be read as what it stands for (``--layers 2-x``, ``--shrinkage lots``)."""
+
+
+class DeviceError(ConfigError):
+    """A device that does not exist here (``--device cuda`` without a GPU, ``cuda:3`` on a one-GPU machine), or a
+    model that does not fit the devices it is given."""
+
+
+class TooFewTrialsError(TaskvecError):
+    """Fewer trials (or samples) than conditions, or a condition with no sample (dPCA, probes): run more trials."""
+
+
+class EagerAttentionError(TaskvecError):
+    """A model whose attention cannot be switched to eager (no attention probabilities to differentiate)."""
+
+
+class LayerSkippingWarning(UserWarning):
+    """Layer skipping changed a model's logits (or failed) in the probe, so sweeps run every layer instead (a
+    warning, not an error: the numbers stay exact, only slower)."""

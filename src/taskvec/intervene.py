@@ -1,6 +1,7 @@
 """Read and write the residual stream ``h_l`` (the input of decoder layer ``l``) at any (layer, position).
 
-Two primitives, both forward pre-hooks on the decoder layers, always removed in ``finally``:
+Two primitives, both on the ``h.{l}`` site of the one hook manager (:class:`taskvec.hooks.Hooks`, which always
+removes its hooks):
 
 * **record** ``h_l`` at chosen positions of every batch row (one forward pass for all layers);
 * **write** vectors at (row, layer, position) triples, replacing ``h_l`` there or adding to it. Writes are
@@ -28,8 +29,10 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from taskvec.batching import chunks, left_pad
-from taskvec.errors import ChoiceError, EmptyInputError, LayerError, NonFiniteError, PositionError, WidthError
+from taskvec.batching import LAST_LOGITS, chunks, left_pad
+from taskvec.errors import (ChoiceError, EmptyInputError, LayerError, LayerSkippingWarning, NonFiniteError,
+                            PositionError, WidthError)
+from taskvec.hooks import Hooks, HookSites
 
 MODES = ("replace", "add")
 
@@ -92,18 +95,6 @@ class _StopForward(Exception):
     """Raised inside a hook to end a forward pass once every needed state is recorded."""
 
 
-def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (hidden, *args[1:]), kwargs
-    kwargs = dict(kwargs)
-    kwargs["hidden_states"] = hidden
-    return args, kwargs
-
-
 @contextmanager
 def hooked(
     layers: Sequence[nn.Module],
@@ -136,9 +127,8 @@ def hooked(
             by_layer[layer] = (edits.rows[sel], edits.positions[sel], sel)
     last = max(record) if (record and stop_after_record) else None
 
-    def make_hook(index: int):
-        def hook(module, args, kwargs):
-            hidden = _hidden_of(args, kwargs)
+    def at(index: int):
+        def fn(hidden: torch.Tensor) -> torch.Tensor | None:
             changed = False
             if start is not None and index == start[0]:
                 hidden, changed = start[1].to(device=hidden.device, dtype=hidden.dtype), True
@@ -156,24 +146,18 @@ def hooked(
                 rows, pos, sel = by_layer[index]
                 vec = edits.vectors[sel.to(edits.vectors.device)].to(device=hidden.device, dtype=hidden.dtype)
                 rows, pos = rows.to(hidden.device), pos.to(hidden.device)
-                if edits.mode == "replace":
-                    hidden = hidden.index_put((rows, pos), vec)
-                else:
-                    hidden = hidden.index_put((rows, pos), vec, accumulate=True)
+                hidden = hidden.index_put((rows, pos), vec, accumulate=edits.mode == "add")
                 changed = True
-            return _with_hidden(args, kwargs, hidden) if changed else None
+            return hidden if changed else None
 
-        return hook
+        return fn
 
-    handles = []
-    try:
-        starts = {start[0]} if start is not None else set()
-        for index in sorted(set(by_layer) | set(record) | starts):
-            handles.append(layers[index].register_forward_pre_hook(make_hook(index), with_kwargs=True))
+    hooks = Hooks(HookSites(layers))
+    starts = {start[0]} if start is not None else set()
+    for index in sorted(set(by_layer) | set(record) | starts):
+        hooks.add(f"h.{index}", at(index))
+    with hooks:
         yield recorded
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -203,17 +187,9 @@ def layers_return_tensor(lm) -> bool:
     :func:`skipping` needs (its identity returns a tensor); one one-token forward, not remembered. This is only
     the structural half of the question: :func:`layer_skipping_ok` also checks the numbers."""
     seen = []
-    handle = lm.profile.layers[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, torch.Tensor)))
-    try:
-        with torch.no_grad():
-            lm.model(input_ids=torch.tensor([[lm.tokenizer.eos_token_id or 0]], device=lm.device), use_cache=False)
-    finally:
-        handle.remove()
+    with Hooks(lm).add("out.0", lambda out: seen.append(isinstance(out, torch.Tensor))), torch.no_grad():
+        lm.model(input_ids=torch.tensor([[lm.tokenizer.eos_token_id or 0]], device=lm.device), use_cache=False)
     return bool(seen and seen[0])
-
-
-class LayerSkippingWarning(UserWarning):
-    """Layer skipping changed a model's logits (or failed) in the probe, so sweeps run every layer instead."""
 
 
 SKIP_PROBE_TEXT = "The capital of France is Paris. The capital of Japan is Tokyo. The capital of Peru is"
@@ -273,13 +249,10 @@ def probe_layer_skipping(lm) -> tuple[bool, str, bool]:
     worst, where, what = 0.0, 0, ""
     try:
         returns = []
-        handle = layers[0].register_forward_hook(lambda m, a, out: returns.append(isinstance(out, torch.Tensor)))
-        try:  # the reference logits and the clean states in one forward
-            with hooked(layers, record={l: None for l in range(1, n)}) as rec:
-                ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                            logits_to_keep=1).logits[:, -1].float()
-        finally:
-            handle.remove()
+        layer_returns = Hooks(HookSites(layers)).add("out.0", lambda out: returns.append(isinstance(out, torch.Tensor)))
+        with layer_returns, hooked(layers, record={l: None for l in range(1, n)}) as rec:  # reference logits and
+            ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,  # clean states
+                        logits_to_keep=1).logits[:, -1].float()
         if not (returns and returns[0]):
             return False, "decoder layers return tuples; skipping needs layers that return a tensor", False
         clean = {l: rec[l][:, split:].float() for l in rec}
@@ -423,5 +396,5 @@ def patched_logits(
         edits.validate(lm.n_layers, lm.d_model, batch.input_ids.shape[0], batch.input_ids.shape[1])
     with hooked(lm.profile.layers, edits=edits):
         out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
+                       position_ids=batch.position_ids, use_cache=False, logits_to_keep=LAST_LOGITS)
     return out.logits[:, -1].float()

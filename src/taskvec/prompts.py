@@ -133,7 +133,7 @@ def zero_shot(trials: Sequence[Trial]) -> list[Trial]:
 
 
 def dummy_trials(trials: Sequence[Trial], pools: Sequence[Sequence[str]], seed: int, tokenizer=None) -> list[Trial]:
-    """The same demonstration inputs with **random answers** (SPEC A.4), one independent draw per demonstration.
+    """The same demonstration inputs with **random answers** (docs/spec.md A.4), one independent draw per demonstration.
 
     * Categorization trials (``trial.label_words`` set): each dummy label is drawn uniformly from the trial's
       label words, so it equals the true label half of the time. (Never "the other label": that would make the

@@ -1,4 +1,4 @@
-"""The local-vs-global task-vector study (SPEC A.1-A.4, A.8): one config -> units of work -> run store -> report.
+"""The local-vs-global task-vector study (docs/spec.md A.1-A.4, A.8): one config -> units of work -> run store -> report.
 
 Three disjoint sets of trials per task, so that **selection is never evaluation**:
 
@@ -23,23 +23,28 @@ Example::
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from taskvec.claims import ClaimRules
+from taskvec.distributed import World, world
 from taskvec.errors import ConfigError
+from taskvec.experiment import ModelExperimentConfig, open_store
+from taskvec.models.devices import batch_token_budget
 from taskvec.prompts import Template, build_prompts, check_aligned, dummy_trials, zero_shot
-from taskvec.runs import RunStore
-from taskvec.sweep import Variant, layer_variants, read_ids_for, run_variants, score
+from taskvec.runs import RunStore, versions
+from taskvec.scoring import main_column
+from taskvec.sweep import Variant, layer_variants, score_variants
 from taskvec.tasks import first_token_id, list_tasks, task_for
 from taskvec.vectors import (load_vectors, mean_state, norm_matched_random, pos_avg, read_icl_states, save_vectors,
                              trial_avg, trial_avg_by_mapping)
@@ -50,12 +55,10 @@ ADDITIVE = ("with_analyses",)  # config keys a resume may change: they only add 
 QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, demo_counts=[0, 2])  # --quick
 
 
-class StudyConfig(BaseModel):
+class StudyConfig(ModelExperimentConfig):
     """Everything that decides the study's numbers (the effective config is saved with the run)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = "gemma3-270m"
+    kind: ClassVar[str] = "study"
     tasks: list[str] = Field(default_factory=lambda: ["all"])
     seed: int = 0
     n_trials: int = Field(50, ge=2, description="source ICL prompts per task (global vector, Trial Avg, convergence)")
@@ -79,7 +82,8 @@ class StudyConfig(BaseModel):
     quick: bool = False
     with_analyses: bool = Field(False, description="also run saliency, dPCA and heads (claims C7, C8)")
     claims: ClaimRules = Field(default_factory=ClaimRules)
-    max_batch_tokens: int = Field(12_000, ge=64)
+    max_batch_tokens: int | None = Field(None, ge=64, description="tokens (rows x length) per forward of a sweep "
+                                         "(default: 12,000 on a CPU, from the free GPU memory on a GPU)")
 
     @field_validator("tasks")
     @classmethod
@@ -97,17 +101,6 @@ class StudyConfig(BaseModel):
         if self.n_local_eval > self.n_eval:
             raise ValueError(f"n_local_eval ({self.n_local_eval}) cannot exceed n_eval ({self.n_eval})")
         return self
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "StudyConfig":
-        """Validate a dict (e.g. a YAML file); a mistake raises :class:`ConfigError` naming the field."""
-        try:
-            return cls(**data)
-        except ValidationError as err:
-            e = err.errors()[0]
-            where = ".".join(str(x) for x in e["loc"]) or "config"
-            msg = str(e["msg"]).removeprefix("Value error, ")
-            raise ConfigError(f"study config field {where!r}: {msg}") from None
 
     def resolved_tasks(self) -> list[str]:
         names: list[str] = []
@@ -203,16 +196,15 @@ class _TaskRun:
         return self.dummies("eval")
 
     def score_column(self) -> str:
-        return "label_correct" if self.categorization else "correct"
+        return main_column(self.categorization)
 
     def run(self, prompts, variants: list[Variant], meta: list[dict], label: str) -> list[dict]:
         """Run variants on prompts and return one row per variant: ``meta`` + scores (``score`` is label-restricted
         accuracy for categorization, accuracy over the vocabulary otherwise)."""
-        targets = torch.tensor([prompts[v.prompt].target_id for v in variants])
-        labels = torch.tensor([prompts[v.prompt].label_ids for v in variants]) if self.categorization else None
-        out = run_variants(self.lm, [p.ids for p in prompts], variants, read_ids=read_ids_for(targets, labels),
-                           max_batch_tokens=self.cfg.max_batch_tokens, progress=f"{self.name} {label}")
-        df = pd.concat([pd.DataFrame(meta), score(out, targets, labels)], axis=1)
+        budget = self.cfg.max_batch_tokens or batch_token_budget(self.lm)
+        scores = score_variants(self.lm, prompts, variants, max_batch_tokens=budget,
+                                progress=f"{self.name} {label}")
+        df = pd.concat([pd.DataFrame(meta), scores], axis=1)
         df["score"] = df[self.score_column()]
         return df.to_dict("records")
 
@@ -246,6 +238,23 @@ def select_layer(rows: pd.DataFrame) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- states
+def _save_once(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Save a vectors file unless it is there: written under a temporary name, then linked into place only if no
+    other rank has put it there first (ranks that both need one control task's vectors compute the same numbers),
+    so a kill mid-write leaves no half-written file and the file never changes once it is there."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_vectors(tmp, tensors, metadata)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links
+        if not path.exists():
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def source_vectors(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
     """Global and local states of the source prompts (saved before any unit uses them; reloaded on resume)."""
     path = store.path / "vectors" / f"{tr.file}.safetensors"
@@ -253,9 +262,9 @@ def source_vectors(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
     start = time.perf_counter()
     if not path.exists():
         g, local = read_icl_states(tr.lm, tr.source_prompts)
-        save_vectors(path, {"global_per_prompt": g, "global": g.mean(0), "local": local, "trial_avg": trial_avg(local)},
-                     {"model": tr.cfg.model, "task": tr.name, "shape_local": "[P, L, n, d]", "seed": tr.cfg.seed,
-                      "separator": tr.cfg.separator})
+        _save_once(path, {"global_per_prompt": g, "global": g.mean(0), "local": local, "trial_avg": trial_avg(local)},
+                   {"model": tr.cfg.model, "task": tr.name, "shape_local": "[P, L, n, d]", "seed": tr.cfg.seed,
+                    "separator": tr.cfg.separator})
     if not store.done(unit):
         store.append(unit, [], seconds=round(time.perf_counter() - start, 3))
     return load_vectors(path)[0]
@@ -273,7 +282,7 @@ def patch_states(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
             icl, _ = tr.dummy_select if split == "select" else tr.dummy_eval
             tensors[f"local_{split}"] = read_icl_states(tr.lm, icl)[1]
         tensors["reference_mean"] = mean_state(tr.lm, tr.eval_prompts)
-        save_vectors(path, tensors, {"model": tr.cfg.model, "task": tr.name})
+        _save_once(path, tensors, {"model": tr.cfg.model, "task": tr.name})
     if not store.done(unit):
         store.append(unit, [], seconds=round(time.perf_counter() - start, 3))
     return load_vectors(path)[0]
@@ -438,21 +447,24 @@ def unit_convergence(tr: _TaskRun, src: dict, states: dict) -> list[dict]:
     return convergence_rows(src["local"], src["global"], states["reference_mean"])
 
 
-def run_analyses(lm, out: Path, names: list[str], cfg: StudyConfig) -> None:
+def run_analyses(lm, out: Path, names: list[str], cfg: StudyConfig, w: World = World()) -> None:
     """Saliency (one knowledge task + ``simple_string``), dPCA and heads (``simple_string``) into
-    ``out/{saliency,dpca,heads}``; resumable."""
-    from taskvec.analysis.runners import run_dpca, run_heads, run_saliency
+    ``out/{saliency,dpca,heads}``; resumable. Under torchrun, rank ``i % size`` runs the ``i``-th of the three."""
+    from taskvec.analysis.runners import DPCAConfig, HeadsConfig, SaliencyConfig, run_dpca, run_heads, run_saliency
 
     knowledge = [n for n in names if n in KNOWLEDGE_TASKS][:1]
     cat = "simple_string"
-    n = 8 if cfg.quick else 20
-    run_saliency(lm, out / "saliency", knowledge + [cat], n_trials=n, seed=cfg.seed, separator=cfg.separator,
-                 resume=True)
+    common = dict(model=cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed, separator=cfg.separator)
     step = max(1, lm.n_layers // 6)  # the subspace ablation at 6 layers spread over the depth
-    run_dpca(lm, out / "dpca", cat, n_trials=24 if cfg.quick else 40, seed=cfg.seed, separator=cfg.separator,
-             ablate_layers=list(range(0, lm.n_layers, step)), resume=True)
-    run_heads(lm, out / "heads", cat, n_trials=4 if cfg.quick else 8, seed=cfg.seed, separator=cfg.separator,
-              resume=True)
+    jobs = [lambda: run_saliency(SaliencyConfig(tasks=knowledge + [cat], n_trials=8 if cfg.quick else 20, **common),
+                                 out / "saliency", resume=True, lm=lm),
+            lambda: run_dpca(DPCAConfig(task=cat, n_trials=24 if cfg.quick else 40,
+                                        ablate_layers=list(range(0, lm.n_layers, step)), **common),
+                             out / "dpca", resume=True, lm=lm),
+            lambda: run_heads(HeadsConfig(task=cat, n_trials=4 if cfg.quick else 8, **common), out / "heads",
+                              resume=True, lm=lm)]
+    for job in w.share(jobs):
+        job()
 
 
 def check_tasks(names: list[str]) -> None:
@@ -469,14 +481,25 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
 
     The run directory is created only once the config is valid, every task resolves and the model has loaded,
     so a mistyped model or task leaves nothing behind.
-    """
-    from taskvec.models import load_model
 
+    Under ``torchrun`` (docs/distributed.md) every rank calls this with the same config (checked first: ranks that
+    disagree stop with one :class:`~taskvec.distributed.RankError`). The tasks are dealt round robin over the
+    ranks, each rank appending to its own results file; once every rank is done, rank 0 merges the files into
+    ``results.jsonl`` and writes the report.
+    """
     eff = cfg.effective()
     names = eff.resolved_tasks()
-    check_tasks(names)
-    RunStore.check(out, eff.model_dump(mode="json"), resume, ADDITIVE)  # a refused resume costs no model load
-    lm = lm or load_model(cfg.model)
+    with world() as w:
+        return _run_study(cfg, eff, names, Path(out), resume, lm, report, w)
+
+
+def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, resume: bool, lm, report: bool,
+               w: World) -> Path:
+    w.agree({"config": eff.saved(), "out": str(out), "resume": resume, "versions": versions()})
+    # every rank checks before rank 0 writes config.json; a refused resume costs no model load
+    w.together(lambda: (check_tasks(names), RunStore.check(out, eff.saved(), resume, ADDITIVE)))
+    if lm is None:
+        lm = w.together(cfg.load)
     runs: dict[str, _TaskRun] = {}
 
     def task_run(name: str) -> _TaskRun:
@@ -484,12 +507,13 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
             runs[name] = _TaskRun(name, eff, lm)
         return runs[name]
 
-    for name in names:  # fail on a bad task before the run directory exists
-        task_run(name)
-    store = RunStore(out, eff.model_dump(mode="json"), resume=resume, additive=ADDITIVE,
-                     extra={"requested": cfg.model_dump(mode="json"), "model_source": dict(lm.source),
-                            "n_layers": lm.n_layers, "d_model": lm.d_model})
-    bar = tqdm(names, desc="tasks")
+    w.together(lambda: [task_run(name) for name in names])  # fail on a bad task before the run directory exists
+    if w.rank == 0:
+        store = open_store(eff, out, resume, lm, extra={"requested": cfg.saved()}, additive=ADDITIVE)
+    w.barrier()  # config.json is written before the other ranks open the run
+    if w.rank > 0:
+        store = open_store(eff, out, resume, lm, additive=ADDITIVE, rank=w.rank)
+    bar = tqdm(w.share(names), desc=f"tasks of rank {w.rank}" if w.distributed else "tasks")
     for name in bar:
         bar.set_postfix_str(name)
         tr = task_run(name)
@@ -515,9 +539,12 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
         if not store.done(f"{name}/chance"):
             store.append(f"{name}/chance", [dict(experiment="chance", score=chance_level(tr), **tag)])
     if eff.with_analyses:
-        run_analyses(lm, store.path / "analyses", names, eff)
-    if report:
-        from taskvec.report.local_global import write_report
+        run_analyses(lm, store.path / "analyses", names, eff, w)
+    w.barrier()  # every rank has recorded its units
+    if w.rank == 0:
+        store.merge(names)
+        if report:
+            from taskvec.report.local_global import write_report
 
-        write_report(store.path)
+            write_report(store.path)
     return store.path

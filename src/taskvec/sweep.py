@@ -27,9 +27,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from taskvec.batching import left_pad
+from taskvec.batching import LAST_LOGITS, left_pad
 from taskvec.errors import ChoiceError, EmptyInputError, PositionError, WidthError
 from taskvec.intervene import Edits, backbone, hooked, layer_skipping_ok, run_until_recorded, skipping
+from taskvec.scoring import read_ids, read_logprobs, score, targets_of
 
 
 @dataclass
@@ -82,13 +83,8 @@ def _check(lm, prompts, variants, read_ids) -> None:
 
 
 def _outputs(logits: torch.Tensor, read: torch.Tensor | None, keep: bool) -> tuple:
-    logits = logits.float()
-    top1 = logits.argmax(-1)
-    if read is None or read.numel() == 0:
-        lp = torch.zeros(logits.shape[0], 0)
-    else:
-        lp = torch.log_softmax(logits, -1).gather(1, read.to(logits.device))
-    return top1.cpu(), lp.cpu(), (logits.cpu() if keep else None)
+    top1, lp = read_logprobs(logits, read)
+    return top1, lp, (logits.float().cpu() if keep else None)
 
 
 def _bands(order: list[int], first: dict[int, int] | None, min_rows: int = 4) -> list[list[int]]:
@@ -195,7 +191,10 @@ def run_variants(
             cache = None
             if prefix is not None:
                 cache = prefix if len(bands) == 1 else copy.deepcopy(prefix)  # the forward appends to it
-                cache.batch_select_indices(row_prompt)
+                # one cache row per variant row: reorder_cache (beam search's row gather) rather than
+                # batch_select_indices, which the conv/recurrent cache layers of hybrid families (Qwen3-Next,
+                # LFM2, Jamba, Falcon-H1) lack or get wrong; on key/value layers both are the same index_select
+                cache.reorder_cache(row_prompt)
             e_rows, e_layers, e_pos, e_vec = [], [], [], []
             for r, i in enumerate(band):  # each variant's writes, in suffix columns
                 v = variants[i]
@@ -213,7 +212,7 @@ def run_variants(
                 out = model(input_ids=batch.input_ids[row_prompt, split:],
                             attention_mask=batch.attention_mask[row_prompt],
                             position_ids=batch.position_ids[row_prompt, split:], past_key_values=cache,
-                            use_cache=cache is not None, logits_to_keep=1)
+                            use_cache=cache is not None, logits_to_keep=LAST_LOGITS)
             read = None if read_ids is None else read_ids[band]
             t1, lp, lg = _outputs(out.logits[:, -1], read, return_logits)
             sel = torch.tensor(band)
@@ -248,7 +247,8 @@ def run_variants_naive(
         ids = torch.tensor([prompts[v.prompt]], device=lm.device)
         edits = Edits(torch.zeros(len(v.positions), dtype=torch.long), v.layers, v.positions, v.vectors, mode)
         with hooked(lm.profile.layers, edits=edits):
-            logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=0 if full_logits else 1).logits[:, -1]
+            logits = lm.model(input_ids=ids, use_cache=False,
+                              logits_to_keep=0 if full_logits else LAST_LOGITS).logits[:, -1]
         t1, lp, lg = _outputs(logits, None if read_ids is None else read_ids[i:i + 1], return_logits)
         tops.append(t1), lps.append(lp), lgs.append(lg)
     return VariantOutput(torch.cat(tops), torch.cat(lps), torch.cat(lgs) if return_logits else None)
@@ -290,26 +290,21 @@ def layer_variants(
     return out
 
 
-def score(output: VariantOutput, targets: torch.Tensor, label_ids: torch.Tensor | None = None) -> pd.DataFrame:
-    """Accuracy columns for variants: ``correct`` (argmax over the vocabulary == target), ``target_logprob``, and,
-    when ``label_ids`` ``[V, C]`` is given, ``label_correct`` (argmax restricted to the label tokens == target).
-    Requires ``output.logprobs`` read at ``[targets, *label_ids]``."""
-    df = pd.DataFrame({
-        "correct": (output.top1 == targets).numpy().astype(float),
-        "target_logprob": output.logprobs[:, 0].numpy(),
-    })
-    if label_ids is not None:
-        choice = label_ids.gather(1, output.logprobs[:, 1:].argmax(-1, keepdim=True)).squeeze(1)
-        df["label_correct"] = (choice == targets).numpy().astype(float)
-    return df
-
-
-def read_ids_for(targets: torch.Tensor, label_ids: torch.Tensor | None) -> torch.Tensor:
-    """``[V, 1 + C]``: the target token, then the label tokens (if any)."""
-    cols = [targets[:, None]]
-    if label_ids is not None:
-        cols.append(label_ids)
-    return torch.cat(cols, 1)
+def score_variants(
+    lm,
+    prompts: Sequence,
+    variants: Sequence[Variant],
+    mode: Literal["replace", "add"] = "replace",
+    max_batch_tokens: int = 12_000,
+    progress: bool | str = False,
+) -> pd.DataFrame:
+    """The whole scoring chain for patched variants of :class:`~taskvec.prompts.Prompt` objects: targets -> read
+    ids -> :func:`run_variants` -> one row per variant with ``correct``, ``target_logprob`` and (categorization)
+    ``label_correct`` (see :mod:`taskvec.scoring`)."""
+    targets, label_ids = targets_of(prompts, [v.prompt for v in variants])
+    out = run_variants(lm, [p.ids for p in prompts], variants, mode, read_ids(targets, label_ids),
+                       max_batch_tokens=max_batch_tokens, progress=progress)
+    return score(out.top1, out.logprobs, targets, label_ids)
 
 
 def patch_layers(
@@ -355,13 +350,7 @@ def patch_layers(
     if vectors.shape[-3] != lm.n_layers:
         raise WidthError(f"vectors must have one entry per layer ({lm.n_layers}), got {vectors.shape[-3]}")
     variants = layer_variants(n, vectors, positions, layers, span)
-    targets = torch.tensor([prompts[v.prompt].target_id for v in variants])
-    label_ids = None
-    if prompts[0].label_ids is not None:
-        label_ids = torch.tensor([prompts[v.prompt].label_ids for v in variants])
-    out = run_variants(lm, [p.ids for p in prompts], variants, mode, read_ids_for(targets, label_ids),
-                       max_batch_tokens=max_batch_tokens, progress=progress)
-    df = score(out, targets, label_ids)
+    df = score_variants(lm, prompts, variants, mode, max_batch_tokens=max_batch_tokens, progress=progress)
     df.insert(0, "layer", [layer for _ in range(n) for layer in layers])
     df.insert(0, "prompt", [p for p in range(n) for _ in layers])
     return df

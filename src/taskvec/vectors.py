@@ -1,4 +1,4 @@
-"""Task vectors read from ICL prompts (SPEC A.3), and their safetensors files.
+"""Task vectors read from ICL prompts (docs/spec.md A.3), and their safetensors files.
 
 Shapes: ``P`` prompts, ``L`` layers, ``n`` demonstrations, ``d`` = d_model.
 

@@ -1,6 +1,6 @@
 """Analyses of where task information lives and flows.
 
-* :mod:`~taskvec.analysis.saliency` — attention x gradient information flow (SPEC A.5);
+* :mod:`~taskvec.analysis.saliency` — attention x gradient information flow (docs/spec.md A.5);
 * :mod:`~taskvec.analysis.dpca` — demixed PCA by length and label, Mahalanobis distances, subspace ablation (A.6);
 * :mod:`~taskvec.analysis.heads` — per-head mean-ablation and ICL -> dummy patching at the query (B.7);
 * :mod:`~taskvec.analysis.runners` — the same into a run directory; :mod:`~taskvec.analysis.cli` — typer commands.

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from taskvec.cli_errors import check_at_least, check_choice, friendly
+from taskvec.cli_errors import friendly
 
 app = typer.Typer(help="Analyses: saliency flows, dPCA with subspace ablation, head attribution.",
                   no_args_is_help=True, add_completion=False)
@@ -46,138 +46,131 @@ def _ints(text: Optional[str], option: str = "--layers") -> list[int] | None:
     return out
 
 
-def _check_tasks(names: list[str]) -> None:
-    """Unknown task names and malformed task files fail here, before a model is loaded."""
-    from taskvec.tasks import get_task
-
-    for name in names:
-        get_task(name)
+def _csv(text: Optional[str]) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _check_layers(lm, *layer_lists: list[int] | None) -> None:
-    """Layers beyond the loaded model fail here, before a run directory is created."""
-    for layers in layer_lists:
-        for layer in layers or []:
-            lm.profile.check_layer(layer)
+MODEL = typer.Option(None, help="named model, HF id or checkpoint directory [default: gemma3-270m]")
+N_DEMOS = typer.Option(None, help="demonstrations per prompt [default: the task's]")
+SEED = typer.Option(None, help="seed of every draw [default: 0]")
+DEVICE = typer.Option(None, help="cpu, cuda, cuda:N or auto [default: cpu]")
+DTYPE = typer.Option(None, help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16 [default: auto]")
+SEPARATOR = typer.Option(None, help="word between input and answer [default: is]")
+CONFIG = typer.Option(None, help="YAML/JSON config of this command's fields; flags given here override it")
+OUT = typer.Option(None, help="run directory (default runs/KIND-MODEL-TASK-sSEED)")
+RESUME = typer.Option(False, help="continue a killed run in --out (same config); finished units are kept")
 
 
-def _load(model: str, **kw):
-    import taskvec
-
-    return taskvec.load_model(model, **kw)
-
-
-def _out(out: Optional[Path], kind: str, model: str, task: str, seed: int) -> Path:
-    return out or Path("runs") / f"{kind}-{model.replace('/', '_')}-{task}-s{seed}"
+def _out(out: Optional[Path], cfg) -> Path:
+    task = "+".join(cfg.tasks) if hasattr(cfg, "tasks") else cfg.task
+    return out or Path("runs") / f"{cfg.kind}-{cfg.model.replace('/', '_')}-{task}-s{cfg.seed}"
 
 
 @app.command()
 @friendly
 def saliency(
-    model: str = typer.Option("gemma3-270m", help="named model, HF id or path"),
-    task: list[str] = typer.Option(["simple_string"], help="task(s); repeat for several"),
-    n_trials: int = typer.Option(20, help="prompts per task"),
-    n_demos: Optional[int] = typer.Option(None, help="demonstrations per prompt (default: the task's)"),
-    seed: int = 0,
-    loss: str = typer.Option("auto", help="auto | vocab | label (label-restricted CE)"),
-    batch_size: int = typer.Option(4, help="prompts per forward/backward (bounds peak memory)"),
-    separator: str = "is",
-    out: Optional[Path] = typer.Option(None, help="run directory"),
-    resume: bool = False,
+    model: Optional[str] = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    tasks: Optional[str] = typer.Option(None, help="comma-separated task names [default: simple_string]"),
+    n_trials: Optional[int] = typer.Option(None, help="prompts per task [default: 20]"),
+    n_demos: Optional[int] = N_DEMOS,
+    seed: Optional[int] = SEED,
+    loss: Optional[str] = typer.Option(None, help="auto | vocab | label (label-restricted CE) [default: auto]"),
+    batch_size: Optional[int] = typer.Option(None, help="prompts per forward/backward [default: 4]"),
+    separator: Optional[str] = SEPARATOR,
+    config: Optional[Path] = CONFIG,
+    out: Optional[Path] = OUT,
+    resume: bool = RESUME,
 ) -> None:
-    """Attention x gradient saliency flows per layer (SPEC A.5); switches the model to eager attention."""
-    from taskvec.analysis.runners import run_saliency
-    from taskvec.analysis.saliency import LOSSES
+    """Attention x gradient saliency flows per layer (docs/analyses.md); switches the model to eager attention."""
+    from taskvec.analysis.runners import SaliencyConfig, run_saliency
+    from taskvec.experiment import config_from
 
-    check_choice("--loss", loss, LOSSES)
-    check_at_least("--batch-size", batch_size, 1)
-    check_at_least("--n-trials", n_trials, 1)
-    check_at_least("--n-demos", n_demos, 0)
-    _check_tasks(task)
-    lm = _load(model)
-    path = run_saliency(lm, _out(out, "saliency", model, "+".join(task), seed), task, n_trials, n_demos, seed, loss,
-                        batch_size, separator, resume)
-    typer.echo(f"saliency written to {path}")
+    cfg = config_from(SaliencyConfig, config, dict(
+        model=model, device=device, dtype=dtype, tasks=_csv(tasks), n_trials=n_trials, n_demos=n_demos, seed=seed,
+        loss=loss, batch_size=batch_size, separator=separator))
+    path = run_saliency(cfg, _out(out, cfg), resume=resume)
+    typer.echo(f"saliency written to {path}\nreport: {path / 'report.html'}")
+
+
+def _shrinkage(text: Optional[str]) -> float | str | None:
+    from taskvec.errors import ParseError
+
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ParseError(f"--shrinkage must be 'auto' or a number in [0, 1], got {text!r}") from None
 
 
 @app.command()
 @friendly
 def dpca(
-    model: str = typer.Option("gemma3-270m", help="named model, HF id or path"),
-    task: str = typer.Option("simple_string", help="a categorization task whose trials carry meta['length']"),
-    n_trials: int = typer.Option(40, help="trials (at least the number of length x label conditions)"),
-    n_demos: Optional[int] = None,
-    seed: int = 0,
+    model: Optional[str] = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    task: Optional[str] = typer.Option(None, help="a categorization task whose trials carry meta['length'] "
+                                                  "[default: simple_string]"),
+    n_trials: Optional[int] = typer.Option(None, help="trials, at least the length x label conditions [default: 40]"),
+    n_demos: Optional[int] = N_DEMOS,
+    seed: Optional[int] = SEED,
     k: Optional[int] = typer.Option(None, help="axes per marginalization to project out, the same for length and "
-                                               "label (default: each whole subspace, levels - 1 axes)"),
-    layers: Optional[str] = typer.Option(None, help="layers to analyze, e.g. '0,4,8' or '0-17' (default all)"),
-    ablate_layers: Optional[str] = typer.Option(None, help="layers for the subspace ablation (default: layers; '' skips)"),
-    regularizer: float = typer.Option(1e-4, help="dPCA ridge lambda (times ||X||^2)"),
-    shrinkage: str = typer.Option("auto", help="covariance shrinkage: auto (Ledoit-Wolf) or a weight in [0, 1]"),
-    separator: str = "is",
-    out: Optional[Path] = None,
-    resume: bool = False,
+                                               "label [default: each whole subspace, levels - 1 axes]"),
+    layers: Optional[str] = typer.Option(None, help="layers to analyze, e.g. '0,4,8' or '0-17' [default: all]"),
+    ablate_layers: Optional[str] = typer.Option(None, help="layers for the subspace ablation [default: --layers; "
+                                                           "'' skips]"),
+    regularizer: Optional[float] = typer.Option(None, help="dPCA ridge lambda (times ||X||^2) [default: 1e-4]"),
+    shrinkage: Optional[str] = typer.Option(None, help="covariance shrinkage: auto (Ledoit-Wolf) or a weight in "
+                                                       "[0, 1] [default: auto]"),
+    separator: Optional[str] = SEPARATOR,
+    config: Optional[Path] = CONFIG,
+    out: Optional[Path] = OUT,
+    resume: bool = RESUME,
 ) -> None:
-    """dPCA of answer-position states by length and label, Mahalanobis distances, subspace ablation (SPEC A.6)."""
-    import math
+    """dPCA of answer-position states by length and label, Mahalanobis distances, subspace ablation
+    (docs/analyses.md)."""
+    from taskvec.analysis.runners import DPCAConfig, run_dpca
+    from taskvec.experiment import config_from
 
-    from taskvec.analysis.runners import run_dpca
-    from taskvec.errors import ParseError, RangeError
-
-    try:
-        shrink: float | str = shrinkage if shrinkage == "auto" else float(shrinkage)
-    except ValueError:
-        raise ParseError(f"--shrinkage must be 'auto' or a number in [0, 1], got {shrinkage!r}") from None
-    if shrink != "auto" and not 0.0 <= shrink <= 1.0:  # NaN fails this too
-        raise RangeError(f"--shrinkage must be 'auto' or a number in [0, 1], got {shrinkage!r}")
-    if not (math.isfinite(regularizer) and regularizer >= 0):
-        raise RangeError(f"--regularizer must be a finite number >= 0, got {regularizer}")
-    check_at_least("--k", k, 1)
-    check_at_least("--n-trials", n_trials, 1)
-    check_at_least("--n-demos", n_demos, 0)
-    layer_list, ablate_list = _ints(layers), _ints(ablate_layers, "--ablate-layers")
-    _check_tasks([task])
-    lm = _load(model)
-    _check_layers(lm, layer_list, ablate_list)
-    path = run_dpca(lm, _out(out, "dpca", model, task, seed), task, n_trials, n_demos, seed, k, layer_list,
-                    ablate_list, regularizer, shrink, separator, resume)
-    typer.echo(f"dPCA written to {path}")
+    cfg = config_from(DPCAConfig, config, dict(
+        model=model, device=device, dtype=dtype, task=task, n_trials=n_trials, n_demos=n_demos, seed=seed, k=k,
+        layers=_ints(layers), ablate_layers=_ints(ablate_layers, "--ablate-layers"), regularizer=regularizer,
+        shrinkage=_shrinkage(shrinkage), separator=separator))
+    path = run_dpca(cfg, _out(out, cfg), resume=resume)
+    typer.echo(f"dPCA written to {path}\nreport: {path / 'report.html'}")
 
 
 @app.command()
 @friendly
 def heads(
-    model: str = typer.Option("gemma3-270m", help="named model, HF id or path"),
-    task: str = "simple_string",
-    n_trials: int = 8,
-    n_demos: Optional[int] = None,
-    seed: int = 0,
-    mode: list[str] = typer.Option(["mean", "patch"], help="mean (mean-ablation) and/or patch (ICL -> dummy)"),
-    layers: Optional[str] = typer.Option(None, help="layers whose heads to test (default all)"),
-    top: int = 10,
-    separator: str = "is",
-    out: Optional[Path] = None,
-    resume: bool = False,
+    model: Optional[str] = MODEL,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    task: Optional[str] = typer.Option(None, help="task [default: simple_string]"),
+    n_trials: Optional[int] = typer.Option(None, help="prompts [default: 8]"),
+    n_demos: Optional[int] = N_DEMOS,
+    seed: Optional[int] = SEED,
+    modes: Optional[str] = typer.Option(None, help="comma-separated: mean (mean-ablation), patch (ICL -> dummy) "
+                                                   "[default: mean,patch]"),
+    layers: Optional[str] = typer.Option(None, help="layers whose heads to test [default: all]"),
+    top: Optional[int] = typer.Option(None, help="heads listed in heads_top.csv [default: 10]"),
+    separator: Optional[str] = SEPARATOR,
+    config: Optional[Path] = CONFIG,
+    out: Optional[Path] = OUT,
+    resume: bool = RESUME,
 ) -> None:
-    """Per-head effects at the query (mean-ablation, ICL -> dummy patching) and attention to answers (SPEC B.7)."""
-    from taskvec.analysis.runners import run_heads
+    """Per-head effects at the query (mean-ablation, ICL -> dummy patching) and attention to answers
+    (docs/analyses.md)."""
+    from taskvec.analysis.runners import HeadsConfig, run_heads
+    from taskvec.experiment import config_from
 
-    for m in mode:
-        check_choice("--mode", m, ("mean", "patch"))
-    check_at_least("--n-trials", n_trials, 1)
-    check_at_least("--n-demos", n_demos, 0)
-    check_at_least("--top", top, 1)
-    layer_list = _ints(layers)
-    if layer_list == []:
-        from taskvec.errors import LayerError
-
-        raise LayerError("--layers is empty: give the layers whose heads to test, e.g. '0-5'")
-    _check_tasks([task])
-    lm = _load(model)
-    _check_layers(lm, layer_list)
-    path = run_heads(lm, _out(out, "heads", model, task, seed), task, n_trials, n_demos, seed, mode, layer_list,
-                     top, separator, resume)
-    typer.echo(f"heads written to {path}")
+    cfg = config_from(HeadsConfig, config, dict(
+        model=model, device=device, dtype=dtype, task=task, n_trials=n_trials, n_demos=n_demos, seed=seed,
+        modes=_csv(modes), layers=_ints(layers), top=top, separator=separator))
+    path = run_heads(cfg, _out(out, cfg), resume=resume)
+    typer.echo(f"heads written to {path}\nreport: {path / 'report.html'}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Demixed PCA of answer-position states by string length and label (SPEC A.6, claim C8; Kobak et al. 2016).
+"""Demixed PCA of answer-position states by string length and label (docs/spec.md A.6, claim C8; Kobak et al. 2016).
 
 For categorization prompts (``simple_string``) the local vector of demonstration ``i`` at layer ``l`` is ``h_l`` at
 its answer position. Each such state is one *sample* with two factors: the **length** of the demonstration's string
@@ -55,17 +55,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taskvec.errors import ConfigError, EmptyInputError, NonFiniteError, TaskvecError
+from taskvec.errors import ConfigError, EmptyInputError, NonFiniteError, TooFewTrialsError
 
 MARGINALIZATIONS = ("length", "label", "interaction")
 _DPCA_KEYS = {"length": "s", "label": "d", "interaction": "sd"}
 #: the ablation variants, in table order (``length_1`` is left out when the length subspace has one axis anyway)
 ABLATIONS = ("none", "length", "length_1", "label", "random_length", "random_label")
 FACTORS = ("length", "label")
-
-
-class TooFewTrialsError(TaskvecError):
-    """Fewer trials (or samples) than conditions, or a condition with no sample."""
 
 
 @contextmanager
@@ -633,7 +629,7 @@ def c8_statistics(
     seed: int = 0,
     early_layers: Sequence[int] | None = None,
 ) -> dict:
-    """Statistics for claim C8 (SPEC A.8), with the early-peak layer selected on one half of the trials and every
+    """Statistics for claim C8 (docs/spec.md A.8), with the early-peak layer selected on one half of the trials and every
     reported number evaluated on the other half (or on prompts, for layer sets fixed by depth alone).
 
     Procedure:
@@ -1009,7 +1005,8 @@ def _patch_ablated(lm, dummies, ablated: dict, dim_of: dict, progress) -> tuple[
     Returns:
         ``(rows, dummy_accuracy)``: rows ``prompt, layer, ablate, dim, correct, target_logprob[, label_correct]``
         (ablations in :data:`ABLATIONS` order, then prompt, then layer) and the unpatched dummy accuracy."""
-    from taskvec.sweep import Variant, read_ids_for, run_variants, score
+    from taskvec.scoring import main_column
+    from taskvec.sweep import Variant, score_variants
 
     variants, meta = [], []
     for name, per_layer in ablated.items():
@@ -1019,14 +1016,9 @@ def _patch_ablated(lm, dummies, ablated: dict, dim_of: dict, progress) -> tuple[
                 variants.append(Variant(p, torch.full((len(pos),), layer, dtype=torch.long), pos, vecs[p]))
                 meta.append((p, layer, name, dim_of[(layer, name)]))
     variants += [Variant.clean(p, lm.d_model) for p in range(len(dummies))]
-    targets = torch.tensor([dummies[v.prompt].target_id for v in variants])
-    label_ids = (torch.tensor([dummies[v.prompt].label_ids for v in variants])
-                 if dummies[0].label_ids is not None else None)
-    out = run_variants(lm, [p.ids for p in dummies], variants, "replace", read_ids_for(targets, label_ids),
-                       progress="ablation patching" if progress else False)
-    df = score(out, targets, label_ids)
+    df = score_variants(lm, dummies, variants, progress="ablation patching" if progress else False)
     clean = df.iloc[len(meta):]
-    dummy_acc = float(clean["label_correct" if label_ids is not None else "correct"].mean())
+    dummy_acc = float(clean[main_column(dummies[0].label_ids is not None)].mean())
     df = df.iloc[:len(meta)].reset_index(drop=True)
     head = pd.DataFrame(meta, columns=["prompt", "layer", "ablate", "dim"])
     df = pd.concat([head, df], axis=1)
@@ -1037,14 +1029,11 @@ def _patch_ablated(lm, dummies, ablated: dict, dim_of: dict, progress) -> tuple[
 
 def _baseline_accuracy(lm, prompts) -> dict:
     """Label-restricted accuracy of the (unpatched) ICL prompts."""
-    from taskvec.sweep import Variant, read_ids_for, run_variants, score
+    from taskvec.scoring import main_column
+    from taskvec.sweep import Variant, score_variants
 
-    variants = [Variant.clean(i, lm.d_model) for i in range(len(prompts))]
-    targets = torch.tensor([p.target_id for p in prompts])
-    label_ids = torch.tensor([p.label_ids for p in prompts]) if prompts[0].label_ids is not None else None
-    res = score(run_variants(lm, [p.ids for p in prompts], variants, read_ids=read_ids_for(targets, label_ids)),
-                targets, label_ids)
-    return {"icl": float(res["label_correct" if label_ids is not None else "correct"].mean())}
+    res = score_variants(lm, prompts, [Variant.clean(i, lm.d_model) for i in range(len(prompts))])
+    return {"icl": float(res[main_column(prompts[0].label_ids is not None)].mean())}
 
 
 # ----------------------------------------------------------------------------------------------- figures

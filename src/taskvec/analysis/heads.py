@@ -1,4 +1,4 @@
-"""Head-level attribution (SPEC B.7): which attention heads carry task information into the query.
+"""Head-level attribution (docs/spec.md B.7): which attention heads carry task information into the query.
 
 A head's output is its slice of the input of the attention output projection (``o_proj`` in Llama/Gemma/Qwen,
 ``c_proj`` in GPT-2, ``dense`` in GPT-NeoX, ``out_proj`` in OPT): ``z[..., h*hd:(h+1)*hd]``. We intervene on it
@@ -25,9 +25,8 @@ Example::
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,76 +35,44 @@ from torch import nn
 
 from taskvec.batching import left_pad
 from taskvec.errors import AlignmentError, ConfigError, EmptyInputError, LayerError
+from taskvec.hooks import Hooks, HookSites
+from taskvec.scoring import read_ids, read_logprobs, score, targets_of
 
 Mode = Literal["mean", "patch"]
-_OUT_PROJ = ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attn.out_proj", "attn.out_proj")
-
-
-def _get(obj, path: str):
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def head_geometry(lm) -> tuple[list[nn.Module], int, int]:
-    """``(out_projections, n_heads, head_dim)``: the module per layer whose input holds the concatenated head
-    outputs, the number of heads and the width of one head's slice."""
-    cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
-    n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
-    if not n_heads:
-        raise ConfigError(f"cannot find the number of attention heads of {type(lm.model).__name__}")
-    projs = []
-    for layer in lm.profile.layers:
-        proj = next((p for p in (_get(layer, path) for path in _OUT_PROJ) if p is not None), None)
-        if proj is None:
-            raise ConfigError(f"cannot find the attention output projection of {type(layer).__name__} "
-                              f"(looked for {', '.join(_OUT_PROJ)})")
-        projs.append(proj)
-    p0 = projs[0]
-    width = p0.in_features if hasattr(p0, "in_features") else p0.weight.shape[0]  # GPT-2 Conv1D: [in, out]
-    if width % n_heads:
-        raise ConfigError(f"output projection width {width} is not divisible by {n_heads} heads")
-    return projs, int(n_heads), int(width // n_heads)
+    """``(out_projections, n_heads, head_dim)`` of ``lm`` (see :meth:`taskvec.hooks.HookSites.head_geometry`)."""
+    return HookSites.of(lm).head_geometry()
 
 
-@contextmanager
-def _head_hooks(projs: Sequence[nn.Module], n_heads: int, head_dim: int, record: bool = False,
-                rows: torch.Tensor | None = None, layers: torch.Tensor | None = None,
-                heads: torch.Tensor | None = None, values: torch.Tensor | None = None) -> Iterator[dict]:
-    """Pre-hooks on the output projections: record every head's output at the last column (``{layer: [B, H, hd]}``)
-    and/or replace head ``heads[e]`` of layer ``layers[e]`` in batch row ``rows[e]`` at the last column by
-    ``values[e]`` (``[E, hd]``)."""
-    recorded: dict[int, torch.Tensor] = {}
+def _head_hooks(lm, record: bool = False, rows: torch.Tensor | None = None, layers: torch.Tensor | None = None,
+                heads: torch.Tensor | None = None, values: torch.Tensor | None = None) -> Hooks:
+    """Functions on the ``heads.{l}`` sites: record every head's output at the last column (into the returned
+    manager's ``recorded``: ``{layer: [B, H, hd]}``) and/or replace head ``heads[e]`` of layer ``layers[e]`` in
+    batch row ``rows[e]`` at the last column by ``values[e]`` (``[E, hd]``)."""
+    hooks = Hooks(lm)
     plan: dict[int, tuple] = {}
     if rows is not None and len(rows):
         for layer in torch.unique(layers).tolist():
             sel = (layers == layer).nonzero().squeeze(-1)
             plan[layer] = (rows[sel], heads[sel], values[sel])
 
-    def make(index: int):
-        def hook(module, args):
-            x = args[0]
+    def at(index: int):
+        def fn(z: torch.Tensor) -> torch.Tensor | None:  # [B, T, H, hd]
             if record:
-                recorded[index] = x[:, -1].detach().reshape(x.shape[0], n_heads, head_dim).float().cpu()
+                hooks.recorded[index] = z[:, -1].detach().float().cpu()
             if index not in plan:
                 return None
             r, h, v = plan[index]
-            x4 = x.reshape(*x.shape[:-1], n_heads, head_dim).clone()
-            x4[r.to(x.device), -1, h.to(x.device)] = v.to(device=x.device, dtype=x.dtype)
-            return (x4.reshape(x.shape), *args[1:])
-        return hook
+            z = z.clone()
+            z[r.to(z.device), -1, h.to(z.device)] = v.to(device=z.device, dtype=z.dtype)
+            return z
+        return fn
 
-    handles = []
-    try:
-        wanted = range(len(projs)) if record else sorted(plan)
-        for i in wanted:
-            handles.append(projs[i].register_forward_pre_hook(make(i)))
-        yield recorded
-    finally:
-        for h in handles:
-            h.remove()
+    for i in (range(lm.n_layers) if record else sorted(plan)):
+        hooks.add(f"heads.{i}", at(i))
+    return hooks
 
 
 @torch.no_grad()
@@ -122,27 +89,20 @@ def record_head_outputs(lm, prompts: Sequence, batch_size: int = 8) -> torch.Ten
     for start in range(0, len(prompts), batch_size):
         group = prompts[start:start + batch_size]
         batch = left_pad([p.ids for p in group], lm.tokenizer.pad_token_id).to(lm.device)
-        with _head_hooks(projs, H, hd, record=True) as rec:
+        with _head_hooks(lm, record=True) as hooks:
             lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                      position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
-        out[start:start + len(group)] = torch.stack([rec[l] for l in range(len(projs))], 1)
+        out[start:start + len(group)] = torch.stack([hooks.recorded[l] for l in range(len(projs))], 1)
     return out
-
-
-def _read_ids(prompts) -> tuple[torch.Tensor, bool]:
-    has_labels = all(p.label_ids is not None for p in prompts)
-    cols = [[p.target_id] + (list(p.label_ids) if has_labels else []) for p in prompts]
-    return torch.tensor(cols), has_labels
 
 
 @torch.no_grad()
 def _run_head_variants(lm, prompts, values: torch.Tensor, layers: list[int], max_rows: int) -> pd.DataFrame:
     """For each prompt, one clean row plus one row per (layer in ``layers``, head) with that head's query output
     replaced by ``values[p, l, h]`` (``[P, n_layers, H, hd]``). Prefix KV cache shared by a prompt's rows."""
-    projs, H, hd = head_geometry(lm)
+    _, H, _ = head_geometry(lm)
     per_prompt = 1 + len(layers) * H
     group_size = max(1, max_rows // per_prompt)
-    read, has_labels = _read_ids(prompts)
     grid_l = torch.tensor(layers).repeat_interleave(H)
     grid_h = torch.arange(H).repeat(len(layers))
     records = []
@@ -156,7 +116,7 @@ def _run_head_variants(lm, prompts, values: torch.Tensor, layers: list[int], max
             cache = lm.model(input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1],
                              position_ids=batch.position_ids[:, :-1], use_cache=True,
                              logits_to_keep=1).past_key_values
-            cache.batch_select_indices(row_prompt.to(lm.device))
+            cache.reorder_cache(row_prompt.to(lm.device))  # works on hybrid (conv/recurrent) caches too
         # rows: for each prompt, [clean, (l0,h0), (l0,h1), ...]
         e_rows, e_layers, e_heads, e_vals = [], [], [], []
         for j, p in enumerate(group):
@@ -165,25 +125,22 @@ def _run_head_variants(lm, prompts, values: torch.Tensor, layers: list[int], max
             e_layers.append(grid_l)
             e_heads.append(grid_h)
             e_vals.append(values[p, grid_l, grid_h])
-        with _head_hooks(projs, H, hd, rows=torch.cat(e_rows), layers=torch.cat(e_layers),
+        with _head_hooks(lm, rows=torch.cat(e_rows), layers=torch.cat(e_layers),
                          heads=torch.cat(e_heads), values=torch.cat(e_vals)):
             rp = row_prompt.to(lm.device)
             out = lm.model(input_ids=batch.input_ids[rp, -1:], attention_mask=batch.attention_mask[rp],
                            position_ids=batch.position_ids[rp, -1:], past_key_values=cache,
                            use_cache=cache is not None, logits_to_keep=1)
-        logits = out.logits[:, -1].float()
-        lp = torch.log_softmax(logits, -1).gather(1, read[[group[i] for i in row_prompt.tolist()]].to(logits.device)).cpu()
-        top1 = logits.argmax(-1).cpu()
-        for r in range(len(row_prompt)):
-            j, k = divmod(r, per_prompt)
-            p = group[j]
-            rec = {"prompt": p, "layer": -1 if k == 0 else int(grid_l[k - 1]), "head": -1 if k == 0 else int(grid_h[k - 1]),
-                   "target_logprob": float(lp[r, 0]), "correct": float(top1[r] == read[p, 0])}
-            if has_labels:
-                choice = int(read[p, 1:][lp[r, 1:].argmax()])
-                rec["label_correct"] = float(choice == int(read[p, 0]))
-            records.append(rec)
-    return pd.DataFrame(records)
+        rows_of = [group[i] for i in row_prompt.tolist()]
+        targets, label_ids = targets_of(prompts, rows_of)
+        top1, lp = read_logprobs(out.logits[:, -1], read_ids(targets, label_ids))
+        scores = score(top1, lp, targets, label_ids)
+        slot = [r % per_prompt for r in range(len(rows_of))]  # 0: the clean row, k: (grid_l, grid_h)[k - 1]
+        scores.insert(0, "head", [-1 if k == 0 else int(grid_h[k - 1]) for k in slot])
+        scores.insert(0, "layer", [-1 if k == 0 else int(grid_l[k - 1]) for k in slot])
+        scores.insert(0, "prompt", rows_of)
+        records.append(scores)
+    return pd.concat(records, ignore_index=True)
 
 
 def head_effects(

@@ -1,4 +1,4 @@
-"""Saliency of information flow (SPEC A.5; after Wang et al. 2023, *Label Words are Anchors*).
+"""Saliency of information flow (docs/spec.md A.5; after Wang et al. 2023, *Label Words are Anchors*).
 
 Per layer ``l`` and prompt, the saliency matrix is ``I_l = | sum_h A_{h,l} * dLoss/dA_{h,l} |`` (``[T, T]``, row
 ``i`` = the attending token, column ``j`` = the token attended to; ``I[i, j]`` is the flow ``j -> i``), with ``A``
@@ -37,16 +37,12 @@ import pandas as pd
 import torch
 
 from taskvec.batching import chunks, left_pad
-from taskvec.errors import (ChoiceError, EmptyInputError, NonFiniteError, RangeError, TaskvecError,
-                             TokenizationError)
+from taskvec.errors import (ChoiceError, EagerAttentionError, EmptyInputError, NonFiniteError, RangeError,
+                            TokenizationError)
 
 FLOWS = ("answers_to_query", "inputs_to_answers", "inputs_to_query", "rest")
 LossKind = Literal["auto", "vocab", "label"]
 LOSSES: tuple[str, ...] = ("auto", "vocab", "label")
-
-
-class EagerAttentionError(TaskvecError):
-    """A model whose attention cannot be switched to eager (no attention probabilities to differentiate)."""
 
 
 # ----------------------------------------------------------------------------------------------- eager switching

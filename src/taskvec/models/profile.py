@@ -15,13 +15,24 @@ from taskvec.errors import LayerError, ModelNotFoundError
 
 # (path to the decoder-layer list, path to the final norm) per architecture family, tried in order.
 _LAYER_PATHS = [
-    ("model.layers", "model.norm"),  # Llama, Qwen2, Mistral, Gemma 1/2/3, SmolLM
+    ("model.layers", "model.norm"),  # Llama, Qwen2/3, Mistral, Gemma 1-4, SmolLM, Phi, OLMo, Granite, Cohere, ...
     ("model.language_model.layers", "model.language_model.norm"),  # multimodal wrappers (Gemma3 4B+)
-    ("transformer.h", "transformer.ln_f"),  # GPT-2, GPT-J-style
+    ("transformer.h", "transformer.ln_f"),  # GPT-2, GPT-J, GPT-Neo, Falcon, BLOOM
     ("gpt_neox.layers", "gpt_neox.final_layer_norm"),  # GPT-NeoX, Pythia
     ("model.decoder.layers", "model.decoder.final_layer_norm"),  # OPT
     ("h", "ln_f"),  # bare GPT2Model (from-scratch backbones)
 ]
+_NORM_NAMES = ("final_layernorm", "final_norm", "embedding_norm")
+"""Other names of the final norm, beside the decoder layers, where the listed one is absent (Phi, Jamba, Falcon-H1:
+``final_layernorm``; LFM2 calls its final norm ``embedding_norm``)."""
+
+_UNSUPPORTED = {
+    "gemma3n": "its decoder layers carry several parallel copies of the residual stream (AltUp), so there is no "
+               "single h_l to read or write",
+    "recurrent_gemma": "it keeps its recurrent state inside its layers instead of a cache it returns, which the "
+                       "prefix-cached sweeps need",
+}
+"""Families whose decoder layers are found but cannot be read, written or swept correctly: refused by name."""
 
 
 def _get(obj: object, path: str) -> object | None:
@@ -82,21 +93,31 @@ class LMProfile:
 def profile_of(model: nn.Module, bos: BosPolicy | None = None) -> LMProfile:
     """Build the :class:`LMProfile` of an HF causal LM (or bare decoder backbone).
 
-    Raises :class:`ModelNotFoundError` if the architecture's decoder layers cannot be found.
+    Raises :class:`ModelNotFoundError` if the architecture's decoder layers cannot be found, or if it is a family
+    taskvec cannot read, write or sweep correctly (:data:`_UNSUPPORTED`). The families checked end to end (capture,
+    sweep against the naive loop, patching) are listed in ``tests/test_families.py``.
     """
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    family = str(getattr(cfg, "model_type", "unknown"))
+    for name, why in _UNSUPPORTED.items():
+        if family.startswith(name):  # gemma3n, gemma3n_text, ...
+            raise ModelNotFoundError(f"{type(model).__name__} ({family}) is not supported: {why}")
     for layers_path, norm_path in _LAYER_PATHS:
         layers = _get(model, layers_path)
         if isinstance(layers, nn.ModuleList) and len(layers) > 0:
             break
     else:
         raise ModelNotFoundError(
-            f"cannot find the decoder layers of {type(model).__name__}; supported: Llama, Qwen2, Mistral, Gemma, "
-            "GPT-2, GPT-NeoX, OPT families"
+            f"cannot find the decoder layers of {type(model).__name__}; supported: Llama, Qwen, Mistral, Gemma, "
+            "GPT-2, GPT-NeoX, OPT and similar decoder-only families"
         )
     norm = _get(model, norm_path)
+    if not isinstance(norm, nn.Module):
+        parent = layers_path.rpartition(".")[0]
+        found = (_get(model, f"{parent}.{name}" if parent else name) for name in _NORM_NAMES)
+        norm = next((m for m in found if isinstance(m, nn.Module)), None)
     unembed = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    cfg = model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
     d_model = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
     if d_model is None:
         d_model = int(next(p for p in layers[0].parameters()).shape[-1])
@@ -107,7 +128,7 @@ def profile_of(model: nn.Module, bos: BosPolicy | None = None) -> LMProfile:
         n_layers=len(layers),
         d_model=int(d_model),
         bos=bos or BosPolicy(),
-        family=str(getattr(cfg, "model_type", "unknown")),
+        family=family,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from taskvec.errors import ModelNotFoundError
+from taskvec.errors import DeviceError, ModelNotFoundError
 from taskvec.models.profile import BosPolicy, LMProfile, default_bos_policy, profile_of
 
 
@@ -100,7 +100,14 @@ class LM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device (on a model dispatched by accelerate, the execution
+        device of its first module; weights offloaded to disk run on the CPU)."""
+        placed = getattr(self.model, "hf_device_map", None)
+        if placed:
+            first = next(iter(placed.values()))
+            return torch.device(f"cuda:{first}" if isinstance(first, int) else
+                                "cpu" if first in ("cpu", "disk") else first)
+        return self.model.get_input_embeddings().weight.device
 
     def __repr__(self) -> str:
         return f"LM({self.name!r}, family={self.profile.family}, layers={self.n_layers}, d_model={self.d_model})"
@@ -233,26 +240,36 @@ def prepare_named(name: str, progress: Callable[[str], None] | None = None) -> P
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
+    max_memory: dict | None = None,
+    offload_dir: str | Path | None = None,
 ) -> LM:
     """Load a causal LM by offline name (``gemma3-270m``, ``smollm2-135m``), HF id or local directory.
 
     Args:
         name_or_path: a name from :data:`NAMED_MODELS`, a local directory with an HF checkpoint, or an HF id
             that is already in the local HF cache (nothing is downloaded when ``HF_HUB_OFFLINE=1``).
-        device: torch device.
-        dtype: defaults to float32 on CPU (bf16 is ~100x slower on CPUs) and bfloat16 on CUDA.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (a GPU if there is one; with several GPUs the
+            model is spread over all of them with accelerate's ``device_map="auto"``).
+        dtype: ``None``/``"auto"`` (float32 on a CPU, bfloat16 on a GPU), ``"float32"``, ``"bfloat16"``, ...
         attn_implementation: e.g. ``"eager"`` (saliency needs attention weights); default: the model's.
+        max_memory: accelerate's per-device budget, e.g. ``{0: "20GiB", 1: "20GiB", "cpu": "64GiB"}``: the model
+            is dispatched with ``device_map="auto"`` within it (layers that do not fit go to the CPU, then to
+            ``offload_dir`` on disk). Every hook and sweep works on a dispatched model.
+        offload_dir: allow weights that fit nowhere else to be kept on disk, here; without it a model that does
+            not fit ``max_memory`` is a one-line :class:`DeviceError`.
 
     Returns:
         an :class:`LM` in eval mode with gradients disabled on its parameters.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    from taskvec.models.devices import resolve_device, resolve_dtype
+
+    dispatch = max_memory is not None or (str(device) == "auto" and torch.cuda.device_count() > 1)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     bos: BosPolicy | None = None
     if name_or_path in NAMED_MODELS:
         path = prepare_named(name_or_path, progress=lambda m: print(m, flush=True))
@@ -270,15 +287,29 @@ def load_model(
     kwargs = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if dispatch:
+        kwargs.update(device_map="auto", max_memory=max_memory)
+        if offload_dir is not None:
+            kwargs["offload_folder"] = str(offload_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if dispatch and ("offload" in first or "max_memory" in first or "device_map" in first):
+            raise DeviceError(f"{name_or_path!r} does not fit the given devices (max_memory={max_memory}): give "
+                              "more memory or an offload directory (offload_dir)") from err
         raise ModelNotFoundError(
             f"cannot load {name_or_path!r} offline ({first}); named offline models: {', '.join(NAMED_MODELS)}"
         ) from err
-    model.to(device).eval()
+    if not dispatch:
+        model.to(device)
+    elif offload_dir is None and "disk" in set(getattr(model, "hf_device_map", {}).values()):
+        on_disk = sum(v == "disk" for v in model.hf_device_map.values())
+        raise DeviceError(f"{name_or_path!r} does not fit the given devices (max_memory={max_memory}): "
+                          f"{on_disk} module(s) would be streamed from disk; give more memory, or offload_dir to "
+                          "allow disk offload")
+    model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

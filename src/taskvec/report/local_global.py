@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from taskvec.claims import ClaimRules, convergence_summary, verdict_grid, verdicts
+from taskvec.claims import ClaimRules, convergence_summary, verdicts
 from taskvec.errors import ConfigError
-from taskvec.report.html import Page
+from taskvec.report.html import Page, anchor
 from taskvec.runs import RunStore
 from taskvec.stats import mean_ci, summarize
 from taskvec.study import slug
@@ -68,111 +70,212 @@ def evaluation_table(table: pd.DataFrame) -> pd.DataFrame:
             layer = int(sel.layer.iloc[0])
             rows.append(dict(task=task, kind=kind, what=what, layer=None if layer < 0 else layer, accuracy=m,
                              low=lo, high=hi, n=len(sel)))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"layer": "Int64", "n": "Int64"})
 
 
-def _curve(ax, t: pd.DataFrame, exp: str, vec: str, label: str, color: str, span: str = "single") -> None:
+def _eval_point(t: pd.DataFrame, exp: str, vec: str, span: str):
+    ev = t[(t.experiment == exp) & (t.vector == vec) & (t.split == "eval") & (t.span == span)]
+    if ev.empty:
+        return None
+    m, lo, hi = mean_ci(ev.score)
+    return int(ev.layer.iloc[0]), m, lo, hi
+
+
+def _has(t: pd.DataFrame, exp: str, vec: str, span: str) -> bool:
+    return bool(((t.experiment == exp) & (t.vector == vec) & (t.span == span)).any())
+
+
+def _curve(ax, t: pd.DataFrame, exp: str, vec: str, color: str = "C0", span: str = "single") -> None:
+    """One vector's patching curve: the selection split per layer (mean, 95% band), and the evaluation split at
+    the selected layer (a point with its interval)."""
     sel = t[(t.experiment == exp) & (t.vector == vec) & (t.split == "select") & (t.span == span)]
     if not sel.empty:
         s = summarize(sel, ["layer"], "score")
-        ax.plot(s.layer, s["mean"], color=color, lw=1.8, label=f"{label} (selection)")
-        ax.fill_between(s.layer, s.low, s.high, color=color, alpha=0.15)
-    ev = t[(t.experiment == exp) & (t.vector == vec) & (t.split == "eval") & (t.span == span)]
-    if not ev.empty:
-        m, lo, hi = mean_ci(ev.score)
-        ax.errorbar([int(ev.layer.iloc[0])], [m], yerr=[[max(m - lo, 0.0)], [max(hi - m, 0.0)]], fmt="o", color=color, capsize=4,
-                    ms=7, markeredgecolor="k", label=f"{label} (evaluation, selected layer)")
+        ax.plot(s.layer, s["mean"], color=color, lw=1.8, label="patched: selection split, 95% band")
+        ax.fill_between(s.layer, s.low, s.high, color=color, alpha=0.18, lw=0)
+    point = _eval_point(t, exp, vec, span)
+    if point is not None:
+        layer, m, lo, hi = point
+        ax.errorbar([layer], [m], yerr=[[max(m - lo, 0.0)], [max(hi - m, 0.0)]], fmt="o", color=color, capsize=4,
+                    ms=7, markeredgecolor="k", label="patched: evaluation split, selected layer")
+
+
+BASELINE_STYLE = {"ICL": ("k", "-."), "zero-shot": ("grey", "--"), "chance": ("red", ":"),
+                  "dummy": ("purple", "--")}
 
 
 def _lines(ax, t: pd.DataFrame, names: list[str]) -> None:
-    styles = {"ICL": ("k", "-."), "zero-shot": ("grey", "--"), "chance": ("red", ":"), "dummy": ("purple", "--")}
     base = _baselines(t)
     dummy = t[(t.experiment == "local") & (t.vector == "dummy")]
     if not dummy.empty:
         base["dummy"] = mean_ci(dummy.score)
+    labels = {"dummy": "dummy prompt, unpatched", "ICL": "ICL (all demonstrations)", "zero-shot": "zero-shot",
+              "chance": "chance"}
     for name in names:
         if name in base:
-            color, ls = styles[name]
-            ax.axhline(base[name][0], color=color, ls=ls, lw=1, label=name)
+            color, ls = BASELINE_STYLE[name]
+            ax.axhline(base[name][0], color=color, ls=ls, lw=1.1, label=labels[name])
 
 
-def _axes(title: str) -> tuple[Figure, object]:
-    fig = Figure(figsize=(5.0, 3.4))
-    ax = fig.add_subplot()
-    ax.set(title=title, ylim=(-0.02, 1.02))
-    return fig, ax
+def _legend_below(fig: Figure, ax, ncol: int = 3) -> None:
+    """One legend for the whole figure, under the panels (readable size, never over the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
+
+
+def _small_multiples(task: str, t: pd.DataFrame, exp: str, panels: list[tuple[str, str]], baselines: list[str],
+                     title: str, xlabel: str, span: str, panel_width: float = 3.0) -> Figure:
+    """One panel per vector (one curve each, the same baselines in every panel), y shared."""
+    present = [(v, label) for v, label in panels if _has(t, exp, v, span)] or panels[:1]
+    n = len(present)
+    fig = Figure(figsize=(panel_width * n + 0.6, 3.2), layout="constrained")
+    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    for ax, (vec, label) in zip(axes, present):
+        _curve(ax, t, exp, vec, "C0", span)
+        _lines(ax, t, baselines)
+        ax.set_title(label, fontsize=10)
+        ax.set(ylim=(-0.02, 1.02), xlabel=xlabel)
+        ax.grid(alpha=0.25)
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(title + (" — vector patched from layer l on" if span == "from" else ""), fontsize=11)
+    _legend_below(fig, axes[0], ncol=3 if n > 2 else 2)
+    return fig
 
 
 def global_figure(task: str, t: pd.DataFrame, span: str = "single") -> Figure:
-    fig, ax = _axes(f"{task}: global patching into zero-shot prompts" + (" (from l on)" if span == "from" else ""))
-    _curve(ax, t, "global", "global", "global vector", "C0", span)
-    _curve(ax, t, "global", "local_as_global", "local vectors averaged", "C2", span)
-    _lines(ax, t, ["ICL", "zero-shot", "chance"])
-    ax.set(xlabel="layer l (h_l replaced at the query)", ylabel="accuracy")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
-    return fig
+    """Global patching into zero-shot prompts: one panel per vector (global; local vectors averaged)."""
+    return _small_multiples(task, t, "global", [("global", "global vector"),
+                                                ("local_as_global", "local vectors, averaged")],
+                            ["ICL", "zero-shot", "chance"], f"{task}: global patching into zero-shot prompts",
+                            "layer l (replaced at the query)", span)
 
 
 def local_figure(task: str, t: pd.DataFrame, span: str = "single") -> Figure:
-    fig, ax = _axes(f"{task}: local patching into dummy prompts" + (" (from l on)" if span == "from" else ""))
-    for vec, label, color in (("local", "local (own)", "C1"), ("pos_avg", "Pos Avg", "C4"),
-                              ("trial_avg", "Trial Avg", "C3")):
-        _curve(ax, t, "local", vec, label, color, span)
-    _lines(ax, t, ["ICL", "dummy", "chance"])
-    ax.set(xlabel="layer l (h_l replaced at every answer)", ylabel="accuracy")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
-    return fig
+    """Local patching into dummy prompts: one panel per vector (own local vectors, Pos Avg, Trial Avg)."""
+    return _small_multiples(task, t, "local", [("local", "local vectors (own)"), ("pos_avg", "Pos Avg"),
+                                               ("trial_avg", "Trial Avg")],
+                            ["ICL", "dummy", "chance"], f"{task}: local patching into dummy prompts",
+                            "layer l (replaced at every answer)", span, panel_width=3.5)
+
+
+def _axes(title: str) -> tuple[Figure, object]:
+    fig = Figure(figsize=(4.2, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.25)
+    return fig, ax
 
 
 def kofn_figure(task: str, t: pd.DataFrame) -> Figure:
-    fig, ax = _axes(f"{task}: k of n answer positions patched")
+    """k of n answer positions patched with local vectors, next to ICL with k demonstrations."""
+    fig, ax = _axes(f"{task}: k of n answers patched")
     k = t[t.experiment == "kofn"]
     if not k.empty:
         s = summarize(k.groupby(["prompt", "k"]).score.mean().reset_index(), ["k"], "score")
         ax.plot(s.k, s["mean"], "o-", color="C1", label=f"k local vectors patched (layer {int(k.layer.iloc[0])})")
-        ax.fill_between(s.k, s.low, s.high, color="C1", alpha=0.15)
+        ax.fill_between(s.k, s.low, s.high, color="C1", alpha=0.18, lw=0)
     icl = t[t.experiment == "icl"]
     if not icl.empty:
         s = summarize(icl, ["n_demos"], "score")
         ax.plot(s.n_demos, s["mean"], "s-", color="k", label="ICL with k demonstrations")
     _lines(ax, t, ["chance"])
-    ax.set(xlabel="k", ylabel="accuracy (evaluation split)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    ax.set(xlabel="k", ylabel="accuracy (evaluation split)", ylim=(-0.02, 1.02))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend_below(fig, ax, ncol=2)
     return fig
 
 
 def convergence_figure(task: str, t: pd.DataFrame, rules: ClaimRules, n_layers: int) -> Figure:
-    fig = Figure(figsize=(5.0, 3.4))
-    ax = fig.add_subplot()
+    """Centred cosine of local vectors to the global vector (and to each other) per layer."""
+    fig, ax = _axes(f"{task}: do local vectors converge to global?")
     c = t[t.experiment == "convergence"]
     for col, label, style in (("centred_local_global", "centred cos(local, global)", dict(color="C0", lw=2)),
                               ("centred_local_local", "centred cos(local, local)", dict(color="C1")),
-                              ("raw_local_global", "raw cos(local, global) — anisotropy", dict(color="grey", ls=":"))):
+                              ("raw_local_global", "raw cos(local, global): anisotropy", dict(color="grey", ls=":"))):
         if col in c and c[col].notna().any():
             s = summarize(c, ["layer"], col)
             ax.plot(s.layer, s["mean"], label=label, **style)
-            ax.fill_between(s.layer, s.low, s.high, color=style["color"], alpha=0.12)
-    ax.axhline(rules.convergence_threshold, color="k", lw=0.6, ls="--", label="convergence threshold")
+            ax.fill_between(s.layer, s.low, s.high, color=style["color"], alpha=0.12, lw=0)
+    ax.axhline(rules.convergence_threshold, color="k", lw=0.7, ls="--", label="convergence threshold")
     summary = convergence_summary(t, rules, n_layers)
     if summary and summary["layer"] is not None:
         ax.axvline(summary["layer"], color="C0", lw=0.8, ls="--")
-    ax.set(xlabel="layer", ylabel="cosine (source prompts)", ylim=(-1.02, 1.02), title=f"{task}: convergence")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    ax.set(xlabel="layer", ylabel="cosine (source prompts)", ylim=(-1.02, 1.02))
+    _legend_below(fig, ax, ncol=2)
     return fig
 
 
-def _verdict_html(grid: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in grid.columns)
+def _fmt_ci(m: float, lo: float, hi: float) -> str:
+    return f"{m:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) and math.isfinite(hi) else "")
+
+
+def _verdict_html(v: pd.DataFrame) -> str:
+    """Tasks x claims: each cell the verdict, then the statistic with its 95% interval (the detail on hover).
+    Claims are columns (a handful), tasks rows, so the grid fits a laptop-width page."""
+    claims = list(dict.fromkeys(v.claim))
+    texts = dict(zip(v.claim, v.claim_text))
+    tasks = list(dict.fromkeys(v.task))
+    kinds = dict(zip(v.task, v.kind))
+    head = '<th class="left">task</th>' + "".join(
+        f'<th class="left" title="{html.escape(texts[c])}">{html.escape(c)}<span class="stat">'
+        f"{html.escape(texts[c])}</span></th>" for c in claims)
+    cells = {(r.claim, r.task): r for r in v.itertuples()}
     body = []
-    for _, row in grid.iterrows():
-        cells = []
-        for col, val in row.items():
-            val = str(val)
-            cls = "left" if col in ("claim", "claim_text") else next(
-                (c.replace(" ", "-") for c in ("not supported", "supported", "inconclusive") if val.startswith(c)), "")
-            cells.append(f'<td class="{cls}">{html.escape(val)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
+    for task in tasks:
+        row = [f'<td class="left"><a href="#{anchor(task)}">{html.escape(task)}</a>'
+               f'<span class="stat">{html.escape(str(kinds[task]))}</span></td>']
+        for claim in claims:
+            r = cells.get((claim, task))
+            if r is None:
+                row.append('<td class="left na" title="does not apply to this task">–</td>')
+                continue
+            cls = str(r.verdict).replace(" ", "-")
+            stat = _fmt_ci(r.estimate, r.low, r.high) if math.isfinite(r.estimate) else ""
+            tip = f"{r.statistic} (threshold {r.threshold}): {r.detail}"
+            row.append(f'<td class="left {html.escape(cls)}" title="{html.escape(tip)}"><b>{html.escape(str(r.verdict))}'
+                       f'</b><span class="stat">{html.escape(stat)}</span></td>')
+        body.append("<tr>" + "".join(row) + "</tr>")
+    return f'<div class="scroll"><table class="claims"><tr>{head}</tr>{"".join(body)}</table></div>'
+
+
+OVERVIEW = [("ICL", "ICL"), ("zero-shot", "zero-shot"), ("global vector → zero-shot", "global"),
+            ("local vectors averaged → zero-shot (convergence)", "local → global"),
+            ("dummy prompt unpatched", "dummy"), ("local vectors → dummy prompt", "local"),
+            ("Pos Avg → dummy prompt", "Pos Avg"), ("Trial Avg (same label mapping) → dummy prompt", "Trial Avg"),
+            ("control: norm-matched random → dummy prompt", "random (local)"), ("chance", "chance")]
+
+
+def _overview_html(evaluation: pd.DataFrame) -> str:
+    """Tasks x the main conditions: evaluation-split accuracy, its 95% interval and the selected layer."""
+    cols = [(what, short) for what, short in OVERVIEW if (evaluation.what == what).any()]
+    head = '<th class="left">task</th>' + "".join(f"<th>{html.escape(short)}</th>" for _, short in cols)
+    body = []
+    for task, e in evaluation.groupby("task", sort=False):
+        e = e.set_index("what")
+        row = [f'<td class="left"><a href="#{anchor(task)}">{html.escape(task)}</a></td>']
+        for what, _ in cols:
+            if what not in e.index:
+                row.append("<td>–</td>")
+                continue
+            r = e.loc[what]
+            ci = f"[{r.low:.2f}, {r.high:.2f}]" if what != "chance" else ""
+            at = "" if pd.isna(r.layer) else f" @{int(r.layer)}"
+            row.append(f'<td>{r.accuracy:.2f}<span class="ci"><br>{ci}{at}</span></td>')
+        body.append("<tr>" + "".join(row) + "</tr>")
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
+
+
+def _figure_captions() -> dict[str, str]:
+    return {
+        "local": "Local patching: each dummy-prompt answer's state at layer l is replaced by the source prompts' "
+                 "vectors. Curve: selection split per layer; point: evaluation split at the selected layer.",
+        "global": "Global patching: the zero-shot query's state at layer l is replaced by the global vector (left) "
+                  "or by the local vectors averaged (right).",
+        "kofn": "How many answer positions must carry a local vector: k of n patched, next to ICL with k "
+                "demonstrations.",
+        "convergence": "Centred cosine similarity of the local vectors to the global vector, per layer.",
+    }
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -194,37 +297,48 @@ def write_report(run_dir: str | Path) -> Path:
 
     page = Page(f"Local vs global task vectors — {cfg['model']}", run_dir / "figures")
     src = saved.get("model_source", {})
-    page.text(f"Model {cfg['model']} ({n_layers} layers; weights sha256 {src.get('sha256') or src.get('gguf_sha256') or '?'}); "
-              f"seed {cfg['seed']}; per task {cfg['n_trials']} source prompts (vectors), {cfg['n_select']} "
-              f"selection trials ({cfg['n_local_select']} as dummy prompts), {cfg['n_eval']} evaluation trials "
-              f"({cfg['n_local_eval']} as dummy prompts); quick={cfg['quick']}. Versions: {saved.get('versions')}.",
-              cls="note")
-    page.heading("Claims of the paper, as verdicts computed from this run")
-    page.text("Each cell: verdict, then the statistic with its 95% interval (rules in SPEC A.8, thresholds "
-              f"{rules.model_dump()}). Layers are chosen on the selection split; every statistic uses the disjoint "
+    sha = src.get("sha256") or src.get("gguf_sha256") or "?"
+    versions = ", ".join(f"{k} {val}" for k, val in (saved.get("versions") or {}).items())
+    page.text(f"Model {cfg['model']} ({n_layers} layers; weights sha256 {sha[:16]}…); seed {cfg['seed']}; per task "
+              f"{cfg['n_trials']} source prompts (vectors), {cfg['n_select']} selection trials "
+              f"({cfg['n_local_select']} as dummy prompts), {cfg['n_eval']} evaluation trials "
+              f"({cfg['n_local_eval']} as dummy prompts); quick={cfg['quick']}. Versions: {versions}.", cls="note")
+    page.heading("Claims of the paper, as verdicts computed from this run", id="claims")
+    page.raw(_verdict_html(v))
+    thresholds = ", ".join(f"{k}={val:g}" if isinstance(val, float) else f"{k}={val}"
+                           for k, val in rules.model_dump().items())
+    page.text("Each cell: the verdict, then the statistic with its 95% interval (hover for how it was reached; "
+              "rules in SPEC A.8). Layers are chosen on the selection split; every statistic uses the disjoint "
               "evaluation split. 'inconclusive' also means the task tests nothing (ICL not above chance / "
-              "zero-shot) or the claim's data was not run.", cls="note")
-    page.raw(_verdict_html(verdict_grid(v)))
-    page.heading("How each verdict was reached", level=3)
-    page.table(v[["claim", "task", "statistic", "estimate", "low", "high", "threshold", "verdict", "detail"]])
-    page.heading("Evaluation-split accuracy (selected layers, 95% Wilson intervals)")
-    page.text("Scores: argmax next token == the answer's first token (knowledge), argmax over the two label words "
+              f"zero-shot) or the claim's data was not run. Thresholds: {thresholds}.", cls="note")
+    with page.collapsed("How each verdict was reached (table)"):
+        page.table(v[["claim", "task", "statistic", "estimate", "low", "high", "threshold", "verdict", "detail"]],
+                   tall=True)
+    page.heading("Evaluation-split accuracy (selected layers, 95% Wilson intervals)", id="accuracy")
+    page.raw(_overview_html(evaluation))
+    page.text("Accuracy on the evaluation split, [95% interval] and @ the layer selected on the selection split. "
+              "Scores: argmax next token == the answer's first token (knowledge), argmax over the two label words "
               "(categorization). Controls are evaluated at the layer of the vector they control.", cls="note")
-    page.table(evaluation)
+    with page.collapsed("Every condition, including the controls (table)"):
+        page.table(evaluation, tall=True)
+    tasks = list(dict.fromkeys(table.task))
+    page.toc([(t, anchor(t)) for t in tasks], label="Figures per task")
+    captions = _figure_captions()
     for task, t in table.groupby("task", sort=False):
         kind = t.kind.iloc[0]
         name = slug(task)
-        page.heading(f"{task} ({kind})")
-        figs = [(f"{name}_global", global_figure(task, t)), (f"{name}_local", local_figure(task, t))]
+        page.heading(f"{task} ({kind})", id=anchor(task))
+        figs = [(f"{name}_local", local_figure(task, t), captions["local"]),
+                (f"{name}_global", global_figure(task, t), captions["global"])]
         if (t.get("span") == "from").any():
-            figs += [(f"{name}_global_from", global_figure(task, t, "from")),
-                     (f"{name}_local_from", local_figure(task, t, "from"))]
-        figs += [(f"{name}_kofn", kofn_figure(task, t)),
-                 (f"{name}_convergence", convergence_figure(task, t, rules, n_layers))]
+            figs += [(f"{name}_local_from", local_figure(task, t, "from")),
+                     (f"{name}_global_from", global_figure(task, t, "from"))]
+        figs += [(f"{name}_convergence", convergence_figure(task, t, rules, n_layers), captions["convergence"]),
+                 (f"{name}_kofn", kofn_figure(task, t), captions["kofn"])]
         page.figures(figs)
     analyses = run_dir / "analyses"
     if analyses.is_dir():
-        page.heading("Where task information flows (saliency, dPCA, heads)")
+        page.heading("Where task information flows (saliency, dPCA, heads)", id="analyses")
         page.text("Attention x gradient saliency flows per layer (SPEC A.5), dPCA of answer-position states by "
                   "string length and label with subspace ablation (A.6), per-head effects at the query. Data in "
                   "analyses/*/.", cls="note")

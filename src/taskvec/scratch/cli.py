@@ -1,8 +1,11 @@
 """Command line for from-scratch models: ``train``, ``evaluate``, ``compress``.
 
 Standalone: ``python -m taskvec.scratch.cli train --out runs/v --steps 1000``; mounted in the main CLI as
-``taskvec train`` / ``taskvec evaluate``. Multi-process: ``torchrun --nproc_per_node 2 -m taskvec.scratch.cli
-train ...``. User mistakes print ``error: <one line>`` and exit with code 2.
+``taskvec train`` / ``taskvec evaluate`` / ``taskvec compress``. Each command builds its pydantic config
+(``TrainConfig``, ``EvalConfig``, ``CompressConfig``: they hold every default; a flag given overrides ``--config``,
+a flag not given never does) and calls the API (``train``, ``run_evaluation``, ``compress_model``).
+Multi-process: ``torchrun --nproc_per_node 2 -m taskvec.scratch.cli train ...``. User mistakes print
+``error: <one line>`` and exit with code 2.
 """
 from __future__ import annotations
 
@@ -20,14 +23,10 @@ app = typer.Typer(help="Train and evaluate from-scratch ICL models (task vectors
 
 
 def _check_model_dir(path: Path) -> None:
-    """A missing or non-model directory fails here, before heavy imports and before any work."""
-    from taskvec.errors import ModelNotFoundError
+    """A missing or non-model directory fails here, before any work."""
+    from taskvec.scratch.model import check_model_dir
 
-    if not path.is_dir():
-        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no such directory; give the "
-                                 "model directory a training run saved, e.g. runs/NAME/model)")
-    if not (path / "config.json").exists():
-        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no config.json)")
+    check_model_dir(path)
 
 
 def _load_model(path: Path):
@@ -37,11 +36,20 @@ def _load_model(path: Path):
     return ScratchModel.from_pretrained(path)
 
 
+def _renamed_flag(old: str, new: str, value) -> None:
+    if value is not None:
+        from taskvec.errors import ConfigError
+
+        raise ConfigError(f"{old} is now {new}")
+
+
 @app.command()
 @friendly
 def train(
-    out: Path = typer.Option(..., help="run directory (config, logs, TensorBoard, checkpoints, final model)"),
-    config: Optional[Path] = typer.Option(None, help="YAML config; flags override it"),
+    out: Path = typer.Option(..., help="run directory: config.json, results.jsonl (the logged curve), logs, "
+                                       "TensorBoard, checkpoints, final model"),
+    config: Optional[Path] = typer.Option(None, help="a TrainConfig as YAML/JSON (or a run's config.json); flags "
+                                                     "given here override it"),
     task: Optional[str] = typer.Option(None, help="linear_regression | sinusoid | token_offset"),
     d: Optional[int] = typer.Option(None, "--d", "--dim",
                                     help="input dimension (linear_regression); write --dim under torchrun"),
@@ -70,7 +78,8 @@ def train(
     seed: Optional[int] = typer.Option(None),
     save_every: Optional[int] = typer.Option(None),
     log_every: Optional[int] = typer.Option(None),
-    resume: bool = typer.Option(False, help="continue from the newest checkpoint in --out (same config)"),
+    resume: bool = typer.Option(False, help="continue from the newest checkpoint in --out (same config; --steps, "
+                                            "--save-every, --log-every may change)"),
     device: str = typer.Option("cpu"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard"),
@@ -103,83 +112,74 @@ def train(
 @app.command()
 @friendly
 def evaluate(
-    model: list[Path] = typer.Option(..., help="model directory (repeat to compare models)"),
+    model: Optional[list[Path]] = typer.Option(None, help="from-scratch model directory, e.g. runs/NAME/model "
+                                                          "(repeat to compare models; or `models` in --config)"),
     label: Optional[list[str]] = typer.Option(None, help="a name per --model (default: directory names)"),
-    out: Path = typer.Option(..., help="output directory: results.json and report.html"),
-    n_prompts: int = typer.Option(500),
-    k: int = typer.Option(10, help="demonstrations per prompt"),
-    layer: Optional[int] = typer.Option(None, help="l* for noisy/OOD/compression (default: trained l* or L/2)"),
-    analyses: str = typer.Option("layers,context,noisy,ood,pca,compress", help="comma-separated subset"),
-    seed: int = typer.Option(12345),
+    out: Path = typer.Option(..., help="run directory: config.json, results.jsonl (one line per model and "
+                                       "analysis), results.json, report.html"),
+    resume: bool = typer.Option(False, help="continue a killed evaluation in --out (same config); finished "
+                                            "units are kept"),
+    config: Optional[Path] = typer.Option(None, help="an EvalConfig as YAML/JSON; flags given here override it"),
+    n_trials: Optional[int] = typer.Option(None, help="prompts per evaluation set [default: 500]"),
+    k: Optional[int] = typer.Option(None, help="demonstrations per prompt [default: 10]"),
+    layer: Optional[int] = typer.Option(None, help="l* for noisy/OOD/compression [default: trained l* or L/2]"),
+    analyses: Optional[str] = typer.Option(None, help="comma-separated subset of layers,context,noisy,ood,pca,"
+                                                      "compress [default: all]"),
+    seed: Optional[int] = typer.Option(None, help="seed of every draw [default: 12345]"),
+    batch_size: Optional[int] = typer.Option(None, help="prompts per forward pass [default: 256]"),
+    n_prompts: Optional[int] = typer.Option(None, "--n-prompts", hidden=True),
 ):
-    """Per-layer ICL / zero-shot / TVP(l) / baselines / strength, robustness, PCA; HTML report."""
+    """Per-layer ICL / zero-shot / TVP(l) / baselines / strength, robustness, PCA; HTML report. Resumable."""
     from taskvec.errors import ConfigError
 
-    labels = list(label or [])
-    if labels and len(labels) != len(model):
-        raise ConfigError(f"got {len(labels)} --label for {len(model)} --model")
+    _renamed_flag("--n-prompts", "--n-trials", n_prompts)
     check_at_least("--k", k, 1)
-    check_at_least("--n-prompts", n_prompts, 1)
+    check_at_least("--n-trials", n_trials, 1)
     check_at_least("--layer", layer, 0)
-    for path in model:  # every directory is checked before the first (long) evaluation starts
+    check_at_least("--batch-size", batch_size, 1)
+    for path in model or []:  # every directory is checked before the first (long) evaluation starts
         _check_model_dir(path)
-    from taskvec.scratch.evaluate import EvalConfig, evaluate_model
-    from taskvec.scratch.report import write_report
+    from taskvec.experiment import config_from
+    from taskvec.scratch.evaluate import EvalConfig, default_labels, run_evaluation
 
-    labels = labels or [p.parent.name if p.name in ("model",) else p.name for p in model]
-    from pydantic import ValidationError
-
-    from taskvec.scratch.train import validation_message
-
-    try:
-        cfg = EvalConfig(n_prompts=n_prompts, k=k, layer=layer, seed=seed,
-                         analyses=[a.strip() for a in analyses.split(",") if a.strip()])
-    except ValidationError as e:
-        raise ConfigError(f"bad evaluation options: {validation_message(e)}") from None
-    results = {}
-    for lab, path in zip(labels, model):
-        typer.echo(f"evaluating {lab} ({path})")
-        results[lab] = evaluate_model(_load_model(path), cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    report = write_report(results, out / "report.html")
-    typer.echo(f"results: {out / 'results.json'}\nreport:  {report}")
+    if label and not model:
+        raise ConfigError("--label names a --model: give the models too")
+    models = default_labels(model, label) if model else None
+    parts = None if analyses is None else [a.strip() for a in analyses.split(",") if a.strip()]
+    cfg = config_from(EvalConfig, config, dict(models=models, n_trials=n_trials, k=k, layer=layer, seed=seed,
+                                               batch_size=batch_size, analyses=parts))
+    run_dir = run_evaluation(cfg, out, resume=resume)
+    typer.echo(f"results: {run_dir / 'results.json'}\nreport:  {run_dir / 'report.html'}")
 
 
 @app.command()
 @friendly
 def compress(
-    model: Path = typer.Option(..., help="model directory (ideally TVP-trained)"),
-    k: int = typer.Option(10),
-    layer: Optional[int] = typer.Option(None),
-    tasks: int = typer.Option(32),
-    queries: int = typer.Option(64, help="queries answered per encoded demonstration set"),
-    seed: int = typer.Option(0),
+    model: Path = typer.Option(..., help="from-scratch model directory (ideally TVP-trained)"),
+    config: Optional[Path] = typer.Option(None, help="a CompressConfig as YAML/JSON; flags given here override it"),
+    k: Optional[int] = typer.Option(None, help="demonstrations per encoded set [default: 10]"),
+    layer: Optional[int] = typer.Option(None, help="l* [default: trained l* or L/2]"),
+    n_tasks: Optional[int] = typer.Option(None, help="demonstration sets, each encoded once [default: 32]"),
+    n_queries: Optional[int] = typer.Option(None, help="queries answered per encoded set [default: 64]"),
+    seed: Optional[int] = typer.Option(None, help="seed of every draw [default: 12345, as evaluate]"),
+    tasks: Optional[int] = typer.Option(None, "--tasks", hidden=True),
+    queries: Optional[int] = typer.Option(None, "--queries", hidden=True),
 ):
-    """Compressed inference: encode demonstrations once to θ, answer many queries with 2-token passes."""
+    """Compressed inference: encode demonstrations once to θ, answer many queries with 2-token passes. Prints
+    JSON (no run directory)."""
+    _renamed_flag("--tasks", "--n-tasks", tasks)
+    _renamed_flag("--queries", "--n-queries", queries)
     check_at_least("--k", k, 1)
-    check_at_least("--tasks", tasks, 1)
-    check_at_least("--queries", queries, 1)
+    check_at_least("--n-tasks", n_tasks, 1)
+    check_at_least("--n-queries", n_queries, 1)
     check_at_least("--layer", layer, 0)
     _check_model_dir(model)
-    import torch
+    from taskvec.experiment import config_from
+    from taskvec.scratch.evaluate import CompressConfig, compress_model
 
-    from taskvec.errors import LayerError, RangeError
-    from taskvec.scratch.evaluate import compressed_inference
-    from taskvec.scratch.layouts import plan
-    from taskvec.scratch.tasks import TaskConfig, make_task
-
-    m = _load_model(model).eval()
-    layer = layer if layer is not None else (m.config.tvp_layer if m.config.tvp_layer is not None
-                                             else m.n_layers // 2)
-    if not 0 <= layer < m.n_layers:
-        raise LayerError(f"--layer {layer} is out of range: this model has layers 0..{m.n_layers - 1}")
-    k_max = (m.config.n_positions // plan(m.config.layout, 1, query=False).length) - 1
-    if k > k_max:
-        raise RangeError(f"--k {k} does not fit the model's {m.config.n_positions} positions (max k {k_max})")
-    res = compressed_inference(m, make_task(TaskConfig(**m.config.task)), m.config.layout, k, layer, tasks,
-                               queries, torch.Generator().manual_seed(seed))
-    typer.echo(json.dumps(res, indent=1))
+    cfg = config_from(CompressConfig, config, dict(k=k, layer=layer, n_tasks=n_tasks, n_queries=n_queries,
+                                                   seed=seed))
+    typer.echo(json.dumps(compress_model(_load_model(model), cfg), indent=1))
 
 
 if __name__ == "__main__":

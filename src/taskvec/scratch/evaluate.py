@@ -1,6 +1,6 @@
 """Evaluation of from-scratch models (SPEC B.4, B.6, B.7).
 
-Per layer l, for N prompts of k demonstrations (drawn with a fixed seed):
+Per layer l, for N trials (prompts of k demonstrations and a query, drawn with a fixed seed):
 
 * **ICL(i)** for i = 0..k: one pass over ``demos + query``; the prediction at example i's slot uses i demos.
 * **θ_l** for all l: one pass over ``demos + [x', →]`` (x' a fresh draw, not the evaluation query), recording
@@ -12,53 +12,140 @@ Per layer l, for N prompts of k demonstrations (drawn with a fixed seed):
 Error is squared error / E[y²] (``d`` for in-distribution linear regression; predicting 0 scores 1); for discrete
 tasks the error is 1 − accuracy. Strength ``S(l) = (err_0shot − err_TVP(l)) / (err_0shot − err_ICL(k))``
 (NaN when ICL does not beat zero-shot by at least 1%: the ratio is then noise).
+
+:func:`run_evaluation` is the experiment (config → units ``LABEL/ANALYSIS`` → :class:`taskvec.runs.RunStore` →
+``results.json`` + report; resumable); :func:`evaluate_model` runs the same analyses on one model in memory.
 """
 from __future__ import annotations
 
+import json
 import time
 import warnings
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator, model_validator
 
 from taskvec.errors import ConfigError, LayerError
-from taskvec.intervene import Edits, _hidden_of, hooked, run_until_recorded
+from taskvec.experiment import ExperimentConfig
+from taskvec.hooks import Hooks
+from taskvec.intervene import Edits, hooked, run_until_recorded
 from taskvec.scratch.layouts import plan, query_plan
 from taskvec.scratch.model import ScratchModel, trained_k_max
 from taskvec.scratch.tasks import Task, TaskConfig, corrupt_labels, make_task
 
 ANALYSES = ("layers", "context", "noisy", "ood", "pca", "compress")
 VARIANTS = ("tvp", "random", "mean", "wrong")
-
-
-class EvalConfig(BaseModel):
-    """What to evaluate. ``layer`` is l* for the noisy/OOD/compression comparisons (default: the model's trained
-    l*, else n_layer // 2)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n_prompts: int = 500
-    k: int = 10
-    batch_size: int = 256
-    seed: int = 12345
-    layer: int | None = None
-    analyses: list[Literal["layers", "context", "noisy", "ood", "pca", "compress"]] = Field(
-        default_factory=lambda: list(ANALYSES))
-    context_ks: list[int] | None = None  # default: 0..2·k_max in a few steps
-    noisy_fracs: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
-    ood: list[str] = Field(default_factory=lambda: ["x×0.5", "x×2", "x×3", "w×2", "skewed", "half-subspace"])
-    pca_tasks: int = 8
-    pca_per_task: int = 40
-    compress_tasks: int = 32
-    compress_queries: int = 64
-
+ONE_ROW = ("layers", "pca", "compress")
+"""Analyses whose result is one dict (stored as one row); the others are a list of rows."""
+ADDITIVE = ("analyses",)
+"""Config keys a resumed evaluation may change: adding analyses only adds units, never changes finished ones."""
 
 OOD_SHIFTS: dict[str, dict] = {
     "x×0.5": {"x_scale": 0.5}, "x×2": {"x_scale": 2.0}, "x×3": {"x_scale": 3.0}, "w×2": {"w_scale": 2.0},
     "skewed": {"skew": 1.0}, "half-subspace": {"half_subspace": True},
 }
+
+
+def _renamed(data: Any, old: str, new: str, owner: str) -> Any:
+    """Map a key's old spelling to its new one (with a :class:`DeprecationWarning`)."""
+    if isinstance(data, dict) and old in data:
+        if new in data:
+            raise ValueError(f"give {new} only ({old} is its old name)")
+        warnings.warn(f"{owner}: {old!r} is now {new!r}", DeprecationWarning, stacklevel=4)
+        data = {new if k == old else k: v for k, v in data.items()}
+    return data
+
+
+class EvalConfig(ExperimentConfig):
+    """What to evaluate, with every default (the CLI only overrides the options given).
+
+    ``models`` maps a label to a from-scratch model directory (for :func:`run_evaluation`; saved as absolute
+    paths; :func:`evaluate_model` ignores it). ``layer`` is l* for the noisy/OOD/compression comparisons (default:
+    the model's trained l*, else n_layer // 2). ``n_trials`` was called ``n_prompts`` (still accepted, with a
+    :class:`DeprecationWarning`).
+    """
+
+    kind: ClassVar[str] = "scratch-evaluate"
+
+    models: dict[str, str] = Field(default_factory=dict, description="label -> from-scratch model directory")
+
+    n_trials: int = Field(500, ge=1, description="prompts per evaluation set (k demonstrations + a query each)")
+    k: int = Field(10, ge=1, description="demonstrations per prompt")
+    batch_size: int = Field(256, ge=1)
+    seed: int = Field(12345, description="every draw; each analysis has its own generator from (seed, analysis)")
+    layer: int | None = Field(None, ge=0, description="l* for noisy/OOD/compression (default: trained l* or L/2)")
+    analyses: list[Literal["layers", "context", "noisy", "ood", "pca", "compress"]] = Field(
+        default_factory=lambda: list(ANALYSES))
+    context_ks: list[int] | None = None  # default: 0..2·k_max in a few steps
+    noisy_fracs: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
+    ood: list[str] = Field(default_factory=lambda: ["x×0.5", "x×2", "x×3", "w×2", "skewed", "half-subspace"])
+    pca_tasks: int = Field(8, ge=2)
+    pca_per_task: int = Field(40, ge=2)
+    compress_tasks: int = Field(32, ge=1)
+    compress_queries: int = Field(64, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return _renamed(data, "n_prompts", "n_trials", "EvalConfig")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _paths(cls, v: Any) -> Any:  # str or Path in, absolute path strings out
+        if isinstance(v, dict):
+            return {str(label): str(Path(p).expanduser().resolve()) if isinstance(p, (str, Path)) else p
+                    for label, p in v.items()}
+        return v
+
+    @field_validator("analyses")
+    @classmethod
+    def _some(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"give at least one of {', '.join(ANALYSES)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("context_ks")
+    @classmethod
+    def _ks(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError("context_ks must be demonstration counts >= 1")
+        return v
+
+    @field_validator("noisy_fracs")
+    @classmethod
+    def _fracs(cls, v: list[float]) -> list[float]:
+        if any(not 0 <= p <= 1 for p in v):
+            raise ValueError("noisy_fracs must lie in [0, 1]")
+        return v
+
+    @field_validator("ood")
+    @classmethod
+    def _shifts(cls, v: list[str]) -> list[str]:
+        unknown = [n for n in v if n not in OOD_SHIFTS]
+        if unknown:
+            raise ValueError(f"unknown shift {unknown[0]!r}; known: {', '.join(OOD_SHIFTS)}")
+        return v
+
+
+class CompressConfig(ExperimentConfig):
+    """Compressed inference (``taskvec compress``) with every default. With the defaults it answers what the
+    ``compress`` analysis of ``evaluate`` does (same seed, same draws). Print-only: no run directory."""
+
+    kind: ClassVar[str] = "compress"
+
+    k: int = Field(10, ge=1, description="demonstrations per encoded set")
+    layer: int | None = Field(None, ge=0, description="l* (default: the model's trained l*, else L/2)")
+    n_tasks: int = Field(32, ge=1, description="demonstration sets encoded once each")
+    n_queries: int = Field(64, ge=1, description="queries answered per encoded demonstration set")
+    seed: int = 12345
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(k=self.k, layer=self.layer, seed=self.seed, analyses=["compress"],
+                          compress_tasks=self.n_tasks, compress_queries=self.n_queries)
 
 
 def ood_shifts(task_cfg: TaskConfig, names: list[str]) -> list[tuple[str, dict]]:
@@ -171,25 +258,19 @@ def blocked_query_predictions(model: ScratchModel, layout: str, xs: torch.Tensor
     to_mask = lambda allowed: torch.zeros(t, t).masked_fill(~allowed, torch.finfo(torch.float32).min)  # noqa: E731
     masks = {"causal": to_mask(causal), "blocked": to_mask(blocked)}
 
-    def cut(module, args, kwargs):  # GPT2Block(hidden, past, attention_mask, ...) or attention_mask=
-        hidden = _hidden_of(args, kwargs)
-        mask = masks["blocked"].to(hidden.dtype).expand(hidden.shape[0], 1, t, t)
-        if len(args) > 2:
-            return (*args[:2], mask, *args[3:]), kwargs
-        return args, {**kwargs, "attention_mask": mask}
+    def blocked_mask(mask):  # [1, 1, t, t] broadcasts over the batch and the heads
+        return masks["blocked"].to(mask.dtype if isinstance(mask, torch.Tensor) else torch.float32)[None, None]
 
+    hooks = Hooks(model)
+    for layer in range(after_layer + 1, model.n_layers):
+        hooks.add(f"attn_mask.{layer}", blocked_mask)
     x_all = torch.cat([xs, xq], dim=1)
-    handles = [layer.register_forward_pre_hook(cut, with_kwargs=True)
-               for layer in model.layers[after_layer + 1:]]
-    try:
-        out = []
+    out = []
+    with hooks:
         for s in _chunks(xs.shape[0], batch_size):
             emb = model.embed(pl, x_all[s], ys[s])
             hidden = model(emb, attention_mask=masks["causal"].expand(emb.shape[0], 1, t, t))
             out.append(model.readout(hidden[:, int(pl.pred[-1])]))
-    finally:
-        for h in handles:
-            h.remove()
     return torch.cat(out)
 
 
@@ -346,11 +427,35 @@ def compressed_inference(model: ScratchModel, task: Task, layout: str, k: int, l
 # ----------------------------------------------------------------------------------------------- driver
 
 
-def evaluate_model(model: ScratchModel, cfg: EvalConfig, progress: bool = True) -> dict:
-    """Run the selected analyses on one model; returns a JSON-able dict."""
+def analysis_generator(seed: int, analysis: str) -> torch.Generator:
+    """The generator of one analysis: a function of (seed, analysis) only, so a subset of the analyses, another
+    order or a resumed run draws exactly what an uninterrupted full run draws, and every model of a comparison
+    is evaluated on the same prompts."""
+    return torch.Generator().manual_seed(seed + ANALYSES.index(analysis))
+
+
+@dataclass
+class Setup:
+    """A model ready for the analyses: its task, layout, the resolved l* (``layer``) and the largest k that fits
+    its positions (``k_max``)."""
+
+    model: ScratchModel
+    task_cfg: TaskConfig
+    task: Task
+    layout: str
+    layer: int
+    k_max: int
+
+    def header(self) -> dict:
+        return {"layer": self.layer, "n_layers": self.model.n_layers, "layout": self.layout,
+                "task": self.task_cfg.model_dump()}
+
+
+def prepare(model: ScratchModel, cfg: EvalConfig) -> Setup:
+    """Check ``cfg`` against the model (l*, k and the context sweep fit it; warns when k reaches untrained
+    positions) and resolve its task. Cheap: call it for every model before the first analysis runs."""
     model.eval()
     task_cfg = TaskConfig(**model.config.task) if model.config.task else TaskConfig(d=model.config.d_in)
-    task = make_task(task_cfg)
     layout = model.config.layout
     L = model.n_layers
     layer = cfg.layer if cfg.layer is not None else (model.config.tvp_layer if model.config.tvp_layer is not None
@@ -360,13 +465,57 @@ def evaluate_model(model: ScratchModel, cfg: EvalConfig, progress: bool = True) 
     k_max = (model.config.n_positions // plan(layout, 1, query=False).length) - 1
     if cfg.k > k_max:
         raise ConfigError(f"k={cfg.k} does not fit the model's {model.config.n_positions} positions (max k {k_max})")
+    if "context" in cfg.analyses and cfg.context_ks and max(cfg.context_ks) > k_max:
+        raise ConfigError(f"context_ks {max(cfg.context_ks)} does not fit the model's {model.config.n_positions} "
+                          f"positions (max k {k_max})")
     trained_k = trained_k_max(model.config.n_positions)
     if cfg.k >= trained_k:
         warnings.warn(f"k={cfg.k} demonstrations put the query beyond the {trained_k} examples per sequence the model "
                       f"was trained on (untrained positions): use k < {trained_k} for in-distribution numbers",
-                      stacklevel=2)
-    gen = lambda salt: torch.Generator().manual_seed(cfg.seed + salt)  # noqa: E731
-    res: dict = {"layer": layer, "n_layers": L, "layout": layout, "task": task_cfg.model_dump()}
+                      stacklevel=3)
+    return Setup(model, task_cfg, make_task(task_cfg), layout, layer, k_max)
+
+
+def _summary(r: dict, layer: int) -> dict:
+    return {"icl": r["icl"], "zero_shot": r["zero_shot"], "tvp_layer": r["tvp"][layer], "tvp_best": min(r["tvp"])}
+
+
+def run_analysis(s: Setup, cfg: EvalConfig, analysis: str) -> dict | list[dict]:
+    """One analysis of one model (a unit of :func:`run_evaluation`): a dict for :data:`ONE_ROW` analyses, else a
+    list of rows. Draws from :func:`analysis_generator` only."""
+    gen = analysis_generator(cfg.seed, analysis)
+    m, layout, n, bs = s.model, s.layout, cfg.n_trials, cfg.batch_size
+    if analysis == "layers":
+        return layer_sweep(m, s.task, layout, cfg.k, n, gen, batch_size=bs)
+    if analysis == "context":
+        ks = cfg.context_ks or sorted({1, 2, 5, 10, max(1, s.k_max // 2), s.k_max} - {0})
+        return [{"k": k, **_summary(layer_sweep(m, s.task, layout, k, n, gen, batch_size=bs), s.layer)}
+                for k in ks]
+    if analysis == "noisy":
+        out = []
+        for p in cfg.noisy_fracs:
+            r = layer_sweep(m, s.task, layout, cfg.k, n, gen, noisy_frac=p, batch_size=bs)
+            out.append({"p": p, **_summary(r, s.layer), "best_layer": r["best_layer"]})
+        return out
+    if analysis == "ood":
+        out = []
+        for name, update in ood_shifts(s.task_cfg, cfg.ood):
+            shifted = make_task(s.task_cfg.model_copy(update=update))
+            r = layer_sweep(m, shifted, layout, cfg.k, n, gen, batch_size=bs)
+            out.append({"shift": name, **_summary(r, s.layer), "best_layer": r["best_layer"]})
+        return out
+    if analysis == "pca":
+        return pca_analysis(m, s.task_cfg, layout, cfg.k, cfg.pca_tasks, cfg.pca_per_task, gen)
+    if analysis == "compress":
+        return compressed_inference(m, s.task, layout, cfg.k, s.layer, cfg.compress_tasks, cfg.compress_queries, gen)
+    raise ConfigError(f"unknown analysis {analysis!r}; choose from {', '.join(ANALYSES)}")
+
+
+def evaluate_model(model: ScratchModel, cfg: EvalConfig, progress: bool = True) -> dict:
+    """Run the selected analyses on one model, in memory (no run directory); returns a JSON-able dict:
+    ``{layer, n_layers, layout, task, <analysis>: ...}``. :func:`run_evaluation` gives the same numbers."""
+    s = prepare(model, cfg)
+    res = s.header()
     steps = [a for a in ANALYSES if a in cfg.analyses]
     bar = None
     if progress:
@@ -374,39 +523,120 @@ def evaluate_model(model: ScratchModel, cfg: EvalConfig, progress: bool = True) 
 
         bar = tqdm(total=len(steps), desc="evaluate")
     for a in steps:
-        if a == "layers":
-            res["layers"] = layer_sweep(model, task, layout, cfg.k, cfg.n_prompts, gen(0),
-                                        batch_size=cfg.batch_size)
-        elif a == "context":
-            ks = cfg.context_ks or sorted({1, 2, 5, 10, max(1, k_max // 2), k_max} - {0})
-            res["context"] = []
-            for k in ks:
-                r = layer_sweep(model, task, layout, k, cfg.n_prompts, gen(1), batch_size=cfg.batch_size)
-                res["context"].append({"k": k, "icl": r["icl"], "zero_shot": r["zero_shot"],
-                                       "tvp_layer": r["tvp"][layer], "tvp_best": min(r["tvp"])})
-        elif a == "noisy":
-            res["noisy"] = []
-            for p in cfg.noisy_fracs:
-                r = layer_sweep(model, task, layout, cfg.k, cfg.n_prompts, gen(2), noisy_frac=p,
-                                batch_size=cfg.batch_size)
-                res["noisy"].append({"p": p, "icl": r["icl"], "zero_shot": r["zero_shot"],
-                                     "tvp_layer": r["tvp"][layer], "tvp_best": min(r["tvp"]),
-                                     "best_layer": r["best_layer"]})
-        elif a == "ood":
-            res["ood"] = []
-            for name, update in ood_shifts(task_cfg, cfg.ood):
-                shifted = make_task(task_cfg.model_copy(update=update))
-                r = layer_sweep(model, shifted, layout, cfg.k, cfg.n_prompts, gen(3), batch_size=cfg.batch_size)
-                res["ood"].append({"shift": name, "icl": r["icl"], "zero_shot": r["zero_shot"],
-                                   "tvp_layer": r["tvp"][layer], "tvp_best": min(r["tvp"]),
-                                   "best_layer": r["best_layer"]})
-        elif a == "pca":
-            res["pca"] = pca_analysis(model, task_cfg, layout, cfg.k, cfg.pca_tasks, cfg.pca_per_task, gen(4))
-        elif a == "compress":
-            res["compress"] = compressed_inference(model, task, layout, cfg.k, layer, cfg.compress_tasks,
-                                                   cfg.compress_queries, gen(5))
+        res[a] = run_analysis(s, cfg, a)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     return res
+
+
+def compress_model(model: ScratchModel, cfg: CompressConfig) -> dict:
+    """Compressed inference on one model (what ``taskvec compress`` prints; nothing is saved)."""
+    ecfg = cfg.eval_config()
+    return run_analysis(prepare(model, ecfg), ecfg, "compress")
+
+
+def default_labels(paths: list[str | Path], labels: list[str] | None = None) -> dict[str, str]:
+    """``{label: path}``: the given labels, else each directory's name (its run's name for ``.../model``).
+    Raises :class:`ConfigError` when the counts differ or two models would share a label."""
+    paths = [Path(p) for p in paths]
+    labels = list(labels or [])
+    if labels and len(labels) != len(paths):
+        raise ConfigError(f"got {len(labels)} --label for {len(paths)} --model")
+    labels = labels or [p.resolve().parent.name if p.name == "model" else p.name for p in paths]
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dup:
+        raise ConfigError(f"two models are labelled {dup[0]!r}: give each --model its own --label")
+    return {label: str(p) for label, p in zip(labels, paths)}
+
+
+def _read_records(store) -> dict[str, list[dict]]:
+    """``{unit: rows}`` of a run store's finished units."""
+    out: dict[str, list[dict]] = {}
+    if store.results_file.exists():
+        for line in store.results_file.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that unit was redone
+            out[rec["unit"]] = rec["rows"]
+    return out
+
+
+def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progress: bool = True,
+                   report: bool = True) -> Path:
+    """Evaluate the models of ``cfg.models`` into the run directory ``out``; returns it.
+
+    The one experiment pattern (:mod:`taskvec.experiment`): ``config.json`` holds the :class:`EvalConfig` (with
+    the models' labels and absolute paths), package versions and each model's weights sha256 (``weights``);
+    ``results.jsonl`` one unit ``LABEL/ANALYSIS`` per model and analysis, appended and fsynced as it finishes
+    (rows tagged with ``model`` and ``analysis``); then ``results.json`` (``{label: evaluate_model(...)}``) and
+    ``report.html``.
+
+    Args:
+        cfg: the config; ``cfg.models`` must name at least one model (see :func:`default_labels`).
+        resume: continue a killed evaluation in ``out``: finished units are read back, not recomputed; the
+            config must be the same (``analyses`` may grow) and the models' weights unchanged, else a one-line
+            :class:`ConfigError`. Without it, an ``out`` that holds a run is refused.
+
+    Each analysis draws from its own generator (:func:`analysis_generator`), so a resumed run writes the same
+    numbers as an uninterrupted one (the wall times of ``compress`` aside).
+    """
+    from taskvec.models.registry import weights_hash
+    from taskvec.runs import RunStore
+    from taskvec.scratch.model import check_model_dir
+
+    out = Path(out)
+    if not cfg.models:
+        raise ConfigError("give at least one model to evaluate (--model)")
+    paths = {label: Path(p) for label, p in cfg.models.items()}
+    for p in paths.values():
+        check_model_dir(p)
+    RunStore.check(out, cfg.saved(), resume, ADDITIVE)  # a refused resume costs no model load
+    hashes = {label: weights_hash(p) for label, p in paths.items()}
+    if (out / "config.json").exists():
+        saved = json.loads((out / "config.json").read_text()).get("weights", {})
+        for label, h in hashes.items():
+            if saved.get(label, h) != h:
+                raise ConfigError(f"{out} holds an evaluation of other weights for {label!r} ({paths[label]} "
+                                  f"changed since: sha256 {saved[label][:12]}… there, {h[:12]}… now); use another "
+                                  "--out")
+    setups = {label: prepare(ScratchModel.from_pretrained(p), cfg) for label, p in paths.items()}  # before out exists
+    store = RunStore(out, cfg.saved(), resume=resume, extra={"kind": cfg.kind, "weights": hashes},
+                     additive=ADDITIVE)
+    steps = [a for a in ANALYSES if a in cfg.analyses]
+    units = [(label, a) for label in setups for a in steps]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(units), desc="evaluate")
+    for label, a in units:
+        if bar is not None:
+            bar.set_postfix_str(f"{label}/{a}")
+
+        def unit(label=label, a=a) -> list[dict]:
+            r = run_analysis(setups[label], cfg, a)
+            return [dict(row, model=label, analysis=a) for row in ([r] if a in ONE_ROW else r)]
+
+        store.run_unit(f"{label}/{a}", unit)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    records = _read_records(store)
+    results: dict[str, dict] = {}
+    for label, s in setups.items():
+        res = s.header()
+        for a in steps:
+            rows = [{k: v for k, v in row.items() if k not in ("model", "analysis")}
+                    for row in records[f"{label}/{a}"]]
+            res[a] = rows[0] if a in ONE_ROW else rows
+        results[label] = res
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    if report:
+        from taskvec.scratch.report import write_report
+
+        write_report(results, out / "report.html")
+    return store.path

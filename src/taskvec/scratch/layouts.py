@@ -1,4 +1,4 @@
-"""Token layouts of an ICL sequence (SPEC B.2).
+"""Token layouts of an ICL sequence (docs/spec.md B.2).
 
 =========  ====================  =====================  ======================
 layout     one example           prediction of y read    task-vector slot

@@ -1,4 +1,4 @@
-"""GPT-2-style model for from-scratch ICL (SPEC B.2, B.3).
+"""GPT-2-style model for from-scratch ICL (docs/spec.md B.2, B.3).
 
 An HF :class:`~transformers.GPT2Model` backbone (pre-LN, learned absolute positions) driven through
 ``inputs_embeds``, plus:
@@ -189,3 +189,23 @@ def build_model(preset: str = "cpu-small", *, d_in: int = 10, vocab: int = 0, n_
     cfg = ScratchConfig(**shape, n_positions=n_positions, d_in=d_in, vocab=vocab, task=task, layout=layout,
                        tvp_layer=tvp_layer)
     return ScratchModel(cfg)
+
+
+def check_model_dir(path) -> None:
+    """Raise :class:`~taskvec.errors.ModelNotFoundError` (one line) unless ``path`` is a saved from-scratch model
+    directory (``config.json`` + weights). Reads no weights: call it before any work."""
+    from pathlib import Path
+
+    from taskvec.errors import ModelNotFoundError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no such directory; give the "
+                                 "model directory a training run saved, e.g. runs/NAME/model)")
+    if (path / "model" / "config.json").exists() and not (path / "model.safetensors").exists():
+        raise ModelNotFoundError(f"{path} is not a from-scratch model directory but a training run: give its model, "
+                                 f"{path / 'model'}")
+    if not (path / "config.json").exists():
+        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no config.json)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no weights)")

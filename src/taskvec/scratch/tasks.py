@@ -1,4 +1,4 @@
-"""Synthetic in-context tasks (SPEC B.1): a *task* is drawn per sequence, then fresh *points* of that task.
+"""Synthetic in-context tasks (docs/spec.md B.1): a *task* is drawn per sequence, then fresh *points* of that task.
 
 Every family has the same two-step interface, so training can draw fresh queries of the same task (TVP-loss)
 and evaluation can build demonstrations and queries that share a task::

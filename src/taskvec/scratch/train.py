@@ -13,36 +13,36 @@ batches an uninterrupted one would. Multi-process: launch with ``torchrun`` (DDP
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
 from taskvec.errors import ConfigError, LayerError, NonFiniteError
+from taskvec.experiment import ExperimentConfig, read_config_file
 from taskvec.intervene import Edits, hooked
+from taskvec.runs import RunStore
 from taskvec.scratch.layouts import canonical, plan, query_plan
 from taskvec.scratch.model import PRESETS, ScratchModel, build_model, positions_for
 from taskvec.scratch.tasks import Task, TaskConfig, make_task
 
 
-class TrainConfig(BaseModel):
-    """Everything that defines a training run (saved as ``config.yaml``; must match on ``--resume``).
+class TrainConfig(ExperimentConfig):
+    """Everything that defines a training run (saved in the run's ``config.json``; must match on ``--resume``).
 
     ``tvp_weight`` (λ) and ``tvp_layer`` (l*): if only ``tvp_layer`` is given λ = 1; if only λ > 0 is given
     l* = n_layer // 2; if neither, the run is vanilla (λ = 0).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    kind: ClassVar[str] = "train"
 
     task: TaskConfig = Field(default_factory=TaskConfig)
     layout: str = "x→y"
@@ -100,15 +100,11 @@ class TrainConfig(BaseModel):
 
 
 def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a YAML file and/or keyword overrides; bad keys → :class:`ConfigError`."""
-    data: dict = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}".splitlines()[0]) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path} must be a mapping")
+    """Build a :class:`TrainConfig` from a YAML/JSON file (or a run's ``config.json``) and/or keyword overrides
+    (those that are not ``None`` win; ``task`` keys merge); bad keys → one-line :class:`ConfigError`."""
+    data: dict = read_config_file(path)
+    if isinstance(data.get("config"), dict) and "versions" in data:  # a run directory's config.json
+        data = dict(data["config"])
     task = dict(data.pop("task", {}) or {})
     task.update(overrides.pop("task", {}) or {})
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -289,26 +285,19 @@ def checkpoints(out_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name.split("-")[1]))
 
 
-def _config_dump(cfg: TrainConfig) -> dict:
-    return json.loads(cfg.model_dump_json())
+ADDITIVE = ("steps", "save_every", "log_every", "keep_checkpoints")
+"""Config keys a resumed run may change (e.g. more ``steps`` to extend a run): they decide how long it runs and
+what it writes, never what a step computes."""
 
 
-def _check_resume_config(out_dir: Path, cfg: TrainConfig) -> None:
-    saved_path = out_dir / "config.yaml"
-    if not saved_path.exists():
-        raise ConfigError(f"--resume: {out_dir} holds no run (no config.yaml)")
-    saved = yaml.safe_load(saved_path.read_text())
-    now = _config_dump(cfg)
-    ignore = {"steps", "save_every", "log_every", "keep_checkpoints"}  # may change on resume
-    defaults = _config_dump(TrainConfig(task=cfg.task))  # keys added after a run was saved take their default
-    diff = sorted(k for k in set(saved) | set(now)
-                  if k not in ignore and saved.get(k, defaults.get(k)) != now.get(k))
-    if diff:
-        k = diff[0]
-        raise ConfigError(
-            f"--resume: {out_dir} was trained with a different config ({k}: {saved.get(k)!r} there, "
-            f"{now.get(k)!r} now)"
-        )
+def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> None:
+    """Refuse a resume of nothing, of another config, or a fresh run into a used directory (one line)."""
+    if resume and not (out_dir / "config.json").exists():
+        if (out_dir / "config.yaml").exists():
+            raise ConfigError(f"--resume: {out_dir} was written by an older taskvec (config.yaml, no config.json) "
+                              "and cannot be resumed by this one; start a new --out")
+        raise ConfigError(f"--resume: {out_dir} holds no run (no config.json)")
+    RunStore.check(out_dir, cfg.saved(), resume, ADDITIVE)
 
 
 def save_checkpoint(out_dir: Path, model: ScratchModel, opt: torch.optim.Optimizer, step: int,
@@ -328,25 +317,11 @@ def save_checkpoint(out_dir: Path, model: ScratchModel, opt: torch.optim.Optimiz
     return final
 
 
-def _write_csv(out_dir: Path) -> None:
-    rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    if not rows:
-        return
-    with open(out_dir / "log.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _versions(world: int, device: str) -> dict:
-    import platform
-
-    import transformers
-
-    import taskvec
-
-    return {"taskvec": taskvec.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "world_size": world, "device": device}
+def _write_csv(store: RunStore) -> None:
+    """``log.csv``: the training curve of the finished intervals (the run store's rows)."""
+    table = store.table()
+    if len(table):
+        table.drop(columns="unit").to_csv(store.path / "log.csv", index=False)
 
 
 def _truncate_log(out_dir: Path, step: int) -> None:
@@ -356,18 +331,29 @@ def _truncate_log(out_dir: Path, step: int) -> None:
         path.write_text("".join(l + "\n" for l in keep))
 
 
+def training_curve(out_dir: str | Path):
+    """The logged rows (step, loss, icl_loss, tvp_loss, icl_err, seq_per_s, unit) of a run's finished intervals:
+    the :class:`~taskvec.runs.RunStore` table of its directory, as a DataFrame."""
+    saved = json.loads((Path(out_dir) / "config.json").read_text())
+    return RunStore(out_dir, saved["config"], resume=True).table()
+
+
 # ----------------------------------------------------------------------------------------------- train
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: str = "cpu",
           progress: bool = True, tensorboard: bool = True,
-          on_step: Callable[[int, ScratchModel], None] | None = None) -> Path:
+          on_step: Callable[[int, ScratchModel], None] | None = None, report: bool = True) -> Path:
     """Train a model; returns the directory of the final model (``out_dir/model``).
 
     Args:
-        cfg: the run config. out_dir: run directory (config.yaml, log.jsonl/csv, tb/, checkpoints/, model/).
-        resume: continue from the newest checkpoint (the config must match, else :class:`ConfigError`).
+        cfg: the run config. out_dir: run directory (config.json, results.jsonl, log.jsonl/csv, tb/,
+            checkpoints/, model/): a :class:`~taskvec.runs.RunStore` whose units are the checkpoint intervals
+            ``train/step-NNNNNNN`` and whose rows are the logged metrics (:func:`training_curve`).
+        resume: continue from the newest checkpoint (the config must match but for :data:`ADDITIVE` keys, else
+            :class:`ConfigError`).
         on_step: called as ``on_step(step, model)`` after every optimizer step (tests, custom hooks).
+        report: write ``report.html`` (training curves; :func:`taskvec.report.write_report`) at the end.
 
     Raises:
         NonFiniteError: the loss became NaN/inf (message names the step and the last good checkpoint).
@@ -376,7 +362,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
     started_dist = _setup_dist(device)
     rank, world = _dist()
     try:
-        return _train(cfg, out_dir, resume, device, progress and rank == 0, tensorboard, on_step, rank, world)
+        final = _train(cfg, out_dir, resume, device, progress and rank == 0, tensorboard, on_step, rank, world)
+        if report and rank == 0:  # the model is saved first: a report that fails costs no training
+            from taskvec.report import write_report
+
+            write_report(out_dir)
+        return final
     finally:
         if started_dist:
             dist.destroy_process_group()
@@ -388,16 +379,13 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
     task = make_task(cfg.task)
     if cfg.uses_tvp:
         plan(cfg.layout, 2, query=True).require_slot()  # clear error for xy + TVP
-    if resume:
-        _check_resume_config(out_dir, cfg)
-    elif (out_dir / "config.yaml").exists():
-        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it or choose a new --out")
+    _check_run_dir(out_dir, cfg, resume)
     if world > 1:
         dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(_config_dump(cfg), allow_unicode=True, sort_keys=False))
-        (out_dir / "versions.json").write_text(json.dumps(_versions(world, device), indent=1))
+    store = None
+    if rank == 0:  # config.json: the config, versions, world size and device
+        store = RunStore(out_dir, cfg.saved(), resume=resume, additive=ADDITIVE,
+                         extra={"kind": cfg.kind, "world_size": world, "device": device})
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.preset, d_in=task.d_in, vocab=task.vocab, n_positions=positions_for(cfg.k_max),
@@ -439,6 +427,8 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
         bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True)
     local_batch = cfg.batch_size // world
     t0, seen = time.perf_counter(), 0
+    pending: list[dict] = []  # logged rows since the last checkpoint: one run-store unit per interval
+    t_unit = t0
     try:
         for step in range(start + 1, cfg.steps + 1):
             batch = {k: v.to(device) for k, v in sample_batch(cfg, task, step, rank, local_batch).items()}
@@ -468,6 +458,7 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
                        "seq_per_s": seen / max(elapsed, 1e-9)}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+                pending.append(row)
                 if writer is not None:
                     for k in ("loss", "icl_loss", "tvp_loss", "icl_err"):
                         writer.add_scalar(f"train/{k}", row[k], step)
@@ -480,14 +471,21 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
                 bar.update(1)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 if rank == 0:
+                    # the interval's rows first: a kill before the checkpoint redoes these steps (and finds the unit
+                    # done), a kill after it loses nothing
+                    unit = f"train/step-{step:07d}"
+                    if not store.done(unit):
+                        now = time.perf_counter()
+                        store.append(unit, pending, seconds=round(now - t_unit, 3))
+                    pending, t_unit = [], time.perf_counter()
                     last_ckpt = save_checkpoint(out_dir, model, opt, step, cfg.keep_checkpoints)
-                    _write_csv(out_dir)
+                    _write_csv(store)
                 if world > 1:
                     dist.barrier()
         final = out_dir / "model"
         if rank == 0:
             model.save_pretrained(final)
-            _write_csv(out_dir)
+            _write_csv(store)
         return final
     finally:
         if bar is not None:

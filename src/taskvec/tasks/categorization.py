@@ -1,4 +1,4 @@
-"""Categorization tasks (SPEC A.2): a rule maps each input to one of two classes, shown by two arbitrary label words.
+"""Categorization tasks (docs/spec.md A.2): a rule maps each input to one of two classes, shown by two arbitrary label words.
 
 The class -> word mapping is drawn at random per trial (``Trial.label_words[c]`` is the word of class ``c``), so no
 prior about the words helps: the rule must be inferred from the demonstrations. Demonstration classes are balanced
@@ -61,7 +61,7 @@ class CategorizationTask(Task):
     Args:
         labels: the two label words; per trial they are assigned to the classes in random order.
         n_demos: default number of demonstrations when :meth:`sample_trials` gets ``n_demos=None``.
-        shuffle_labels: draw the class -> word mapping per trial (``True``, SPEC default); ``False`` keeps
+        shuffle_labels: draw the class -> word mapping per trial (``True``, docs/spec.md default); ``False`` keeps
             ``label_words == labels`` (class 0 -> ``labels[0]``).
     """
 
@@ -140,7 +140,7 @@ class SimpleStringTask(_GeneratedTask):
     """Random lowercase strings; class 0 = short (length in ``short``), class 1 = long (length in ``long``).
 
     Ranges are inclusive; the margin between classes is ``long[0] - short[1]`` (default 4: lengths 2-4 vs 8-11,
-    i.e. the SPEC rule length < 6 vs >= 6 with a wide gap). ``meta["length"]`` holds each string's length.
+    i.e. the spec's rule length < 6 vs >= 6 with a wide gap). ``meta["length"]`` holds each string's length.
     """
 
     name = "simple_string"

@@ -1,4 +1,4 @@
-"""Tokenizer checks for answers and label words (SPEC A.1).
+"""Tokenizer checks for answers and label words (docs/spec.md A.1).
 
 The scored token of an answer ``y`` is the first token of ``" " + y``. Label words must each be a single token and
 must not share a first token; a violation is an error naming the label and its tokens, never a silent drop.

@@ -1,0 +1,129 @@
+"""The one experiment pattern: a validated config -> units of work -> the run store -> a report.
+
+Every experiment (the study, saliency, dPCA, heads, from-scratch train and evaluate) is a function
+``run_<name>(cfg, out, resume=False, lm=None) -> Path`` whose ``cfg`` subclasses :class:`ExperimentConfig`:
+
+1. the config is a pydantic model holding every default (the CLI passes only the flags a user gave, on top of a
+   ``--config`` file: flags always win, see :func:`config_from`); a bad value is a one-line
+   :class:`~taskvec.errors.ConfigError` naming the field and its flag;
+2. :meth:`~taskvec.runs.RunStore.check` refuses a bad resume before any model is loaded, and :func:`open_store`
+   saves ``config.json``: the run's ``kind``, the config, package versions, and the model's source with the
+   sha256 of its weights;
+3. each unit of work goes through :meth:`taskvec.runs.RunStore.run_unit` (append, fsync, skipped on resume);
+4. ``report.html`` is written by :func:`taskvec.report.write_report` from the run directory alone.
+
+Example::
+
+    cfg = config_from(SaliencyConfig, None, {"model": "smollm2-135m", "n_trials": 8})
+    run_dir = run_saliency(cfg, "runs/saliency")           # resumable: run_saliency(cfg, run_dir, resume=True)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from taskvec.errors import ConfigError
+from taskvec.runs import RunStore
+
+C = TypeVar("C", bound="ExperimentConfig")
+
+
+class ExperimentConfig(BaseModel):
+    """Base of every experiment's config: unknown keys are refused; :meth:`from_dict` gives one-line errors."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: ClassVar[str] = "experiment"
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict) -> C:
+        """Validate a dict (flags, a YAML file); a mistake raises :class:`ConfigError` naming the field."""
+        try:
+            return cls(**data)
+        except ValidationError as err:
+            e = err.errors()[0]
+            where = ".".join(str(x) for x in e["loc"]) or "config"
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            if msg.startswith("--"):  # a validator's message that already names the flag
+                raise ConfigError(msg) from None
+            flag = f" (--{str(e['loc'][0]).replace('_', '-')})" if e["loc"] else ""
+            raise ConfigError(f"{cls.kind} config field {where!r}{flag}: {msg}") from None
+
+    def saved(self) -> dict:
+        """The JSON form saved in ``config.json`` (and compared on resume)."""
+        return self.model_dump(mode="json")
+
+
+class ModelExperimentConfig(ExperimentConfig):
+    """An experiment on a pretrained LM: which model, on which device, in which dtype."""
+
+    model: str = Field("gemma3-270m", description="named offline model, checkpoint directory or cached HF id")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto (a GPU if there is one)")
+    dtype: str | None = Field(None, description="auto (float32 on a CPU, bfloat16 on a GPU), float32, bfloat16, "
+                              "float16")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from taskvec.models.devices import resolve_device
+
+        resolve_device(v)  # a device that does not exist here fails before any model loads
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str | None) -> str | None:
+        from taskvec.models.devices import DTYPES
+
+        if v is not None and v != "auto" and v not in DTYPES:
+            raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {v!r}")
+        return v
+
+    def load(self):
+        """Load :attr:`model` on :attr:`device` in :attr:`dtype` (:func:`taskvec.models.load_model`)."""
+        from taskvec.models import load_model
+
+        return load_model(self.model, device=self.device, dtype=self.dtype)
+
+
+def read_config_file(path: str | Path | None) -> dict:
+    """A YAML or JSON mapping of config fields from ``path`` (``{}`` for ``None``), or the config a run directory's
+    ``config.json`` saved (so ``--config runs/X/config.json`` reruns it); one-line errors."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config fields")
+    if isinstance(data.get("config"), dict) and "versions" in data:  # a run's config.json: rerun its config
+        return data["config"]
+    return data
+
+
+def config_from(cls: type[C], config_file: str | Path | None, flags: dict[str, Any]) -> C:
+    """The config a command runs: the ``--config`` file's fields, then every flag the user gave (``None`` means
+    "not given") on top. A flag never loses to the file, and the CLI keeps no defaults of its own."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    return cls.from_dict({**read_config_file(config_file), **given})
+
+
+def open_store(cfg: ExperimentConfig, out: str | Path, resume: bool, lm: Any = None, extra: dict | None = None,
+               additive: tuple[str, ...] = (), rank: int = 0) -> RunStore:
+    """The run store of ``cfg`` in ``out``, with the model's source and weights hash in ``config.json``.
+
+    Call :meth:`RunStore.check` (cheap) before loading a model; this one writes ``config.json`` if it is new (on
+    rank 0 of a torchrun world; a rank > 0 opens the run rank 0 made, see :class:`RunStore`)."""
+    info = {"kind": cfg.kind, **(extra or {})}
+    if lm is not None:
+        info.setdefault("model_source", dict(getattr(lm, "source", {}) or {}))
+        info.setdefault("n_layers", lm.n_layers)
+        info.setdefault("d_model", lm.d_model)
+    return RunStore(out, cfg.saved(), resume=resume, extra=info, additive=additive, rank=rank)

@@ -1,0 +1,211 @@
+"""Reports of the runs that are not the study: the analyses (saliency, dPCA, heads), a from-scratch evaluation and
+a from-scratch training run. Each is built from the files its runner wrote (tables, figures, results) with the one
+HTML writer, :class:`taskvec.report.html.Page`. Dispatch by run kind: :func:`taskvec.report.write_report`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from taskvec.errors import ConfigError
+from taskvec.report.html import Page
+
+
+def _saved(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _note(page: Page, saved: dict, skip: tuple[str, ...] = ()) -> None:
+    cfg = saved.get("config", {})
+    if cfg:
+        page.text("Config: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in skip), cls="note")
+    src = saved.get("model_source") or {}
+    sha = src.get("sha256") or src.get("gguf_sha256")
+    bits = []
+    if sha:
+        bits.append(f"weights sha256 {sha[:16]}…")
+    if saved.get("n_layers"):
+        bits.append(f"{saved['n_layers']} layers")
+    if saved.get("versions"):
+        bits.append("versions: " + ", ".join(f"{k} {v}" for k, v in saved["versions"].items()))
+    if bits:
+        page.text("; ".join(bits) + ".", cls="note")
+
+
+def _csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _pngs(run_dir: Path, pattern: str) -> list[Path]:
+    return sorted((run_dir / "figures").glob(pattern))
+
+
+# --------------------------------------------------------------------------------------------------- analyses
+def _saliency(page: Page, run_dir: Path, saved: dict) -> None:
+    per_layer = _csv(run_dir / "saliency_per_layer.csv")
+    flows = ["answers_to_query", "inputs_to_answers", "inputs_to_query", "rest"]
+    if per_layer is not None and not per_layer.empty:
+        rows = []
+        for task, g in per_layer.groupby("task", sort=False):
+            row = {"task": task}
+            for f in flows:
+                if f in g:
+                    peak = g.loc[g[f].idxmax()]
+                    row[f"{f.replace('_', ' ')}: peak layer"] = int(peak.layer)
+            rows.append(row)
+        page.heading("Where each flow peaks")
+        page.table(pd.DataFrame(rows))
+    tasks = list(dict.fromkeys(per_layer.task)) if per_layer is not None else []
+    for task in tasks or [None]:
+        pngs = ([p for p in (run_dir / "figures" / f"saliency_{task}.png", run_dir / "figures" / f"saliency_{task}_share.png")
+                 if p.exists()] if task else _pngs(run_dir, "saliency_*.png"))
+        if pngs:
+            page.heading(f"Saliency flows: {task}" if task else "Saliency flows")
+            page.images(pngs, ["mean attention x gradient saliency per flow and layer (95% interval)"
+                               if not p.stem.endswith("_share") else "each flow's share of the layer's total"
+                               for p in pngs])
+    if per_layer is not None:
+        with page.collapsed("Per-layer flows (table)"):
+            page.table(per_layer, floatfmt="{:.3g}", tall=True)
+
+
+def _scalars(d: dict, prefix: str = "") -> list[dict]:
+    """The scalar entries of a nested dict, as ``{statistic, value}`` rows (lists are left out)."""
+    rows = []
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows += _scalars(v, name + ".")
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            rows.append({"statistic": name, "value": v})
+    return rows
+
+
+def _dpca(page: Page, run_dir: Path, saved: dict) -> None:
+    pngs = _pngs(run_dir, "dpca_*.png")
+    if pngs:
+        page.heading("dPCA, separability and subspace ablation")
+        page.images(pngs)
+    base = run_dir / "dpca_baselines.json"
+    if base.exists():
+        page.text("Baselines (local patching accuracy): " + ", ".join(
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in json.loads(base.read_text()).items()),
+            cls="note")
+    summary = _csv(run_dir / "dpca_ablation_summary.csv")
+    if summary is not None:
+        page.heading("Subspace ablation: local patching accuracy and its cost")
+        page.table(summary, tall=True)
+    c8 = run_dir / "dpca_c8.json"
+    if c8.exists():
+        rows = _scalars(json.loads(c8.read_text()))
+        if rows:
+            page.heading("Claim C8 statistics (length vs label separability, early vs late)")
+            page.table(pd.DataFrame(rows), floatfmt="{:.3f}", tall=True)
+    for name, label in (("dpca_per_layer.csv", "Per-layer variance split, dPCA and Mahalanobis (table)"),
+                        ("dpca_probes.csv", "Linear probes after ablation (table)")):
+        df = _csv(run_dir / name)
+        if df is not None:
+            with page.collapsed(label):
+                page.table(df, floatfmt="{:.3g}", tall=True)
+
+
+def _heads(page: Page, run_dir: Path, saved: dict) -> None:
+    top = _csv(run_dir / "heads_top.csv")
+    if top is not None:
+        page.heading("Heads with the largest effect")
+        page.table(top, floatfmt="{:.3f}")
+    pngs = _pngs(run_dir, "heads_*.png")
+    if pngs:
+        page.heading("Effects per head (layer x head)")
+        captions = {"heads_mean": "mean-ablating the head at the query: drop in the answer's log-probability",
+                    "heads_patch": "patching the head's ICL output into the dummy prompt at the query",
+                    "heads_attention": "the query's attention on the demonstrations' answers"}
+        page.images(pngs, [captions.get(p.stem, "") for p in pngs])
+    summary = _csv(run_dir / "heads_summary.csv")
+    if summary is not None:
+        with page.collapsed("Every head (table)"):
+            page.table(summary, floatfmt="{:.3g}", tall=True)
+
+
+ANALYSES = {"saliency": ("Saliency flows", _saliency), "dpca": ("dPCA by length and label", _dpca),
+            "heads": ("Attention heads", _heads)}
+
+
+def write_analysis_report(run_dir: str | Path, kind: str) -> Path:
+    """``report.html`` of a saliency / dpca / heads run directory (from the files its runner wrote)."""
+    run_dir = Path(run_dir)
+    saved = _saved(run_dir)
+    title, body = ANALYSES[kind]
+    model = saved.get("config", {}).get("model", "")
+    page = Page(f"{title} — {model}" if model else title, run_dir / "figures")
+    _note(page, saved, skip=("analysis",))
+    before = len(page.parts)
+    body(page, run_dir, saved)
+    if len(page.parts) == before:
+        raise ConfigError(f"{run_dir} has no {kind} results yet (no tables or figures written)")
+    return page.write(run_dir / "report.html")
+
+
+# ---------------------------------------------------------------------------------------------- from scratch
+def write_evaluation_report(run_dir: str | Path) -> Path:
+    """``report.html`` of a from-scratch evaluation run (``results.json``, written by ``taskvec evaluate``)."""
+    from taskvec.scratch.report import write_report
+
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} has no results.json yet: the evaluation has not finished (resume it with "
+                          "taskvec evaluate ... --resume)")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(results, dict) or not results:
+        raise ConfigError(f"{path} holds no model results")
+    return write_report(results, run_dir / "report.html", config=_saved(run_dir) or None)
+
+
+def _training_figure(log: pd.DataFrame) -> Figure:
+    """One panel per logged curve (loss terms, ICL error, throughput) against the step."""
+    cols = [c for c in log.columns if c not in ("step", "unit") and pd.api.types.is_numeric_dtype(log[c])
+            and log[c].notna().any()]
+    n = max(len(cols), 1)
+    per_row = min(n, 3)
+    rows = -(-n // per_row)
+    fig = Figure(figsize=(3.6 * per_row, 2.6 * rows + 0.3), layout="constrained")
+    axes = fig.subplots(rows, per_row, squeeze=False).ravel()
+    for ax in axes[len(cols):]:
+        ax.set_axis_off()
+    for ax, col in zip(axes, cols):
+        ax.plot(log["step"], log[col], color="C0", lw=1.5)
+        ax.set(title=col.replace("_", " "), xlabel="step")
+        ax.grid(alpha=0.25)
+    fig.suptitle("Training curves", fontsize=11)
+    return fig
+
+
+def write_training_report(run_dir: str | Path) -> Path:
+    """``report.html`` of a from-scratch training run (``log.csv`` / ``log.jsonl``)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "log.csv").exists():
+        log = pd.read_csv(run_dir / "log.csv")
+    elif (run_dir / "log.jsonl").exists():
+        log = pd.read_json(run_dir / "log.jsonl", lines=True)
+    else:
+        raise ConfigError(f"{run_dir} has no training log yet (no log.csv or log.jsonl)")
+    if log.empty or "step" not in log:
+        raise ConfigError(f"{run_dir} has no logged training steps yet")
+    saved = _saved(run_dir)
+    page = Page("From-scratch training run", run_dir / "figures")
+    _note(page, saved)
+    page.heading("Training curves")
+    page.figures([("training", _training_figure(log))])
+    page.heading("Last logged step")
+    page.table(log.tail(1), floatfmt="{:.4g}")
+    with page.collapsed("Every logged step (table)"):
+        page.table(log, floatfmt="{:.4g}", tall=True)
+    return page.write(run_dir / "report.html")
