@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from taskvec.intervene import _hidden_of, _with_hidden
+from taskvec.hooks import hidden_of, with_hidden
 from taskvec.scratch.evaluate import _wrong_index, draw_eval_set, errors, layer_sweep
 from taskvec.scratch.layouts import plan, query_plan
 from taskvec.scratch.model import build_model, positions_for
@@ -62,7 +62,7 @@ def naive_layer_sweep(model, task, k: int, n: int, seed: int) -> list[float]:
         store = {}
 
         def record(mod, args, kwargs):
-            store["theta"] = _hidden_of(args, kwargs)[:, slot].clone()
+            store["theta"] = hidden_of(args, kwargs)[:, slot].clone()
 
         h = layer.register_forward_pre_hook(record, with_kwargs=True)
         model(emb)
@@ -73,9 +73,9 @@ def naive_layer_sweep(model, task, k: int, n: int, seed: int) -> list[float]:
         for name, vec in (("tvp", theta), ("random", rand), ("mean", theta.mean(0, keepdim=True).expand_as(theta)),
                           ("wrong", theta[wrong_idx])):
             def patch(mod, args, kwargs, vec=vec):
-                hidden = _hidden_of(args, kwargs).clone()
+                hidden = hidden_of(args, kwargs).clone()
                 hidden[:, qslot] = vec
-                return _with_hidden(args, kwargs, hidden)
+                return with_hidden(args, kwargs, hidden)
 
             h = layer.register_forward_pre_hook(patch, with_kwargs=True)
             pred = model.readout(model(qemb)[:, qpred])

@@ -34,7 +34,8 @@ import taskvec  # noqa: E402
 from taskvec.batching import chunks, left_pad  # noqa: E402
 from taskvec.intervene import Edits, hooked  # noqa: E402
 from taskvec.prompts import Template, build_prompts, dummy_trials, zero_shot  # noqa: E402
-from taskvec.sweep import layer_variants, patch_layers, read_ids_for, run_variants, run_variants_naive  # noqa: E402
+from taskvec.scoring import read_ids  # noqa: E402
+from taskvec.sweep import layer_variants, patch_layers, run_variants, run_variants_naive  # noqa: E402
 from taskvec.tasks import task_for  # noqa: E402
 from taskvec.vectors import read_icl_states  # noqa: E402
 
@@ -92,7 +93,7 @@ def main() -> None:
     # 1. global-vector sweep
     variants = layer_variants(len(zs), gvec[:, None], torch.tensor([[p.query_position] for p in zs]), layers)
     targets = torch.tensor([zs[v.prompt].target_id for v in variants])
-    read = read_ids_for(targets, None)
+    read = read_ids(targets, None)
     ours, t_ours = timed(lambda: patch_layers(lm, zs, gvec, "query"))
     cached, t_cached = timed(lambda: prefix_cached_sweep(lm, zs, gvec, layers))
     naive, t_naive = timed(lambda: run_variants_naive(lm, [p.ids for p in zs], variants, read_ids=read))
@@ -108,7 +109,7 @@ def main() -> None:
     pos = torch.tensor([p.answer_positions for p in dk])
     variants = layer_variants(len(dk), lv, pos, layers)
     targets = torch.tensor([dk[v.prompt].target_id for v in variants])
-    read = read_ids_for(targets, None)
+    read = read_ids(targets, None)
     out_ours, t_ours_l = timed(lambda: run_variants(lm, [p.ids for p in dk], variants, read_ids=read))
     res["local"] = dict(ours_s=t_ours_l, n_prompts=len(dk), positions=pos.shape[1])
     if not args.skip_naive_local:

@@ -38,3 +38,27 @@ def test_custom_task_file_error_names_the_line(tmp_path):
     bad.write_text('{"input": "a", "output": "b"}\n{"input": "c"}\n')
     out = _cli("tasks", "show", f"file:{bad}")
     assert out.returncode == 2 and "line 2" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_analysis_command_runs_and_its_config_json_reruns_it(tmp_path):
+    """`taskvec heads` end to end on the real small model; `--config RUN/config.json` reruns the same config (flags
+    given on top win), and the run directory ends in report.html."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    first = tmp_path / "first"
+    args = ["heads", "--model", "smollm2-135m", "--n-trials", "2", "--n-demos", "3", "--modes", "mean",
+            "--layers", "0", "--out", str(first)]
+    out = subprocess.run([sys.executable, "-m", "taskvec.cli", *args], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (first / "report.html").exists() and "report:" in out.stdout
+    second = tmp_path / "second"
+    out = subprocess.run([sys.executable, "-m", "taskvec.cli", "heads", "--config", str(first / "config.json"),
+                          "--top", "3", "--out", str(second)], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    a, b = (json.loads((d / "config.json").read_text())["config"] for d in (first, second))
+    assert b == {**a, "top": 3}

@@ -135,7 +135,6 @@ def _pid_of_rank(tag: str, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
 def test_killing_a_rank_then_resuming_recomputes_nothing_that_finished(single_run, tmp_path):
     """Kill rank 1 of a 2-rank run once it has finished units (torchrun then stops rank 0); resume in a single
     process: every finished unit, of either rank, is kept byte for byte and not run again; the results equal a

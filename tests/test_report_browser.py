@@ -25,6 +25,7 @@ INSTALL = "make browser   (or: sudo apt-get update && sudo apt-get install -y ch
 # Runs in the page after load; writes what it measured into <pre id="taskvec-probe"> for --dump-dom to return.
 PROBE = """<script>
 window.addEventListener('load', () => {
+  document.querySelectorAll('details').forEach(d => { d.open = true; });  // collapsed tables must fit too
   const root = document.documentElement, vw = root.clientWidth;
   const imgs = Array.from(document.images);
   const box = e => e.getBoundingClientRect();
@@ -34,7 +35,8 @@ window.addEventListener('load', () => {
     images: imgs.map(i => [i.alt, i.naturalWidth, Math.round(box(i).width), Math.round(box(i).right)]),
     overflowing: Array.from(document.body.querySelectorAll('*'))
       .filter(e => box(e).right > vw + 1 && !e.closest('.scroll'))
-      .slice(0, 20).map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '') + ' ' + Math.round(box(e).right)),
+      .slice(0, 20)
+      .map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '') + ' ' + Math.round(box(e).right)),
     first_table_top: (document.querySelector('table') ? box(document.querySelector('table')).top : -1),
     first_img_top: (imgs.length ? box(imgs[0]).top : -1),
   };
@@ -176,3 +178,17 @@ def test_analysis_and_evaluation_reports_render_in_the_browser(chromium, smol, t
     report = write_report(ev)
     check_layout(probe_report(chromium, report), min_images=4)
     assert "data:image/png;base64," in report.read_text()
+
+
+def test_the_probe_sees_a_broken_figure_and_a_page_that_scrolls_sideways(chromium, tmp_path):
+    """The checks are not vacuous: a figure that does not decode and a wide table outside a scroll box fail them."""
+    from taskvec.report.html import Page
+
+    page = Page("bad", tmp_path / "figures")
+    page.raw('<figure><img alt="broken" src="data:image/png;base64,AAAA"></figure>')
+    page.raw("<table><tr>" + "<td>a_long_unbreakable_cell_value</td>" * 60 + "</tr></table>")
+    result = probe_report(chromium, page.write(tmp_path / "report.html"))
+    assert result["broken"] == ["broken"]
+    assert result["scroll_width"] > WIDTH and result["overflowing"]
+    with pytest.raises(AssertionError):
+        check_layout(result, min_images=1)

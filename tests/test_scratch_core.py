@@ -205,3 +205,26 @@ def test_shared_query_packing_equals_separate_passes(vocab):
     assert torch.allclose(g1, g2, atol=1e-6)
     with pytest.raises(ConfigError, match="x→y"):
         load_config(preset="tiny", layout="*xy", tvp_layer=1, tvp_shared_query=True)
+
+
+@pytest.mark.parametrize("name", ["linear_regression", "sinusoid"])
+def test_zero_predictor_error_is_one_with_label_noise(name):
+    """The normalizer is E[y^2] of the labels the model sees, noise included: the all-zero predictor scores 1."""
+    task = make_task(TaskConfig(name=name, d=8, noise=1.5))
+    params = task.draw_tasks(4000, torch.Generator().manual_seed(0))
+    _, ys = task.draw_points(params, 10, torch.Generator().manual_seed(1))
+    assert abs(float((ys ** 2).mean()) / task.y_var - 1) < 0.05
+
+
+def test_curriculum_error_is_normalized_by_the_active_dimension_and_keeps_noise():
+    from taskvec.scratch.train import TrainConfig, curriculum_at, sample_batch
+
+    cfg = TrainConfig(task={"name": "linear_regression", "d": 10, "noise": 0.5}, curriculum=True,
+                      curriculum_start=3, curriculum_every=1000, batch_size=20000, k_max=11, steps=10)
+    task = make_task(cfg.task)
+    d_active, _ = curriculum_at(cfg, 1)
+    assert d_active == 3
+    batch = sample_batch(cfg, task, step=1, rank=0, batch=20000)
+    assert (batch["xs"][..., 3:] == 0).all()
+    assert abs(float((batch["ys"] ** 2).mean()) / task.y_var_at(3) - 1) < 0.05  # zero predictor: 1 at 3 dims
+    assert task.y_var_at(3) == pytest.approx(3 + 0.25) and task.y_var == pytest.approx(10 + 0.25)

@@ -22,8 +22,8 @@ import importlib
 
 from taskvec.errors import (AlignmentError, ChoiceError, ConfigError, EagerAttentionError, EmptyInputError,
                             LayerError, LayerSkippingWarning, ModelNotFoundError, NonFiniteError, ParseError,
-                            PositionError, RangeError, TaskFileError, TaskvecError, TokenizationError,
-                            TooFewTrialsError, WidthError)
+                            PositionError, RangeError, RankError, TaskFileError, TaskvecError, TokenizationError,
+                            TooFewTrialsError, WidthError, DeviceError)
 
 __version__ = "0.1.0"
 
@@ -61,7 +61,8 @@ _LAZY = {
 }
 
 ERRORS = [AlignmentError, ChoiceError, ConfigError, EagerAttentionError, EmptyInputError, LayerError,
-          ModelNotFoundError, NonFiniteError, ParseError, PositionError, RangeError, TaskFileError, TaskvecError,
+          ModelNotFoundError, NonFiniteError, ParseError, PositionError, RangeError, RankError, DeviceError,
+          TaskFileError, TaskvecError,
           TokenizationError, TooFewTrialsError, WidthError]
 __all__ = sorted([*_LAZY, "__version__", "LayerSkippingWarning", *(e.__name__ for e in ERRORS)])
 

@@ -142,7 +142,8 @@ def study_local_global(
 ) -> None:
     """The local-vs-global task-vector study (docs/spec.md A.1-A.4, A.8): every task, every vector type, controls, the
     paper's claims as verdicts, report."""
-    from taskvec.distributed import RankError, World
+    from taskvec.distributed import World
+    from taskvec.errors import RankError
     from taskvec.experiment import config_from
     from taskvec.study import StudyConfig, run_study
 

@@ -21,22 +21,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterator, TypeVar
 
-from taskvec.errors import ConfigError, TaskvecError
+from taskvec.errors import RankError, TaskvecError
 
 T = TypeVar("T")
 TIMEOUT = timedelta(seconds=float(os.environ.get("TASKVEC_DIST_TIMEOUT", 7 * 24 * 3600)))
 """How long a rank waits at a barrier for the others (set ``TASKVEC_DIST_TIMEOUT`` in seconds): ranks that finish
 their tasks early wait there for the slowest one, which may take hours."""
-
-
-class RankError(ConfigError):
-    """A mistake every rank of a torchrun world stops on together: the ranks disagree on the config, or one of
-    them was refused (a bad task, a refused resume). Raised on every rank (``rank`` says which one); the command
-    line prints it on rank 0 only, so the mistake reads as one line."""
-
-    def __init__(self, message: str, rank: int):
-        super().__init__(message)
-        self.rank = rank
 
 
 @dataclass(frozen=True)
@@ -100,9 +90,8 @@ class World:
                 if keys == ["config"]:
                     a, b = every[0]["config"], other["config"]
                     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-                raise RankError(f"the {self.size} torchrun ranks disagree on the config: rank {r} differs "
-                                        f"from rank 0 in {', '.join(keys)}; give every rank the same flags",
-                                        self.rank)
+                raise RankError(f"the {self.size} torchrun ranks disagree on the config: rank {r} differs from "
+                                f"rank 0 in {', '.join(keys)}; give every rank the same flags", self.rank)
 
 
 @contextmanager

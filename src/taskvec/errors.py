@@ -69,6 +69,16 @@ class DeviceError(ConfigError):
     model that does not fit the devices it is given."""
 
 
+class RankError(ConfigError):
+    """A mistake every rank of a torchrun world stops on together: the ranks disagree on the config, or one of
+    them was refused (a bad task, a refused resume). Raised on every rank (``rank`` says which one); the command
+    line prints it on rank 0 only, so the mistake reads as one line (docs/distributed.md)."""
+
+    def __init__(self, message: str, rank: int = 0):
+        super().__init__(message)
+        self.rank = rank
+
+
 class TooFewTrialsError(TaskvecError):
     """Fewer trials (or samples) than conditions, or a condition with no sample (dPCA, probes): run more trials."""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from taskvec.errors import ConfigError
@@ -80,11 +81,16 @@ class ModelExperimentConfig(ExperimentConfig):
             raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {v!r}")
         return v
 
-    def load(self):
-        """Load :attr:`model` on :attr:`device` in :attr:`dtype` (:func:`taskvec.models.load_model`)."""
+    def load(self, local_rank: int = 0):
+        """Load :attr:`model` on :attr:`device` in :attr:`dtype` (:func:`taskvec.models.load_model`). Under
+        torchrun, ``local_rank`` picks this process's GPU where :attr:`device` names none (``cuda``, ``auto``)."""
         from taskvec.models import load_model
+        from taskvec.models.devices import resolve_device
 
-        return load_model(self.model, device=self.device, dtype=self.dtype)
+        device = resolve_device(self.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+        return load_model(self.model, device=device, dtype=self.dtype)
 
 
 def read_config_file(path: str | Path | None) -> dict:

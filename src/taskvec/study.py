@@ -483,7 +483,7 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
     so a mistyped model or task leaves nothing behind.
 
     Under ``torchrun`` (docs/distributed.md) every rank calls this with the same config (checked first: ranks that
-    disagree stop with one :class:`~taskvec.distributed.RankError`). The tasks are dealt round robin over the
+    disagree stop with one :class:`~taskvec.errors.RankError`). The tasks are dealt round robin over the
     ranks, each rank appending to its own results file; once every rank is done, rank 0 merges the files into
     ``results.jsonl`` and writes the report.
     """
@@ -499,7 +499,7 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
     # every rank checks before rank 0 writes config.json; a refused resume costs no model load
     w.together(lambda: (check_tasks(names), RunStore.check(out, eff.saved(), resume, ADDITIVE)))
     if lm is None:
-        lm = w.together(cfg.load)
+        lm = w.together(lambda: cfg.load(w.local_rank))
     runs: dict[str, _TaskRun] = {}
 
     def task_run(name: str) -> _TaskRun:

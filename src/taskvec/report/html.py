@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,9 +55,6 @@ def close(fig: Figure) -> None:
         sys.modules["matplotlib.pyplot"].close(fig)
 
 
-_close = close  # old name
-
-
 def save_figure(fig: Figure, path: Path, dpi: int = 120) -> list[Path]:
     """Save ``fig`` as ``path.png`` and ``path.svg`` (cropped to what is drawn, so no title is cut off), close
     it, return both paths."""
@@ -73,10 +71,14 @@ def anchor(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "section"
 
 
-def _img(alt: str, png: bytes, caption: str = "") -> str:
+def _img(alt: str, png: bytes, caption: str = "", href: str = "") -> str:
+    """A figure: the PNG embedded; with ``href`` (the SVG beside the report) a click opens it full size."""
     data = base64.b64encode(png).decode()
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
+    img = f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    if href:
+        img = f'<a href="{html.escape(href)}" title="full size (SVG)">{img}</a>'
+    return f"<figure>{img}{cap}</figure>"
 
 
 def table_html(df: pd.DataFrame, floatfmt: str = "{:.2f}", tall: bool = False) -> str:
@@ -151,23 +153,35 @@ class Page:
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=self.dpi, bbox_inches="tight")
             close(fig)
-            items.append(_img(name, buf.getvalue(), caption[0] if caption else ""))
+            items.append(_img(name, buf.getvalue(), caption[0] if caption else "", self._href(name + ".svg")))
         if items:
             self.parts.append('<div class="figs">' + "".join(items) + "</div>")
 
     def images(self, paths: list[Path], captions: list[str] | None = None) -> None:
         """Embed PNG files that already exist (e.g. an analysis run's figures)."""
         captions = captions or [""] * len(paths)
-        items = [_img(Path(p).stem, Path(p).read_bytes(), c) for p, c in zip(paths, captions)]
+        items = [_img(Path(p).stem, Path(p).read_bytes(), c,
+                      self._href(Path(p).with_suffix(".svg")) if Path(p).with_suffix(".svg").exists() else "")
+                 for p, c in zip(paths, captions)]
         if items:
             self.parts.append('<div class="figs">' + "".join(items) + "</div>")
+
+    def _href(self, target: str | Path) -> str:
+        """``target`` (a name in ``figures_dir`` or a path) relative to the report, which sits beside
+        ``figures_dir``."""
+        target = self.figures_dir / target if isinstance(target, str) else Path(target)
+        try:
+            return Path(os.path.relpath(target.resolve(), self.figures_dir.parent.resolve())).as_posix()
+        except ValueError:  # another drive (Windows)
+            return ""
 
     def render(self) -> str:
         body = "\n".join(self.parts)
         title = html.escape(self.title)
         return ("<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
                 "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-                f"<title>{title}</title><style>{STYLE}</style></head>\n<body><h1>{title}</h1>\n{body}\n</body></html>\n")
+                f"<title>{title}</title><style>{STYLE}</style></head>\n"
+                f"<body><h1>{title}</h1>\n{body}\n</body></html>\n")
 
     def write(self, path: Path) -> Path:
         path = Path(path)

@@ -233,8 +233,8 @@ def _verdict_html(v: pd.DataFrame) -> str:
             cls = str(r.verdict).replace(" ", "-")
             stat = _fmt_ci(r.estimate, r.low, r.high) if math.isfinite(r.estimate) else ""
             tip = f"{r.statistic} (threshold {r.threshold}): {r.detail}"
-            row.append(f'<td class="left {html.escape(cls)}" title="{html.escape(tip)}"><b>{html.escape(str(r.verdict))}'
-                       f'</b><span class="stat">{html.escape(stat)}</span></td>')
+            row.append(f'<td class="left {html.escape(cls)}" title="{html.escape(tip)}">'
+                       f'<b>{html.escape(str(r.verdict))}</b><span class="stat">{html.escape(stat)}</span></td>')
         body.append("<tr>" + "".join(row) + "</tr>")
     return f'<div class="scroll"><table class="claims"><tr>{head}</tr>{"".join(body)}</table></div>'
 
@@ -308,8 +308,8 @@ def write_report(run_dir: str | Path) -> Path:
     thresholds = ", ".join(f"{k}={val:g}" if isinstance(val, float) else f"{k}={val}"
                            for k, val in rules.model_dump().items())
     page.text("Each cell: the verdict, then the statistic with its 95% interval (hover for how it was reached; "
-              "rules in SPEC A.8). Layers are chosen on the selection split; every statistic uses the disjoint "
-              "evaluation split. 'inconclusive' also means the task tests nothing (ICL not above chance / "
+              "rules in docs/spec.md, A.8). Layers are chosen on the selection split; every statistic uses the "
+              "disjoint evaluation split. 'inconclusive' also means the task tests nothing (ICL not above chance / "
               f"zero-shot) or the claim's data was not run. Thresholds: {thresholds}.", cls="note")
     with page.collapsed("How each verdict was reached (table)"):
         page.table(v[["claim", "task", "statistic", "estimate", "low", "high", "threshold", "verdict", "detail"]],
@@ -339,8 +339,8 @@ def write_report(run_dir: str | Path) -> Path:
     analyses = run_dir / "analyses"
     if analyses.is_dir():
         page.heading("Where task information flows (saliency, dPCA, heads)", id="analyses")
-        page.text("Attention x gradient saliency flows per layer (SPEC A.5), dPCA of answer-position states by "
-                  "string length and label with subspace ablation (A.6), per-head effects at the query. Data in "
+        page.text("Attention x gradient saliency flows per layer (docs/spec.md, A.5), dPCA of answer-position states "
+                  "by string length and label with subspace ablation (A.6), per-head effects at the query. Data in "
                   "analyses/*/.", cls="note")
         for sub in sorted(p for p in analyses.iterdir() if p.is_dir()):
             pngs = sorted((sub / "figures").glob("*.png"))

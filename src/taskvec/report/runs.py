@@ -61,8 +61,9 @@ def _saliency(page: Page, run_dir: Path, saved: dict) -> None:
         page.table(pd.DataFrame(rows))
     tasks = list(dict.fromkeys(per_layer.task)) if per_layer is not None else []
     for task in tasks or [None]:
-        pngs = ([p for p in (run_dir / "figures" / f"saliency_{task}.png", run_dir / "figures" / f"saliency_{task}_share.png")
-                 if p.exists()] if task else _pngs(run_dir, "saliency_*.png"))
+        figs = run_dir / "figures"
+        pngs = ([p for p in (figs / f"saliency_{task}.png", figs / f"saliency_{task}_share.png") if p.exists()]
+                if task else _pngs(run_dir, "saliency_*.png"))
         if pngs:
             page.heading(f"Saliency flows: {task}" if task else "Saliency flows")
             page.images(pngs, ["mean attention x gradient saliency per flow and layer (95% interval)"

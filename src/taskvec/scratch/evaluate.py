@@ -1,4 +1,4 @@
-"""Evaluation of from-scratch models (SPEC B.4, B.6, B.7).
+"""Evaluation of from-scratch models (docs/spec.md B.4, B.6, B.7).
 
 Per layer l, for N trials (prompts of k demonstrations and a query, drawn with a fixed seed):
 

@@ -67,7 +67,11 @@ class Task:
     discrete: bool = False
     d_in: int = 1  # width of a numeric input vector
     vocab: int = 0  # number of symbols of a discrete task
-    y_var: float = 1.0  # E[y^2] in distribution: squared error / y_var is 1 for the all-zero predictor
+    y_var: float = 1.0  # E[y^2] in distribution, label noise included: the all-zero predictor's error is 1
+
+    def y_var_at(self, d_active: int) -> float:
+        """``E[y^2]`` when only the first ``d_active`` input coordinates are non-zero (a curriculum stage)."""
+        return self.y_var
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
@@ -132,7 +136,6 @@ class LinearRegression(Task):
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.d_in = cfg.d
-        self.y_var = float(cfg.d) * cfg.x_scale**2 * cfg.w_scale**2  # E|x|^2 = d·x_scale^2 in every variant
         scales = torch.ones(cfg.d)
         if cfg.skew > 0:
             eig = torch.arange(1, cfg.d + 1, dtype=torch.float32) ** (-cfg.skew)
@@ -142,7 +145,12 @@ class LinearRegression(Task):
             scales[cfg.d // 2:] = 0.0
             scales = scales * math.sqrt(2.0)  # keep E|x|^2 = d
         self._x_std = scales * cfg.x_scale  # [d]
+        self.y_var = float((self._x_std**2).sum()) * cfg.w_scale**2 + cfg.noise**2  # = d·x_scale²·w_scale² + σ²
         super().__init__(cfg)
+
+    def y_var_at(self, d_active: int) -> float:
+        """``E[(w·x + ε)^2] = Σ_{i < d_active} std(x_i)² · w_scale² + noise²``."""
+        return float((self._x_std[:d_active] ** 2).sum()) * self.cfg.w_scale**2 + self.cfg.noise**2
 
     def _fresh_tasks(self, batch, gen):
         return {"w": torch.randn(batch, self.cfg.d, generator=gen) * self.cfg.w_scale}
@@ -165,7 +173,7 @@ class Sinusoid(Task):
     d_in = 1
 
     def __init__(self, cfg: TaskConfig) -> None:
-        self.y_var = (5.0**3 - 0.1**3) / (3 * 4.9) / 2 * cfg.w_scale**2  # E[A^2] E[sin^2]
+        self.y_var = (5.0**3 - 0.1**3) / (3 * 4.9) / 2 * cfg.w_scale**2 + cfg.noise**2  # E[A^2] E[sin^2] + σ²
         super().__init__(cfg)
 
     def _fresh_tasks(self, batch, gen):

@@ -1,4 +1,4 @@
-"""Training with ``L = L_ICL + λ · L_TVP`` (SPEC B.3, B.5).
+"""Training with ``L = L_ICL + λ · L_TVP`` (docs/spec.md B.3, B.5).
 
 One step, for a batch of B sequences of n examples each (layout ``x→y``)::
 
@@ -88,6 +88,9 @@ class TrainConfig(ExperimentConfig):
                      "curriculum_start"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.curriculum and self.task.name == "linear_regression" and self.curriculum_start > self.task.d:
+            raise ValueError(f"curriculum_start {self.curriculum_start} is above the input dimension d = "
+                             f"{self.task.d}: start at most at d")
         if self.tvp_shared_query and self.layout != "x→y":
             raise ValueError("tvp_shared_query needs the x→y layout (the slot must come after the query)")
         if self.tvp_weight > 0 and self.k_max < 2:
@@ -163,9 +166,10 @@ def sample_batch(cfg: TrainConfig, task: Task, step: int, rank: int, batch: int)
     if d_active < cfg.task.d and not task.discrete:  # curriculum: zero the inactive coordinates, relabel
         for kx, ky in (("xs", "ys"), ("xq", "yq")):
             if kx in out:
+                noise = out[ky] - task.label(params, out[kx])  # the label noise drawn above is kept
                 out[kx] = out[kx].clone()
                 out[kx][..., d_active:] = 0
-                out[ky] = task.label(params, out[kx])
+                out[ky] = task.label(params, out[kx]) + noise
     return out
 
 
@@ -359,6 +363,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
         NonFiniteError: the loss became NaN/inf (message names the step and the last good checkpoint).
     """
     out_dir = Path(out_dir)
+    from taskvec.models.devices import resolve_device
+
+    device = str(resolve_device(device))  # --device cuda without a GPU: one line, before any work
     started_dist = _setup_dist(device)
     rank, world = _dist()
     try:
@@ -454,7 +461,7 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
                     stats /= world
                 elapsed = time.perf_counter() - t0
                 row = {"step": step, "loss": stats[0].item(), "icl_loss": stats[1].item(),
-                       "tvp_loss": stats[2].item(), "icl_err": stats[1].item() / task.y_var,
+                       "tvp_loss": stats[2].item(), "icl_err": stats[1].item() / task.y_var_at(curriculum_at(cfg, step)[0]),
                        "seq_per_s": seen / max(elapsed, 1e-9)}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
