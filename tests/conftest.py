@@ -29,3 +29,20 @@ def capital_trials():
              ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima")]
     return [Trial(tuple(Example(a, b) for a, b in pairs[:i] + pairs[i + 1:]), Example(*pairs[i]))
             for i in range(len(pairs))]
+
+
+SMALL_STUDY = dict(model="smollm2-135m", tasks=["antonyms", "simple_string"], n_trials=4, n_select=4, n_eval=6,
+                   n_local_select=3, n_local_eval=4, n_demos=4, demo_counts=[0, 2], spans=["single", "from"],
+                   kofn_subsets=1)
+"""A small real study (a knowledge and a categorization task, both spans): every unit, figure and verdict."""
+
+
+@pytest.fixture(scope="session")
+def small_study(smol, tmp_path_factory):
+    """The run directory of :data:`SMALL_STUDY` on smollm2-135m, run once per test session (the study tests read
+    its tables, the browser test its report)."""
+    from taskvec.study import StudyConfig, run_study
+
+    out = tmp_path_factory.mktemp("study") / "run"
+    run_study(StudyConfig(**SMALL_STUDY), out, lm=smol)
+    return out

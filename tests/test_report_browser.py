@@ -132,15 +132,9 @@ def check_layout(result: dict, min_images: int) -> None:
 
 # ----------------------------------------------------------------------------------------------------- reports
 @pytest.fixture(scope="module")
-def study_report(smol, tmp_path_factory) -> Path:
-    from taskvec.study import StudyConfig, run_study
-
-    out = tmp_path_factory.mktemp("browser") / "study"
-    # the smallest real study: one task, two trials per split, every layer of smollm2-135m (about 40 s of CPU)
-    cfg = StudyConfig(model="smollm2-135m", tasks=["antonyms"], n_trials=2, n_select=2, n_eval=3, n_local_select=2,
-                      n_local_eval=2, n_demos=2, demo_counts=[0, 1], spans=["single"], kofn_subsets=1)
-    run_study(cfg, out, lm=smol)
-    return out / "report.html"
+def study_report(small_study) -> Path:
+    """The report of the session's small real study (two tasks, both spans; shared with tests/test_study.py)."""
+    return small_study / "report.html"
 
 
 def test_study_report_loads_every_figure_and_fits_a_laptop_screen(chromium, study_report, tmp_path):

@@ -19,16 +19,12 @@ from taskvec.runs import RunStore
 from taskvec.study import StudyConfig, _TaskRun, convergence_rows, mapping_trial_avg, run_study, select_layer
 from taskvec.vectors import load_vectors
 
-SMALL = dict(model="smollm2-135m", tasks=["antonyms", "simple_string"], n_trials=4, n_select=4, n_eval=6,
-             n_local_select=3, n_local_eval=4, n_demos=4, demo_counts=[0, 2], spans=["single", "from"],
-             kofn_subsets=1)
+from conftest import SMALL_STUDY as SMALL  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def small_run(smol, tmp_path_factory):
-    out = tmp_path_factory.mktemp("study") / "run"
-    run_study(StudyConfig(**SMALL), out, lm=smol)
-    return out, pd.read_parquet(out / "results.parquet")
+def small_run(small_study):
+    return small_study, pd.read_parquet(small_study / "results.parquet")
 
 
 def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(small_run, smol):
