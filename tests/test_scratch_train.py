@@ -163,3 +163,84 @@ def test_curriculum_stages_and_zeroed_inputs():
     assert torch.allclose(batch["xs"][0, :, :3] @ w_fit, batch["ys"][0], atol=1e-4)
     with pytest.raises(ConfigError, match="curriculum_start"):
         load_config(curriculum_start=0)
+
+
+@pytest.mark.parametrize("text, parsed, canonical", [
+    ("constant", (0, 0), "constant"), (" Constant ", (0, 0), "constant"), ("warmup:100", (0, 100), "warmup:100"),
+    ("after:500", (500, 0), "after:500"), ("warmup: 20, after:5", (5, 20), "after:5,warmup:20"),
+])
+def test_tvp_schedule_parses(text, parsed, canonical):
+    from taskvec.scratch.train import parse_schedule
+
+    assert parse_schedule(text) == parsed
+    assert load_config(tvp_layer=1, tvp_schedule=text).tvp_schedule == canonical
+
+
+@pytest.mark.parametrize("text", ["", "linear", "warmup", "warmup:", "warmup:0", "warmup:-5", "warmup:1.5",
+                                  "warmup:ten", "after:3,after:4", "cosine:10", "constant,warmup:3", "warmup:3;",
+                                  "warmup:²", "after:1e3"])
+def test_bad_tvp_schedule_is_one_line(text):
+    with pytest.raises(ConfigError, match=r"tvp_schedule: cannot read .*warmup:STEPS") as err:
+        load_config(tvp_layer=1, tvp_schedule=text)
+    assert "\n" not in str(err.value)
+
+
+def test_tvp_schedule_needs_a_tvp_loss_and_cli_says_so_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="schedules the TVP-loss, but this run has none"):
+        load_config(tvp_schedule="warmup:10")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "taskvec.scratch.cli", "train", "--out", str(tmp_path / "r"),
+                           "--tvp-layer", "1", "--tvp-schedule", "warmup:soon"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and not (tmp_path / "r").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: bad training config: tvp_schedule: cannot read 'warmup:soon': write constant, warmup:STEPS, "
+        "after:STEPS or after:STEPS,warmup:STEPS (STEPS a whole number >= 1)"]
+
+
+def test_lambda_at_steps():
+    from taskvec.scratch.train import tvp_weight_at
+
+    lam = lambda schedule, steps: [tvp_weight_at(load_config(tvp_layer=1, tvp_weight=0.5, tvp_schedule=schedule), s)
+                                   for s in steps]  # noqa: E731
+    assert lam("constant", [1, 1000]) == [0.5, 0.5]
+    assert lam("warmup:4", [1, 2, 4, 5, 100]) == [0.125, 0.25, 0.5, 0.5, 0.5]
+    assert lam("after:3", [1, 3, 4, 100]) == [0, 0, 0.5, 0.5]
+    assert lam("after:3,warmup:2", [3, 4, 5, 6]) == [0, 0.25, 0.5, 0.5]
+    assert tvp_weight_at(load_config(), 10) == 0  # vanilla
+
+
+def test_resume_after_a_kill_mid_warmup_is_exact(tmp_path):
+    """λ depends on the step alone: a run killed during the warm-up resumes onto the uninterrupted run's weights."""
+    cfg = load_config(**TINY, steps=7, tvp_layer=1, tvp_weight=2.0, tvp_schedule="after:1,warmup:4")
+    run(cfg, tmp_path / "full")
+
+    def kill_at_5(step, model):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(cfg, tmp_path / "cut", on_step=kill_at_5)
+    assert checkpoints(tmp_path / "cut")[-1].name == "step-0000004"  # killed at step 5, in the warm-up
+    run(cfg, tmp_path / "cut", resume=True)
+    a, b = params_of(tmp_path / "full" / "model"), params_of(tmp_path / "cut" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    full, cut = logs(tmp_path / "full"), logs(tmp_path / "cut")
+    assert [r["tvp_weight"] for r in full] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert [(r["loss"], r["tvp_weight"]) for r in full] == [(r["loss"], r["tvp_weight"]) for r in cut]
+    assert full[0]["tvp_loss"] > 0 and full[0]["loss"] == full[0]["icl_loss"]  # λ = 0: logged, not trained
+    saved = json.loads((tmp_path / "cut" / "config.json").read_text())["config"]
+    assert saved["tvp_schedule"] == "after:1,warmup:4"
+    with pytest.raises(ConfigError, match=r"differs in: tvp_schedule"):
+        run(load_config(**TINY, steps=8, tvp_layer=1, tvp_weight=2.0, tvp_schedule="warmup:4"), tmp_path / "cut",
+            resume=True)
+
+
+def test_a_run_written_before_tvp_schedule_still_resumes(tmp_path):
+    """config.json of older runs has no tvp_schedule key: a constant schedule is not written, so they match."""
+    out = tmp_path / "r"
+    run(load_config(**TINY, steps=2, tvp_layer=1), out)
+    saved = json.loads((out / "config.json").read_text())
+    assert "tvp_schedule" not in saved["config"]
+    run(load_config(**TINY, steps=4, tvp_layer=1), out, resume=True)
+    assert [r["step"] for r in logs(out)] == [1, 2, 3, 4]

@@ -66,6 +66,9 @@ def train(
     lr: Optional[float] = typer.Option(None),
     tvp_layer: Optional[int] = typer.Option(None, help="l* of the TVP-loss (alone: λ = 1)"),
     tvp_weight: Optional[float] = typer.Option(None, help="λ of the TVP-loss (alone: l* = L/2)"),
+    tvp_schedule: Optional[str] = typer.Option(
+        None, help="λ by step: constant | warmup:N (linear from 0 over N steps) | after:N (off up to step N) | "
+                   "after:N,warmup:M [default: constant]"),
     detach_theta: Optional[bool] = typer.Option(None, "--detach-theta/--no-detach-theta"),
     tvp_slots: Optional[int] = typer.Option(None, help="random example slots per sequence in L_TVP (default all)"),
     tvp_shared_query: Optional[bool] = typer.Option(
@@ -99,7 +102,8 @@ def train(
     task_over = {k: v for k, v in dict(name=task, d=d, noise=noise, pool_size=pool_size).items() if v is not None}
     cfg = load_config(config, task=task_over, layout=layout, preset=preset, n_layer=n_layer, n_head=n_head,
                       n_embd=n_embd, k_max=k_max, steps=steps, batch_size=batch_size, lr=lr, tvp_layer=tvp_layer,
-                      tvp_weight=tvp_weight, detach_theta=detach_theta, tvp_slots=tvp_slots,
+                      tvp_weight=tvp_weight, tvp_schedule=tvp_schedule, detach_theta=detach_theta,
+                      tvp_slots=tvp_slots,
                       tvp_shared_query=tvp_shared_query,
                       curriculum=curriculum, curriculum_every=curriculum_every,
                       curriculum_start=curriculum_start, seed=seed,

@@ -167,6 +167,158 @@ class ScratchModel(PreTrainedModel):
         """Save the bare ``GPT2Model`` (readable by any GPT-2 tool) under ``path``."""
         self.transformer.save_pretrained(path)
 
+    # ------------------------------------------------------------------------------------ training fast path
+    #
+    # The same maths as ``self(emb)`` (HF GPT2Model, sdpa) with the work no loss reads left out; used by
+    # ``taskvec.scratch.train.Objective`` (docs/scratch.md#speed). It uses the blocks' parameters and some of their
+    # submodules, never the blocks themselves, so hooks on ``self.layers`` would not fire: the Objective falls back
+    # to the HF path while the backbone has any hook (``fast_path_ok``).
+
+    def fast_path_ok(self) -> bool:
+        """Whether :meth:`fast_forward` computes exactly what the HF forward does for this model: standard GPT-2
+        attention scaling, no dropout, and no hooks anywhere in the backbone (the fast path bypasses some of its
+        modules, so a hook would not see what it expects)."""
+        gc = self.transformer.config
+        if gc.scale_attn_by_inverse_layer_idx or gc.reorder_and_upcast_attn or not gc.scale_attn_weights:
+            return False
+        if gc.attn_pdrop or gc.resid_pdrop or gc.embd_pdrop or gc.add_cross_attention:
+            return False
+        return not any(m._forward_pre_hooks or m._forward_hooks for m in self.transformer.modules())
+
+    def embed_x(self, xs: torch.Tensor) -> torch.Tensor:
+        """Input embedding of x tokens only: ``[..., d_in]`` floats or ``[...]`` symbols → ``[..., D]``."""
+        return self.tok(xs) if self.discrete else self.read_in(xs)
+
+    def fast_forward(self, emb: torch.Tensor, *, keep: torch.Tensor | None = None,
+                     record: tuple[int, torch.Tensor] | None = None,
+                     inject: tuple[int, int, torch.Tensor] | None = None,
+                     kernel: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Causal forward of ``emb [B, T, D]`` (positions 0..T-1) returning the final hidden states (after
+        ``ln_f``) at the columns ``keep`` only (all if ``None``): the last layer runs its queries, attention
+        output and MLP only there (keys and values everywhere).
+
+        Args:
+            keep: ``[K]`` long columns whose final states are wanted.
+            record: ``(layer, columns [S])``: also return ``h_layer[:, columns]`` (in the graph), as
+                ``hooked(record=...)`` would.
+            inject: ``(layer, column, vectors [B, D])``: replace ``h_layer[:, column]`` by ``vectors`` (the
+                ``Edits`` write of the TVP pass).
+            kernel: ``"sdpa"`` (``scaled_dot_product_attention``, as the HF path) or ``"eager"`` (batched
+                matmuls + additive causal mask + softmax; no faster at these lengths on CPU, see docs/scratch.md).
+
+        Returns:
+            ``(hidden [B, K, D], recorded [B, S, D] or None)``.
+        """
+        if kernel not in ATTENTION_KERNELS:
+            raise ConfigError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(ATTENTION_KERNELS)}")
+        T = emb.shape[1]
+        if T > self.config.n_positions:
+            raise ConfigError(f"sequence of {T} tokens exceeds the model's {self.config.n_positions} positions")
+        tr = self.transformer
+        h = emb + tr.wpe.weight[:T]
+        mask = causal_mask(T, emb.device, emb.dtype)
+        recorded = None
+        last = len(tr.h) - 1
+        for i, block in enumerate(tr.h):
+            if record is not None and i == record[0]:
+                recorded = h[:, record[1]]
+            if inject is not None and i == inject[0]:
+                col = inject[1]
+                h = torch.cat([h[:, :col], inject[2][:, None].to(h.dtype), h[:, col + 1:]], dim=1)
+            h = _causal_block(block, h, mask, kernel, keep if i == last else None)
+        return tr.ln_f(h), recorded
+
+    def fast_query_pass(self, layer: int, x_emb: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The ``x→y`` TVP pass without the work θ makes moot: sequences ``[x_q, →_1 … →_s]`` where each ``→_i``
+        sees ``x_q`` and itself only (s = 1: the plain ``[x_q, →]`` pass) and ``h_layer`` at ``→_i`` is ``θ_i``.
+
+        Below ``layer`` only ``x_q`` is run (the arrows' states there are overwritten by θ), and only its values
+        (a lone token attends to itself: its attention output is its value); from ``layer`` on ``x_q`` needs keys
+        and values, never queries, and the last layer runs the arrows only. The attention of ``→_i`` over its two
+        keys is a two-way softmax. Same maths as ``tvp_loss`` / ``tvp_loss_shared`` in ``train.py``.
+
+        Args:
+            layer: l*. x_emb: ``[G, D]`` input embeddings of the queries (position 0, before ``wpe``).
+            theta: ``[G, s, D]`` task vectors.
+
+        Returns:
+            ``[G, s, D]`` final hidden states of the arrows (after ``ln_f``).
+        """
+        tr = self.transformer
+        D = x_emb.shape[-1]
+        hx = x_emb + tr.wpe.weight[0]
+        ht = theta.to(hx.dtype)
+        last = len(tr.h) - 1
+        for i, block in enumerate(tr.h):
+            attn = block.attn
+            w, b = attn.c_attn.weight, attn.c_attn.bias
+            H = attn.num_heads
+            ax = block.ln_1(hx)
+            if i < layer:  # x_q alone: its attention output is its value
+                vx = torch.addmm(b[2 * D:], ax, w[:, 2 * D:])
+                hx = hx + attn.c_proj(vx)
+                hx = hx + block.mlp(block.ln_2(hx))
+                continue
+            kx, vx = torch.addmm(b[D:], ax, w[:, D:]).split(D, dim=-1)  # [G, D] each
+            G, s = ht.shape[0], ht.shape[1]
+            qt, kt, vt = attn.c_attn(block.ln_1(ht)).view(G, s, 3, H, D // H).unbind(2)  # [G, s, H, hd]
+            kxh, vxh = kx.view(G, 1, H, D // H), vx.view(G, 1, H, D // H)
+            scores = torch.stack([(qt * kxh).sum(-1), (qt * kt).sum(-1)], dim=-1) * attn.scaling  # [G, s, H, 2]
+            p = scores.softmax(-1)
+            o = p[..., :1] * vxh + p[..., 1:] * vt
+            ht = ht + attn.c_proj(o.reshape(G, s, D))
+            ht = ht + block.mlp(block.ln_2(ht))
+            if i < last:
+                hx = hx + attn.c_proj(vx)
+                hx = hx + block.mlp(block.ln_2(hx))
+        return tr.ln_f(ht)
+
+
+ATTENTION_KERNELS = ("sdpa", "eager")
+
+_MASKS: dict = {}
+
+
+def causal_mask(T: int, device, dtype) -> torch.Tensor:
+    """Additive causal mask ``[T, T]`` (0 on and below the diagonal, -inf above), cached per (T, device, dtype)."""
+    key = (T, str(device), dtype)
+    if key not in _MASKS:
+        _MASKS[key] = torch.full((T, T), float("-inf"), device=device, dtype=dtype).triu(1)
+    return _MASKS[key]
+
+
+def _causal_block(block: nn.Module, h: torch.Tensor, mask: torch.Tensor, kernel: str,
+                  keep: torch.Tensor | None) -> torch.Tensor:
+    """One ``GPT2Block`` (pre-LN attention + MLP, the block's own parameters) on ``h [B, T, D]``; with ``keep``
+    only those columns' outputs (queries, attention output, MLP there; keys and values everywhere)."""
+    attn = block.attn
+    B, T, D = h.shape
+    H = attn.num_heads
+    hd = D // H
+    w, b = attn.c_attn.weight, attn.c_attn.bias
+    a = block.ln_1(h)
+    if keep is None:
+        q, k, v = torch.addmm(b, a.reshape(B * T, D), w).view(B, T, 3, H, hd).unbind(2)
+        rows = mask
+    else:
+        k, v = torch.addmm(b[D:], a.reshape(B * T, D), w[:, D:]).view(B, T, 2, H, hd).unbind(2)
+        a, h = a[:, keep], h[:, keep]
+        q = torch.addmm(b[:D], a.reshape(-1, D), w[:, :D]).view(B, -1, H, hd)
+        rows = mask[keep]
+    Tq = q.shape[1]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
+    if kernel == "sdpa":
+        if keep is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=attn.scaling)
+    else:
+        scores = torch.baddbmm(rows.expand(B * H, Tq, T), q.reshape(B * H, Tq, hd),
+                               k.reshape(B * H, T, hd).transpose(1, 2), alpha=attn.scaling)
+        o = torch.bmm(scores.softmax(-1), v.reshape(B * H, T, hd)).view(B, H, Tq, hd)
+    h = h + attn.c_proj(o.transpose(1, 2).reshape(B, Tq, D))
+    return h + block.mlp(block.ln_2(h))
+
 
 def positions_for(k_max: int) -> int:
     """Learned positions of a model trained on ``k_max`` examples per sequence: room for twice as many

@@ -8,13 +8,19 @@ One step, for a batch of B sequences of n examples each (layout ``x→y``)::
                sequence's task; h_{l*} at → replaced by θ_i (intervene engine)   loss at → (L_TVP)
 
 ``S`` is every example index i ≥ 1 (at least one full demonstration before the slot), or a random subset of
-``tvp_slots`` of them per step. Data is a pure function of (seed, step, rank), so a resumed run sees exactly the
-batches an uninterrupted one would. Multi-process: launch with ``torchrun`` (DDP; gloo on CPU, nccl on GPU).
+``tvp_slots`` of them per step. Data is a pure function of (seed, step, rank), and λ of ``tvp_schedule`` a function
+of the step, so a resumed run sees exactly the batches and weights an uninterrupted one would. Multi-process:
+launch with ``torchrun`` (DDP; gloo on CPU, nccl on GPU).
+
+The passes above are what :class:`Objective` computes; by default it computes them on the training fast path
+(``ScratchModel.fast_forward`` / ``fast_query_pass``: no hooks, the last layer only where a loss reads it, the
+query pass without the states θ overwrites), the HF forward with hooks being the reference (``fast=False``).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +29,7 @@ from typing import Callable, ClassVar
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from taskvec.errors import ConfigError, LayerError, NonFiniteError
@@ -39,7 +45,8 @@ class TrainConfig(ExperimentConfig):
     """Everything that defines a training run (saved in the run's ``config.json``; must match on ``--resume``).
 
     ``tvp_weight`` (λ) and ``tvp_layer`` (l*): if only ``tvp_layer`` is given λ = 1; if only λ > 0 is given
-    l* = n_layer // 2; if neither, the run is vanilla (λ = 0).
+    l* = n_layer // 2; if neither, the run is vanilla (λ = 0). ``tvp_schedule`` scales λ by the step (see
+    :func:`parse_schedule`): ``constant``, ``warmup:N``, ``after:N`` or ``after:N,warmup:M``.
     """
 
     kind: ClassVar[str] = "train"
@@ -57,6 +64,7 @@ class TrainConfig(ExperimentConfig):
     grad_clip: float | None = 1.0
     tvp_layer: int | None = None
     tvp_weight: float | None = None
+    tvp_schedule: str = "constant"
     detach_theta: bool = False
     tvp_slots: int | None = None
     tvp_shared_query: bool = False
@@ -67,6 +75,11 @@ class TrainConfig(ExperimentConfig):
     save_every: int = 500
     log_every: int = 10
     keep_checkpoints: int = 2
+
+    @field_validator("tvp_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, v):
+        return format_schedule(*parse_schedule(v))  # canonical text; ValueError: one line
 
     @model_validator(mode="after")
     def _resolve(self) -> "TrainConfig":
@@ -80,6 +93,9 @@ class TrainConfig(ExperimentConfig):
             raise ValueError(f"tvp_weight must be >= 0, got {self.tvp_weight}")
         if self.tvp_weight > 0 and self.tvp_layer is None:
             self.tvp_layer = n_layer // 2
+        if self.tvp_schedule != "constant" and self.tvp_weight == 0:
+            raise ValueError(f"tvp_schedule {self.tvp_schedule!r} schedules the TVP-loss, but this run has none: "
+                             "give tvp_layer or tvp_weight")
         if self.tvp_layer is not None and not 0 <= self.tvp_layer < n_layer:
             raise ValueError(f"tvp_layer {self.tvp_layer} is beyond the model: layers are 0..{n_layer - 1}")
         if self.lr is None:
@@ -96,6 +112,14 @@ class TrainConfig(ExperimentConfig):
         if self.tvp_weight > 0 and self.k_max < 2:
             raise ValueError("the TVP-loss needs k_max >= 2 (a slot with at least one demonstration)")
         return self
+
+    def saved(self) -> dict:
+        """The JSON form in ``config.json``; a ``constant`` λ schedule is left out, so runs written before
+        ``tvp_schedule`` existed still resume (their config has no such key)."""
+        out = super().saved()
+        if out.get("tvp_schedule") == "constant":
+            del out["tvp_schedule"]
+        return out
 
     @property
     def uses_tvp(self) -> bool:
@@ -126,6 +150,59 @@ def validation_message(e: ValidationError) -> str:
     if err.get("type") == "extra_forbidden":
         msg = "unknown key"
     return f"{loc}: {msg}"
+
+
+# ----------------------------------------------------------------------------------------------- λ schedule
+
+SCHEDULE_FORMS = "constant, warmup:STEPS, after:STEPS or after:STEPS,warmup:STEPS (STEPS a whole number >= 1)"
+
+
+def parse_schedule(text: str) -> tuple[int, int]:
+    """``tvp_schedule`` → ``(after, warmup)``: λ is 0 up to step ``after``, then rises linearly over ``warmup``
+    steps to its full value (``warmup`` 0: at once).
+
+    Grammar (spaces ignored, terms in any order, each at most once)::
+
+        constant                    λ at every step                        → (0, 0)
+        warmup:N                    λ · min(1, step / N)                   → (0, N)
+        after:N                     0 for step ≤ N, then λ                  → (N, 0)
+        after:N,warmup:M            0 for step ≤ N, then λ · min(1, (step - N) / M)
+
+    Raises:
+        ValueError: one line naming the text and the accepted forms.
+    """
+    bad = ValueError(f"cannot read {text!r}: write {SCHEDULE_FORMS}")
+    if not isinstance(text, str):
+        raise bad
+    compact = "".join(text.split()).lower()
+    if compact == "constant":
+        return 0, 0
+    terms: dict[str, int] = {}
+    for term in compact.split(","):
+        name, sep, value = term.partition(":")
+        if not sep or name not in ("after", "warmup") or name in terms or not re.fullmatch(r"[0-9]+", value) \
+                or int(value) < 1:
+            raise bad
+        terms[name] = int(value)
+    return terms.get("after", 0), terms.get("warmup", 0)
+
+
+def format_schedule(after: int, warmup: int) -> str:
+    """The canonical text of ``(after, warmup)`` (what a run's ``config.json`` holds)."""
+    parts = ([f"after:{after}"] if after else []) + ([f"warmup:{warmup}"] if warmup else [])
+    return ",".join(parts) or "constant"
+
+
+def tvp_weight_at(cfg: TrainConfig, step: int) -> float:
+    """λ at (1-based) ``step`` under ``cfg.tvp_schedule``: a function of the step alone, so a resumed run uses
+    the values an uninterrupted one would."""
+    weight = float(cfg.tvp_weight or 0.0)
+    after, warmup = parse_schedule(cfg.tvp_schedule)
+    if step <= after:
+        return 0.0
+    if warmup:
+        return weight * min(1.0, (step - after) / warmup)
+    return weight
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -186,34 +263,108 @@ def point_loss(model: ScratchModel, pred: torch.Tensor, target: torch.Tensor) ->
 class Objective(nn.Module):
     """``L_ICL + λ L_TVP`` as one module, so DDP sees a single forward per backward.
 
-    ``forward(batch)`` returns ``(loss, icl_loss, tvp_loss)`` (scalars; ``tvp_loss`` is 0 for vanilla runs).
+    ``forward(batch, tvp_weight=None, need_tvp=True)`` returns ``(loss, icl_loss, tvp_loss)`` (scalars;
+    ``tvp_loss`` is 0 for vanilla runs). ``tvp_weight`` is λ of this step (default ``cfg.tvp_weight``); at λ = 0
+    the TVP pass runs only if ``need_tvp`` (for the log), without gradients, and the loss is ``L_ICL``.
+
+    Args:
+        fast: the training fast path (:meth:`ScratchModel.fast_forward`, :meth:`ScratchModel.fast_query_pass`:
+            the same maths without the work no loss reads; used only where ``model.fast_path_ok()``).
+            ``False``: the HF forward with hooks (:func:`tvp_loss`, :func:`tvp_loss_shared`), the reference.
+        kernel: attention of the fast path, ``"sdpa"`` or ``"eager"``.
+        compile: run the loss computation through ``torch.compile`` (one graph per sequence length and mode;
+            λ stays outside, so a λ schedule costs no recompiles). Same maths; inductor may round differently.
     """
 
-    def __init__(self, model: ScratchModel, cfg: TrainConfig):
+    def __init__(self, model: ScratchModel, cfg: TrainConfig, fast: bool = True, kernel: str = "sdpa",
+                 compile: bool = False):
         super().__init__()
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.fast, self.kernel = model, cfg, fast, kernel
+        self._plans: dict = {}
+        self._losses = torch.compile(self._losses_eager, dynamic=False) if compile else self._losses_eager
 
-    def forward(self, batch: dict[str, torch.Tensor]):
+    def forward(self, batch: dict[str, torch.Tensor], tvp_weight: float | None = None, need_tvp: bool = True):
+        cfg = self.cfg
+        lam = float(cfg.tvp_weight if tvp_weight is None else tvp_weight)
+        if not cfg.uses_tvp:
+            mode = "off"
+        elif lam > 0:
+            mode = "train"
+        else:
+            mode = "log" if need_tvp else "off"
+        self._plan(batch["xs"].shape[1])  # outside the compiled part: torch.compile does not trace lru_cache
+        icl, tvp = self._losses(batch, mode)
+        if mode == "train":
+            return icl + lam * tvp, icl.detach(), tvp.detach()
+        return icl, icl.detach(), (tvp.detach() if mode == "log" else torch.zeros((), device=icl.device))
+
+    def _losses_eager(self, batch: dict[str, torch.Tensor], mode: str):
+        """``(L_ICL, L_TVP)``; ``mode``: ``"train"`` (both in the graph), ``"log"`` (L_TVP without gradients),
+        ``"off"`` (no TVP pass; L_TVP is ``None``)."""
+        fast = self.fast and self.model.fast_path_ok()
+        want = mode != "off"
+        icl, theta = self._icl_fast(batch, want) if fast else self._icl_reference(batch, want)
+        if not want:
+            return icl, None
+        if mode == "log" or self.cfg.detach_theta:
+            theta = theta.detach()
+        with torch.set_grad_enabled(mode == "train" and torch.is_grad_enabled()):
+            tvp = self._tvp_fast(batch, theta) if fast else self._tvp_reference(batch, theta)
+        return icl, tvp
+
+    def _slots(self, batch, pl) -> torch.Tensor:
+        return pl.require_slot()[batch["slots"]].to(batch["xs"].device)
+
+    def _plan(self, n: int):
+        """``plan(layout, n, query=False)``, remembered here (a dict lookup inside the compiled loss)."""
+        if n not in self._plans:
+            self._plans[n] = plan(self.cfg.layout, n, query=False)
+        return self._plans[n]
+
+    def _icl_fast(self, batch, want_theta: bool):
+        model, cfg = self.model, self.cfg
+        xs, ys = batch["xs"], batch["ys"]
+        pl = self._plan(xs.shape[1])
+        record = (cfg.tvp_layer, self._slots(batch, pl)) if want_theta else None
+        hidden, theta = model.fast_forward(model.embed(pl, xs, ys), keep=pl.pred.to(xs.device), record=record,
+                                           kernel=self.kernel)
+        return point_loss(model, model.readout(hidden), ys), theta
+
+    def _icl_reference(self, batch, want_theta: bool):
         model, cfg = self.model, self.cfg
         xs, ys = batch["xs"], batch["ys"]
         pl = plan(cfg.layout, xs.shape[1], query=False)
         record = None
-        if cfg.uses_tvp:
-            slots = pl.require_slot()[batch["slots"]].to(xs.device)
-            record = {cfg.tvp_layer: slots[None].expand(xs.shape[0], -1)}
+        if want_theta:
+            record = {cfg.tvp_layer: self._slots(batch, pl)[None].expand(xs.shape[0], -1)}
         with hooked(model.layers, record=record) as rec:
             hidden = model(model.embed(pl, xs, ys))
         icl = point_loss(model, model.readout(hidden[:, pl.pred.to(xs.device)]), ys)
-        if not cfg.uses_tvp:
-            return icl, icl.detach(), torch.zeros((), device=icl.device)
-        theta = rec[cfg.tvp_layer]  # [B, s, D], part of the ICL graph
-        if cfg.detach_theta:
-            theta = theta.detach()
+        return icl, (rec[cfg.tvp_layer] if want_theta else None)  # θ [B, s, D], part of the ICL graph
+
+    def _tvp_reference(self, batch, theta: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
         if cfg.tvp_shared_query:
-            tvp = tvp_loss_shared(model, cfg.tvp_layer, theta, batch["xq"], batch["yq"])
-        else:
-            tvp = tvp_loss(model, cfg.layout, cfg.tvp_layer, theta, batch["xq"], batch["yq"])
-        return icl + cfg.tvp_weight * tvp, icl.detach(), tvp.detach()
+            return tvp_loss_shared(self.model, cfg.tvp_layer, theta, batch["xq"], batch["yq"])
+        return tvp_loss(self.model, cfg.layout, cfg.tvp_layer, theta, batch["xq"], batch["yq"])
+
+    def _tvp_fast(self, batch, theta: torch.Tensor) -> torch.Tensor:
+        model, cfg = self.model, self.cfg
+        xq, yq = batch["xq"], batch["yq"]
+        batch_size, s, d = theta.shape
+        if cfg.layout == "x→y":  # the query-only pass without the work θ makes moot
+            if cfg.tvp_shared_query:
+                x_emb, th, target = model.embed_x(xq[:, 0]), theta, yq.expand(batch_size, s)
+            else:
+                x_emb, th = model.embed_x(xq.reshape(-1, *xq.shape[2:])), theta.reshape(-1, 1, d)
+                target = yq.reshape(-1, 1)
+            return point_loss(model, model.readout(model.fast_query_pass(cfg.tvp_layer, x_emb, th)), target)
+        qp = query_plan(cfg.layout)  # *xy: [*, x_q] with θ written at * (position 0)
+        emb = model.embed(qp, xq.reshape(-1, 1, *xq.shape[2:]), None)
+        hidden, _ = model.fast_forward(emb, keep=qp.pred.to(emb.device),
+                                       inject=(cfg.tvp_layer, int(qp.require_slot()[0]), theta.reshape(-1, d)),
+                                       kernel=self.kernel)
+        return point_loss(model, model.readout(hidden[:, 0]), yq.reshape(-1))
 
 
 def tvp_loss(model: ScratchModel, layout: str, layer: int, theta: torch.Tensor, xq: torch.Tensor,
@@ -347,7 +498,8 @@ def training_curve(out_dir: str | Path):
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: str = "cpu",
           progress: bool = True, tensorboard: bool = True,
-          on_step: Callable[[int, ScratchModel], None] | None = None, report: bool = True) -> Path:
+          on_step: Callable[[int, ScratchModel], None] | None = None, report: bool = True,
+          compile: bool = False) -> Path:
     """Train a model; returns the directory of the final model (``out_dir/model``).
 
     Args:
@@ -358,6 +510,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
             :class:`ConfigError`).
         on_step: called as ``on_step(step, model)`` after every optimizer step (tests, custom hooks).
         report: write ``report.html`` (training curves; :func:`taskvec.report.write_report`) at the end.
+        compile: ``torch.compile`` the loss computation (:class:`Objective`): a one-off compile (~30–60 s per
+            sequence length on 2 CPU cores) for a few per cent per step on CPU; see docs/scratch.md#speed.
 
     Raises:
         NonFiniteError: the loss became NaN/inf (message names the step and the last good checkpoint).
@@ -369,7 +523,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
     started_dist = _setup_dist(device)
     rank, world = _dist()
     try:
-        final = _train(cfg, out_dir, resume, device, progress and rank == 0, tensorboard, on_step, rank, world)
+        final = _train(cfg, out_dir, resume, device, progress and rank == 0, tensorboard, on_step, rank, world,
+                       compile=compile)
         if report and rank == 0:  # the model is saved first: a report that fails costs no training
             from taskvec.report import write_report
 
@@ -380,7 +535,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
             dist.destroy_process_group()
 
 
-def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, world) -> Path:
+def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam, fused (one kernel for every tensor: the same update, ~3× less optimizer time on CPU) where torch has
+    a fused kernel for the parameters' device."""
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
+def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, world, compile=False) -> Path:
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
     task = make_task(cfg.task)
@@ -411,11 +573,11 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
     model.freeze_unused()
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = make_optimizer(params, cfg.lr)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
 
-    objective: nn.Module = Objective(model, cfg)
+    objective: nn.Module = Objective(model, cfg, compile=compile)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
 
@@ -439,7 +601,9 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
     try:
         for step in range(start + 1, cfg.steps + 1):
             batch = {k: v.to(device) for k, v in sample_batch(cfg, task, step, rank, local_batch).items()}
-            loss, icl, tvp = objective(batch)
+            lam = tvp_weight_at(cfg, step)
+            log_step = step % cfg.log_every == 0 or step == cfg.steps
+            loss, icl, tvp = objective(batch, tvp_weight=lam, need_tvp=log_step)
             finite = torch.isfinite(loss.detach()).float()
             if world > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -454,7 +618,7 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
             seen += local_batch * world
             if on_step is not None:
                 on_step(step, model)
-            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+            if rank == 0 and log_step:
                 stats = torch.stack([loss.detach(), icl, tvp])
                 if world > 1:
                     dist.all_reduce(stats)
@@ -463,15 +627,18 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
                 row = {"step": step, "loss": stats[0].item(), "icl_loss": stats[1].item(),
                        "tvp_loss": stats[2].item(), "icl_err": stats[1].item() / task.y_var_at(curriculum_at(cfg, step)[0]),
                        "seq_per_s": seen / max(elapsed, 1e-9)}
+                if cfg.uses_tvp:
+                    row["tvp_weight"] = lam  # λ of this step (tvp_schedule)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 pending.append(row)
                 if writer is not None:
-                    for k in ("loss", "icl_loss", "tvp_loss", "icl_err"):
-                        writer.add_scalar(f"train/{k}", row[k], step)
+                    for k in ("loss", "icl_loss", "tvp_loss", "icl_err", "tvp_weight"):
+                        if k in row:
+                            writer.add_scalar(f"train/{k}", row[k], step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.3f}", icl=f"{row['icl_err']:.3f}")
-            elif world > 1 and (step % cfg.log_every == 0 or step == cfg.steps):
+            elif world > 1 and log_step:
                 stats = torch.stack([loss.detach(), icl, tvp])
                 dist.all_reduce(stats)
             if bar is not None:
