@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import importlib
 
-from taskvec.errors import (AlignmentError, ChoiceError, ConfigError, EagerAttentionError, EmptyInputError,
-                            LayerError, LayerSkippingWarning, ModelNotFoundError, NonFiniteError, ParseError,
-                            PositionError, RangeError, RankError, TaskFileError, TaskvecError, TokenizationError,
-                            TooFewTrialsError, WidthError, DeviceError)
+from taskvec.errors import (AlignmentError, ChoiceError, ConfigError, DeviceError, EagerAttentionError,
+                            EmptyInputError, LayerError, LayerSkippingWarning, ModelNotFoundError, NonFiniteError,
+                            ParseError, PositionError, RangeError, RankError, TaskFileError, TaskvecError,
+                            TokenizationError, TooFewTrialsError, WidthError)
 
 __version__ = "0.1.0"
 
@@ -60,10 +60,9 @@ _LAZY = {
     "wilson": "taskvec.stats", "mean_ci": "taskvec.stats", "bootstrap_ci": "taskvec.stats",
 }
 
-ERRORS = [AlignmentError, ChoiceError, ConfigError, EagerAttentionError, EmptyInputError, LayerError,
-          ModelNotFoundError, NonFiniteError, ParseError, PositionError, RangeError, RankError, DeviceError,
-          TaskFileError, TaskvecError,
-          TokenizationError, TooFewTrialsError, WidthError]
+ERRORS = [AlignmentError, ChoiceError, ConfigError, DeviceError, EagerAttentionError, EmptyInputError, LayerError,
+          ModelNotFoundError, NonFiniteError, ParseError, PositionError, RangeError, RankError, TaskFileError,
+          TaskvecError, TokenizationError, TooFewTrialsError, WidthError]
 __all__ = sorted([*_LAZY, "__version__", "LayerSkippingWarning", *(e.__name__ for e in ERRORS)])
 
 
