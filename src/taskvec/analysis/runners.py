@@ -121,13 +121,21 @@ def _model(cfg, lm):
     return lm
 
 
-def _prompts(lm, task_name: str, n_trials: int, n_demos: int | None, seed: int, separator: str):
-    from taskvec.prompts import Template, build_prompts
+def _trials(lm, task_name: str, n_trials: int, n_demos: int | None, seed: int, separator: str,
+            task_params: dict | None = None):
+    """``(task, trials, template)`` of an analysis: the task fitted to ``lm``'s tokenizer, its seeded trials."""
+    from taskvec.prompts import Template
     from taskvec.tasks import task_for
 
-    task = task_for(task_name, lm.tokenizer)
-    trials = task.sample_trials(n_trials, n_demos, seed=seed)
-    template = Template(separator=separator)
+    task = task_for(task_name, lm.tokenizer, **(task_params or {}))
+    return task, task.sample_trials(n_trials, n_demos, seed=seed), Template(separator=separator)
+
+
+def _prompts(lm, task_name: str, n_trials: int, n_demos: int | None, seed: int, separator: str):
+    """:func:`_trials` and their prompts."""
+    from taskvec.prompts import build_prompts
+
+    task, trials, template = _trials(lm, task_name, n_trials, n_demos, seed, separator)
     return task, trials, template, build_prompts(lm, trials, template)
 
 
@@ -196,11 +204,8 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
     task_name = cfg.task
 
     def unit():
-        from taskvec.prompts import Template
-        from taskvec.tasks import task_for
-
-        task = task_for(task_name, lm.tokenizer, **cfg.task_params)
-        trials, template = task.sample_trials(cfg.n_trials, cfg.n_demos, seed=cfg.seed), Template(cfg.separator)
+        task, trials, template = _trials(lm, task_name, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator,
+                                         cfg.task_params)
         res = dpca_analysis(lm, trials, task=task, template=template, layers=cfg.layers, k=cfg.k,
                             regularizer=cfg.regularizer, shrinkage=cfg.shrinkage, ablate_layers=cfg.ablate_layers,
                             seed=cfg.seed, progress=progress, n_boot=cfg.n_boot, probe_folds=cfg.probe_folds)
