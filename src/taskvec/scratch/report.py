@@ -28,6 +28,16 @@ def _legend_below(fig: Figure, ax, ncol: int = 3) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
 
 
+def _finish_panel(fig: Figure, ax, xlabel: str, ylabel: str, title: str) -> Figure:
+    """The one-panel figures' common finish: integer x ticks, labels, title, grid, legend below."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.title.set_fontsize(10.5)
+    ax.grid(alpha=0.25)
+    _legend_below(fig, ax, ncol=3)
+    return fig
+
+
 def _finite(values) -> list[float]:
     return [float("nan") if v is None else float(v) for v in values]
 
@@ -66,12 +76,7 @@ def _strength_fig(results: dict) -> Figure:
     if not defined:
         ax.text(0.5, 0.5, "S(l) undefined: ICL does not beat\nzero-shot by 1% (nothing to carry)",
                 transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="layer l", ylabel="strength S(l)", title="How much of ICL's gain θ_l carries")
-    ax.title.set_fontsize(10.5)
-    ax.grid(alpha=0.25)
-    _legend_below(fig, ax, ncol=3)
-    return fig
+    return _finish_panel(fig, ax, "layer l", "strength S(l)", "How much of ICL's gain θ_l carries")
 
 
 def _icl_curve_fig(results: dict) -> Figure:
@@ -80,12 +85,7 @@ def _icl_curve_fig(results: dict) -> Figure:
     for label, r in results.items():
         ys = _finite(r["layers"]["icl_curve"])
         ax.plot(range(len(ys)), ys, "o-", ms=4, label=label)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="in-context examples i", ylabel="ICL error", title="ICL error by examples seen")
-    ax.title.set_fontsize(10.5)
-    ax.grid(alpha=0.25)
-    _legend_below(fig, ax, ncol=3)
-    return fig
+    return _finish_panel(fig, ax, "in-context examples i", "ICL error", "ICL error by examples seen")
 
 
 def _context_fig(results: dict) -> Figure:
