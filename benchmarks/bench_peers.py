@@ -153,10 +153,12 @@ def target_logprob(last_logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 def peer_ours(data, args):
     import taskvec
     from taskvec.intervene import layer_skipping_ok
+    from taskvec.unembed import direct_head_ok
     from taskvec.sweep import layer_variants, run_variants
 
     lm = taskvec.load_model(data["model"])
     layer_skipping_ok(lm)  # verified once per loaded model (a few short forwards), kept in lm.profile
+    direct_head_ok(lm)  # likewise: the LM head applied to the stack's output gives the model's logits
 
     def run(ids, positions, targets, vectors, layers):
         P = len(ids)

@@ -19,6 +19,7 @@ from taskvec.errors import ModelNotFoundError
 from taskvec.intervene import Edits, LayerSkippingWarning, layer_skipping_ok, patched_logits, read_states
 from taskvec.models import LM, profile_of
 from taskvec.sweep import Variant, layer_variants, run_variants, run_variants_naive
+from taskvec.unembed import direct_head_ok
 
 transformers = pytest.importorskip("transformers")
 
@@ -171,6 +172,7 @@ def test_sweep_equals_naive_loop(tiny):
         warnings.simplefilter("ignore", LayerSkippingWarning)  # the decision is asserted instead
         skipping = layer_skipping_ok(lm)
     assert skipping is FAMILIES[family][1], lm.profile.layer_skipping_note
+    assert direct_head_ok(lm), f"{family}: the LM head applied to the stack's output is not the model's logits"
     L, P = lm.n_layers, len(prompts)
     last = torch.tensor([[len(p) - 1] for p in prompts])
     g = read_states(lm, prompts, last).mean(0)  # a "global" vector per layer: [L, 1, d]
@@ -188,6 +190,7 @@ def test_sweep_equals_naive_loop(tiny):
         dev = float((fast.logits.log_softmax(-1) - slow.logits.log_softmax(-1)).abs().max())
         assert dev < 1e-4, (family, kwargs, dev)
         torch.testing.assert_close(fast.logprobs, slow.logprobs, rtol=0, atol=1e-4)
+        assert torch.equal(fast.top1, slow.top1), (family, kwargs)
         devs.append(dev)
     added = layer_variants(P, local * 0.5, local_pos, [0, L - 1])
     fast = run_variants(lm, prompts, added, mode="add", return_logits=True)
@@ -255,3 +258,21 @@ def test_families_that_cannot_work_are_refused(family, config, match):
     with pytest.raises(ModelNotFoundError, match=match) as err:
         profile_of(model)
     assert "\n" not in str(err.value)
+
+
+def test_sweep_runs_the_whole_model_where_the_head_is_not_the_plain_unembedding():
+    """A logit transform :class:`~taskvec.unembed.Unembedding` does not know (here a hook scaling the head's
+    output): the probe says no, and the sweep still gives the naive loop's numbers through whole-model forwards."""
+    lm = _build("llama")
+    lm.model.lm_head.register_forward_hook(lambda module, args, out: out * 3.0 + 1.0)
+    assert not direct_head_ok(lm) and lm.profile.direct_head is False
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, VOCAB - 4, (n,), generator=gen).tolist() for n in LENGTHS]
+    last = torch.tensor([[len(p) - 1] for p in prompts])
+    variants = layer_variants(len(prompts), read_states(lm, prompts, last).mean(0), last, range(lm.n_layers))
+    read = torch.randint(0, VOCAB, (len(variants), 2), generator=gen)
+    fast = run_variants(lm, prompts, variants, read_ids=read, return_logits=True)
+    slow = run_variants_naive(lm, prompts, variants, read_ids=read, return_logits=True)
+    torch.testing.assert_close(fast.logits, slow.logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.logprobs, slow.logprobs, rtol=0, atol=1e-4)
+    assert torch.equal(fast.top1, slow.top1)

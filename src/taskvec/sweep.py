@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 from taskvec.batching import LAST_LOGITS, left_pad
 from taskvec.errors import ChoiceError, EmptyInputError, PositionError, WidthError
 from taskvec.intervene import Edits, backbone, hooked, layer_skipping_ok, run_until_recorded, skipping
+from taskvec.models.devices import batch_token_budget
 from taskvec.scoring import read_ids, read_logprobs, score, targets_of
+from taskvec.unembed import ROW_CHUNK, Unembedding, direct_head_ok
 
 
 @dataclass
@@ -87,6 +89,23 @@ def _outputs(logits: torch.Tensor, read: torch.Tensor | None, keep: bool) -> tup
     return top1, lp, (logits.float().cpu() if keep else None)
 
 
+def _groups(by_prompt: dict[int, list[int]], length: dict[int, int], start: dict[int, int],
+            budget: int) -> list[list[int]]:
+    """Prompts cut into groups run together, sorted by the length of the suffix their variants re-run (from the
+    first written position on; every variant of a group re-runs the group's longest), a group ending when the next
+    prompt would take its rows x full length over ``budget``."""
+    groups: list[list[int]] = []
+    rows = width = 0
+    for p in sorted(by_prompt, key=lambda p: (length[p] - start[p], length[p], p)):
+        n, w = len(by_prompt[p]), max(width, length[p])
+        if not groups or (rows + n) * w > budget:
+            groups.append([])
+            rows, w = 0, length[p]
+        groups[-1].append(p)
+        rows, width = rows + n, w
+    return groups
+
+
 def _bands(order: list[int], first: dict[int, int] | None, min_rows: int = 4) -> list[list[int]]:
     """Split variant indices sorted by first written layer into bands of one first layer each, merging a band of
     fewer than ``min_rows`` rows into the next (a band starts at its lowest first layer, so every row of a band
@@ -112,7 +131,7 @@ def run_variants(
     variants: Sequence[Variant],
     mode: Literal["replace", "add"] = "replace",
     read_ids: torch.Tensor | None = None,
-    max_batch_tokens: int = 12_000,
+    max_batch_tokens: int | None = None,
     return_logits: bool = False,
     progress: bool | str = False,
     skip_layers: bool = True,
@@ -130,7 +149,8 @@ def run_variants(
         variants: what to write into which prompt.
         mode: replace ``h_l`` or add to it.
         read_ids: ``[V, K]`` token ids whose log-probabilities to return per variant (targets, label words).
-        max_batch_tokens: bound on (rows x sequence length) per forward pass; lower it to save memory.
+        max_batch_tokens: bound on (rows x sequence length) per forward pass; lower it to save memory (default:
+            :func:`~taskvec.models.devices.batch_token_budget`, from the free memory on a GPU).
         return_logits: also return full ``[V, vocab]`` logits.
         progress: show a progress bar (a string is used as its label).
         skip_layers: allow layer skipping (``False`` forces full forwards; the result must not change).
@@ -142,24 +162,18 @@ def run_variants(
     if mode not in ("replace", "add"):
         raise ChoiceError(f"mode must be 'replace' or 'add', got {mode!r}")
     model, pad = lm.model, lm.tokenizer.pad_token_id
+    max_batch_tokens = max_batch_tokens or batch_token_budget(lm)
     by_prompt: dict[int, list[int]] = defaultdict(list)
     for i, v in enumerate(variants):
         by_prompt[v.prompt].append(i)
     start = {p: min([len(prompts[p]) - 1] + [int(variants[i].positions.min()) for i in idx if len(variants[i].positions)])
              for p, idx in by_prompt.items()}
-    order = sorted(by_prompt, key=lambda p: (len(prompts[p]), p))
-    # group prompts so that rows x length stays under the budget
-    groups, current, rows, width = [], [], 0, 0
-    for p in order:
-        n, w = len(by_prompt[p]), max(width, len(prompts[p]))
-        if current and (rows + n) * w > max_batch_tokens:
-            groups.append(current)
-            current, rows, w = [], 0, len(prompts[p])
-        current.append(p)
-        rows, width = rows + n, w
-    groups.append(current)
+    groups = _groups(by_prompt, {p: len(prompts[p]) for p in by_prompt}, start, max_batch_tokens)
 
     V = len(variants)
+    direct = direct_head_ok(lm)  # keep final states and unembed them all at the end
+    stack = backbone(model)
+    final = torch.full((V, lm.d_model), float("nan"), dtype=next(model.parameters()).dtype, device=lm.device)
     top1 = torch.full((V,), -1, dtype=torch.long)  # -1 / NaN until run: a missed variant cannot pass unseen
     lps = torch.full((V, 0 if read_ids is None else read_ids.shape[1]), float("nan"))
     logits_all = [None] * V if return_logits else None
@@ -169,24 +183,31 @@ def run_variants(
         batch = left_pad([prompts[p] for p in group], pad).to(lm.device)
         local = {p: j for j, p in enumerate(group)}
         split = min(int(batch.offsets[local[p]]) + start[p] for p in group)
+        width = batch.input_ids.shape[1] - split
         prefix = None
-        if split > 0:
-            prefix = model(input_ids=batch.input_ids[:, :split], attention_mask=batch.attention_mask[:, :split],
-                           position_ids=batch.position_ids[:, :split], use_cache=True,
-                           logits_to_keep=1).past_key_values
+        if split > 0:  # the decoder stack alone: the prefix's logits are never read
+            prefix = stack(input_ids=batch.input_ids[:, :split], attention_mask=batch.attention_mask[:, :split],
+                           position_ids=batch.position_ids[:, :split], use_cache=True).past_key_values
         idx = [i for p in group for i in by_prompt[p]]
         first = {i: int(variants[i].layers.min()) if len(variants[i].positions) else 0 for i in idx}
         skip_here = skip_layers and max(first.values()) > 0 and layer_skipping_ok(lm)
         bands = _bands(sorted(idx, key=lambda i: first[i]), first if skip_here else None)
-        starts = sorted({first[band[0]] for band in bands} - {0}) if skip_here else []
+        start_of = {b: first[band[0]] if skip_here else 0 for b, band in enumerate(bands)}
+        # a band whose every row replaces every suffix column at the band's first layer never reads its clean
+        # start states (the global sweep: the suffix is the query alone): those are not computed
+        columns = {i: _columns_at(variants[i], first[i], int(batch.offsets[local[variants[i].prompt]]) - split)
+                   for i in idx} if mode == "replace" else {}
+        overwritten = {b: all(first[i] == start_of[b] and columns.get(i) == width for i in band)
+                       for b, band in enumerate(bands)}
+        starts = sorted({start_of[b] for b in start_of if not overwritten[b]} - {0})
         clean = {}
         if starts:  # the clean suffix states at each band's first layer, one row per prompt
             with hooked(lm.profile.layers, record={l: None for l in starts}, stop_after_record=True) as rec:
-                run_until_recorded(backbone(model), input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                run_until_recorded(stack, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                    position_ids=batch.position_ids, use_cache=False)
             clean = {l: rec[l][:, split:] for l in starts}
-        for band in bands:
-            start_layer = first[band[0]] if skip_here else 0
+        for b, band in enumerate(bands):
+            start_layer = start_of[b]
             row_prompt = torch.tensor([local[variants[i].prompt] for i in band], device=lm.device)
             cache = None
             if prefix is not None:
@@ -206,25 +227,42 @@ def run_variants(
             edits = None
             if e_rows:
                 edits = Edits(torch.cat(e_rows), torch.cat(e_layers), torch.cat(e_pos), torch.cat(e_vec), mode)
-                edits.validate(lm.n_layers, lm.d_model, len(band), batch.input_ids.shape[1] - split)
-            begin = (start_layer, clean[start_layer][row_prompt]) if start_layer > 0 else None
-            with hooked(lm.profile.layers, edits=edits, start=begin), skipping(lm.profile.layers, start_layer):
-                out = model(input_ids=batch.input_ids[row_prompt, split:],
-                            attention_mask=batch.attention_mask[row_prompt],
-                            position_ids=batch.position_ids[row_prompt, split:], past_key_values=cache,
-                            use_cache=cache is not None, logits_to_keep=LAST_LOGITS)
-            read = None if read_ids is None else read_ids[band]
-            t1, lp, lg = _outputs(out.logits[:, -1], read, return_logits)
+                edits.validate(lm.n_layers, lm.d_model, len(band), width)
+            begin = None
+            if start_layer > 0:
+                begin = (start_layer, torch.zeros(len(band), width, lm.d_model, dtype=final.dtype, device=lm.device)
+                         if overwritten[b] else clean[start_layer][row_prompt])
+            inputs = dict(input_ids=batch.input_ids[row_prompt, split:], attention_mask=batch.attention_mask[row_prompt],
+                          position_ids=batch.position_ids[row_prompt, split:], past_key_values=cache,
+                          use_cache=cache is not None)
             sel = torch.tensor(band)
-            top1[sel], lps[sel] = t1, lp
-            if return_logits:
-                for r, i in enumerate(band):
-                    logits_all[i] = lg[r]
+            with hooked(lm.profile.layers, edits=edits, start=begin), skipping(lm.profile.layers, start_layer):
+                if direct:
+                    final[sel.to(lm.device)] = stack(**inputs).last_hidden_state[:, -1].to(lm.device)
+                else:
+                    logits = model(**inputs, logits_to_keep=LAST_LOGITS).logits[:, -1]
+            if not direct:
+                read = None if read_ids is None else read_ids[band]
+                top1[sel], lps[sel] = read_logprobs(logits, read)
+                if return_logits:
+                    for r, i in enumerate(band):
+                        logits_all[i] = logits[r].float().cpu()
         bar.update(len(idx))
     bar.close()
+    if direct:  # every variant's prediction in one pass over the unembedding
+        head = Unembedding(lm)
+        top1, lps = head.read(final, read_ids)
+        if return_logits:
+            logits_all = list(torch.cat([head.logits(final[r:r + ROW_CHUNK]).cpu() for r in range(0, V, ROW_CHUNK)]))
     if (top1 < 0).any():
         raise RuntimeError(f"internal error: {int((top1 < 0).sum())} variants were not run")
     return VariantOutput(top1, lps, torch.stack(logits_all) if return_logits else None)
+
+
+def _columns_at(variant: Variant, layer: int, shift: int) -> int:
+    """How many distinct suffix columns ``variant`` writes at ``layer`` (its prompt positions + ``shift``)."""
+    at = variant.positions[variant.layers == layer] + shift
+    return int(torch.unique(at[at >= 0]).numel())
 
 
 @torch.no_grad()
@@ -295,7 +333,7 @@ def score_variants(
     prompts: Sequence,
     variants: Sequence[Variant],
     mode: Literal["replace", "add"] = "replace",
-    max_batch_tokens: int = 12_000,
+    max_batch_tokens: int | None = None,
     progress: bool | str = False,
 ) -> pd.DataFrame:
     """The whole scoring chain for patched variants of :class:`~taskvec.prompts.Prompt` objects: targets -> read
@@ -315,7 +353,7 @@ def patch_layers(
     layers: Sequence[int] | None = None,
     span: Literal["single", "from"] = "single",
     mode: Literal["replace", "add"] = "replace",
-    max_batch_tokens: int = 12_000,
+    max_batch_tokens: int | None = None,
     progress: bool | str = False,
 ) -> pd.DataFrame:
     """Patch vectors into :class:`~taskvec.prompts.Prompt` objects at every layer and score the predictions.

@@ -71,6 +71,8 @@ class LMProfile:
             :func:`taskvec.intervene.layer_skipping_ok` has verified it on this loaded model, then ``True`` or
             ``False``. Families whose layers share keys/values or other state across layers get ``False``.
         layer_skipping_note: how that was decided (the measured logit difference, or why skipping is off).
+        direct_head: whether :class:`taskvec.unembed.Unembedding` applied to the decoder stack's output gives the
+            model's own logits (``None`` until :func:`taskvec.unembed.direct_head_ok` has checked it).
     """
 
     layers: list[nn.Module]
@@ -82,6 +84,7 @@ class LMProfile:
     family: str = "unknown"
     layer_skipping: bool | None = None
     layer_skipping_note: str = ""
+    direct_head: bool | None = None
 
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` if it is a valid residual-stream index, else raise :class:`LayerError`."""
