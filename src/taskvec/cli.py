@@ -5,7 +5,7 @@
     taskvec study local-global --model gemma3-270m --tasks all [--quick] [--out DIR] [--resume] [--with-analyses]
     taskvec report RUN_DIR
     taskvec saliency | dpca | heads ...          (taskvec.analysis.cli)
-    taskvec train | evaluate | compress ...      (taskvec.scratch.cli)
+    taskvec train | evaluate | compare | compress ...   (taskvec.scratch.cli)
 
 Every user mistake prints ``error: <one line>`` and exits with code 2.
 """

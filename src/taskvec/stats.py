@@ -3,7 +3,9 @@
 * :func:`mean_ci` — a mean and its interval (Wilson for 0/1 scores, normal otherwise);
 * :func:`wilson` — the Wilson score interval of ``k`` successes in ``n`` trials;
 * :func:`bootstrap_ci` — a percentile bootstrap interval of any statistic of one or more samples, resampled
-  together (paired: the same resampled indices for every sample) or each on its own (independent samples).
+  together (paired: the same resampled indices for every sample) or each on its own (independent samples);
+* :func:`t_ci` / :func:`welch_ci` — Student-t intervals for a mean over a few independent runs (seeds) and for
+  the difference of two such means (Welch), where a normal interval or a bootstrap of 3 values would be too narrow.
 
 Every bootstrap is seeded, so an interval printed by a run is reproducible from its saved config.
 """
@@ -84,6 +86,46 @@ def bootstrap_ci(
         return estimate, float("nan"), float("nan")
     low, high = np.percentile(values, [2.5, 97.5])
     return estimate, float(low), float(high)
+
+
+def t_ci(values) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval ``(mean, low, high)`` of a few independent values (one per seed).
+
+    Non-finite values are dropped; one value gives ``(x, nan, nan)`` (no spread to estimate), none gives NaNs.
+    """
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(x.mean())
+    if len(x) == 1:
+        return m, float("nan"), float("nan")
+    half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - half, m + half
+
+
+def welch_ci(a, b) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` and its 95% Welch interval ``(diff, low, high)``: two independent groups of a few
+    values each (seeds), unequal variances. Non-finite values are dropped; fewer than 2 in a group gives NaNs for
+    the interval."""
+    from scipy.stats import t
+
+    x, y = (np.asarray(v, dtype=float) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if len(x) == 0 or len(y) == 0:
+        return float("nan"), float("nan"), float("nan")
+    diff = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return diff, float("nan"), float("nan")
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return diff, diff, diff
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    half = float(t.ppf(0.975, df) * se)
+    return diff, diff - half, diff + half
 
 
 def summarize(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:

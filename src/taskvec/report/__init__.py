@@ -14,7 +14,8 @@ ANALYSIS_KINDS = ("saliency", "dpca", "heads")
 
 def run_kind(run_dir: str | Path) -> str:
     """What ran in ``run_dir``: ``"study"``, ``"saliency"``, ``"dpca"``, ``"heads"``, ``"evaluation"`` (from-scratch
-    models, ``taskvec evaluate``) or ``"training"`` (``taskvec train``). Raises :class:`ConfigError` (one line)
+    models, ``taskvec evaluate``), ``"training"`` (``taskvec train``) or ``"comparison"`` (``taskvec compare``).
+    Raises :class:`ConfigError` (one line)
     for a directory that holds no taskvec run."""
     from taskvec.errors import ConfigError
 
@@ -36,6 +37,8 @@ def run_kind(run_dir: str | Path) -> str:
     kind = str(saved.get("kind") or cfg.get("analysis") or "").lower()
     if kind in ANALYSIS_KINDS:
         return kind
+    if kind == "scratch-comparison":
+        return "comparison"
     if kind == "study" or (not kind and {"tasks", "n_select", "n_eval"} <= set(cfg)):
         return "study"
     if "eval" in kind or (run_dir / "results.json").exists() or (not kind and {"models", "analyses"} <= set(cfg)):
@@ -60,6 +63,10 @@ def write_report(run_dir: str | Path) -> Path:
         return runs.write_analysis_report(run_dir, kind)
     if kind == "evaluation":
         return runs.write_evaluation_report(run_dir)
+    if kind == "comparison":
+        from taskvec.scratch.comparison_report import write_comparison_report
+
+        return write_comparison_report(run_dir)
     return runs.write_training_report(run_dir)
 
 

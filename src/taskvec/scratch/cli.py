@@ -1,7 +1,7 @@
-"""Command line for from-scratch models: ``train``, ``evaluate``, ``compress``.
+"""Command line for from-scratch models: ``train``, ``evaluate``, ``compare``, ``compress``.
 
 Standalone: ``python -m taskvec.scratch.cli train --out runs/v --steps 1000``; mounted in the main CLI as
-``taskvec train`` / ``taskvec evaluate`` / ``taskvec compress``. Each command builds its pydantic config
+``taskvec train`` / ``taskvec evaluate`` / ``taskvec compare`` / ``taskvec compress``. Each command builds its pydantic config
 (``TrainConfig``, ``EvalConfig``, ``CompressConfig``: they hold every default; a flag given overrides ``--config``,
 a flag not given never does) and calls the API (``train``, ``run_evaluation``, ``compress_model``).
 Multi-process: ``torchrun --nproc_per_node 2 -m taskvec.scratch.cli train ...``. User mistakes print
@@ -64,6 +64,7 @@ def train(
     steps: Optional[int] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
+    lr_warmup: Optional[int] = typer.Option(None, help="steps of linear learning-rate warm-up from 0 [default: 0]"),
     tvp_layer: Optional[int] = typer.Option(None, help="l* of the TVP-loss (alone: λ = 1)"),
     tvp_weight: Optional[float] = typer.Option(None, help="λ of the TVP-loss (alone: l* = L/2)"),
     tvp_schedule: Optional[str] = typer.Option(
@@ -101,7 +102,8 @@ def train(
         torch.set_num_threads(threads)
     task_over = {k: v for k, v in dict(name=task, d=d, noise=noise, pool_size=pool_size).items() if v is not None}
     cfg = load_config(config, task=task_over, layout=layout, preset=preset, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd, k_max=k_max, steps=steps, batch_size=batch_size, lr=lr, tvp_layer=tvp_layer,
+                      n_embd=n_embd, k_max=k_max, steps=steps, batch_size=batch_size, lr=lr, lr_warmup=lr_warmup,
+                      tvp_layer=tvp_layer,
                       tvp_weight=tvp_weight, tvp_schedule=tvp_schedule, detach_theta=detach_theta,
                       tvp_slots=tvp_slots,
                       tvp_shared_query=tvp_shared_query,
@@ -154,6 +156,40 @@ def evaluate(
                                                batch_size=batch_size, analyses=parts))
     run_dir = run_evaluation(cfg, out, resume=resume)
     typer.echo(f"results: {run_dir / 'results.json'}\nreport:  {run_dir / 'report.html'}")
+
+
+@app.command()
+@friendly
+def compare(
+    out: Path = typer.Option(..., help="run directory: config.json, results.jsonl, models/ (one training run per "
+                                       "model), summary.csv, verdicts.csv, report.html"),
+    config: Optional[Path] = typer.Option(None, help="a ComparisonConfig as YAML/JSON (train, arms, layouts, seeds, "
+                                                     "evaluation, rules); flags given here override it"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated training seeds [default: 0,1,2]"),
+    layouts: Optional[str] = typer.Option(None, help="comma-separated layouts: x->y and/or *xy [default: both]"),
+    resume: bool = typer.Option(False, help="continue a killed comparison in --out (same config): finished units "
+                                            "are kept, an unfinished training resumes from its last checkpoint"),
+    workers: int = typer.Option(1, help="processes running trainings/evaluations side by side"),
+    threads: int = typer.Option(1, help="torch CPU threads per worker"),
+):
+    """Vanilla vs TVP-loss over seeds and layouts: train every model, evaluate each on a selection and an
+    evaluation draw, aggregate over seeds with 95% intervals and compute the claims' verdicts. Resumable."""
+    check_at_least("--workers", workers, 1)
+    check_at_least("--threads", threads, 1)
+    from taskvec.errors import ConfigError
+    from taskvec.experiment import config_from
+    from taskvec.scratch.comparison import ComparisonConfig, run_comparison
+
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {seeds!r}: write whole numbers separated by commas, e.g. 0,1,2") from None
+    layout_list = None if layouts is None else [x.strip() for x in layouts.split(",") if x.strip()]
+    cfg = config_from(ComparisonConfig, config, dict(seeds=seed_list, layouts=layout_list))
+    run_dir = run_comparison(cfg, out, resume=resume, workers=workers, threads=threads)
+    typer.echo(f"verdicts: {run_dir / 'verdicts.csv'}\nreport:   {run_dir / 'report.html'}")
 
 
 @app.command()

@@ -46,7 +46,8 @@ class TrainConfig(ExperimentConfig):
 
     ``tvp_weight`` (λ) and ``tvp_layer`` (l*): if only ``tvp_layer`` is given λ = 1; if only λ > 0 is given
     l* = n_layer // 2; if neither, the run is vanilla (λ = 0). ``tvp_schedule`` scales λ by the step (see
-    :func:`parse_schedule`): ``constant``, ``warmup:N``, ``after:N`` or ``after:N,warmup:M``.
+    :func:`parse_schedule`): ``constant``, ``warmup:N``, ``after:N`` or ``after:N,warmup:M``. ``lr_warmup``:
+    steps over which the learning rate rises linearly from 0 to ``lr`` (0: none; :func:`lr_at`).
     """
 
     kind: ClassVar[str] = "train"
@@ -61,6 +62,7 @@ class TrainConfig(ExperimentConfig):
     steps: int = 10_000
     batch_size: int = 64
     lr: float | None = None
+    lr_warmup: int = 0
     grad_clip: float | None = 1.0
     tvp_layer: int | None = None
     tvp_weight: float | None = None
@@ -104,6 +106,8 @@ class TrainConfig(ExperimentConfig):
                      "curriculum_start"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.lr_warmup < 0:
+            raise ValueError(f"lr_warmup must be >= 0 (steps of linear learning-rate warm-up), got {self.lr_warmup}")
         if self.curriculum and self.task.name == "linear_regression" and self.curriculum_start > self.task.d:
             raise ValueError(f"curriculum_start {self.curriculum_start} is above the input dimension d = "
                              f"{self.task.d}: start at most at d")
@@ -119,6 +123,8 @@ class TrainConfig(ExperimentConfig):
         out = super().saved()
         if out.get("tvp_schedule") == "constant":
             del out["tvp_schedule"]
+        if out.get("lr_warmup") == 0:  # likewise for runs from before the learning-rate warm-up
+            del out["lr_warmup"]
         return out
 
     @property
@@ -206,6 +212,12 @@ def tvp_weight_at(cfg: TrainConfig, step: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- data
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of (1-based) ``step``: ``lr · min(1, step / lr_warmup)`` (linear warm-up, then
+    constant)."""
+    return cfg.lr * min(1.0, step / cfg.lr_warmup) if cfg.lr_warmup else cfg.lr
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -602,6 +614,9 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
         for step in range(start + 1, cfg.steps + 1):
             batch = {k: v.to(device) for k, v in sample_batch(cfg, task, step, rank, local_batch).items()}
             lam = tvp_weight_at(cfg, step)
+            if cfg.lr_warmup:
+                for group in opt.param_groups:  # a function of the step alone: a resumed run gets the same lr
+                    group["lr"] = lr_at(cfg, step)
             log_step = step % cfg.log_every == 0 or step == cfg.steps
             loss, icl, tvp = objective(batch, tvp_weight=lam, need_tvp=log_step)
             finite = torch.isfinite(loss.detach()).float()

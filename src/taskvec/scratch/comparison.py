@@ -1,0 +1,506 @@
+"""Vanilla vs TVP-loss over seeds (docs/spec.md B.6): the from-scratch claims as verdicts computed from a run.
+
+One experiment, the same shape as every other: a :class:`ComparisonConfig` → units of work → the run store →
+``report.html``. The units are
+
+* ``train/LAYOUT/ARM/seed-S`` — train one model (:func:`taskvec.scratch.train.train`, into
+  ``models/LAYOUT-ARM-seed-S``; a killed training resumes from its last checkpoint with the same data stream);
+* ``eval/LAYOUT/ARM/seed-S`` — evaluate it (:func:`taskvec.scratch.evaluate.evaluate_model`) twice, on two
+  disjoint prompt draws: a **selection** set (the layer sweep only; it picks the layer a vanilla model's vector
+  would be searched at) and an **evaluation** set (every analysis). Every number a verdict reads comes from the
+  evaluation set; the selection set never scores anything.
+
+:func:`seed_table` gathers one row per (layout, arm, seed, metric); :func:`aggregate` gives mean and a 95%
+Student-t interval over seeds; :func:`verdicts` applies the rules of :class:`ScratchClaimRules` (fixed here, in
+code, before any data is seen; their thresholds are saved with the run's config).
+
+Example::
+
+    from taskvec.scratch.comparison import ComparisonConfig, run_comparison
+    cfg = ComparisonConfig(train={"task": {"name": "token_offset"}, "n_layer": 4, "n_embd": 64, "steps": 1500},
+                           arms=[{"name": "vanilla"}, {"name": "tvp-l1", "tvp_layer": 1}], seeds=[0, 1, 2])
+    run_comparison(cfg, "runs/cmp-token", workers=2)          # resumable: run_comparison(..., resume=True)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, combine, greater, less
+from taskvec.errors import ConfigError
+from taskvec.experiment import ExperimentConfig
+from taskvec.stats import t_ci, welch_ci
+
+CLAIMS = {
+    "B0": "controls: a random, norm-matched vector at the layer used does not act as a task vector",
+    "B1": "task vectors emerge in vanilla models in x→y but not in *xy",
+    "B2": "the TVP-loss forms a strong task vector at the prescribed l* (no layer search)",
+    "B3": "the TVP-loss does not hurt ICL",
+    "B4": "the TVP-loss makes ICL more robust to noisy labels",
+    "B5": "the TVP-loss makes ICL better out of distribution",
+}
+FIXED = ("layout", "seed", "tvp_layer", "tvp_weight", "tvp_schedule")  # set per arm / layout / seed, not in `train`
+
+
+class Arm(BaseModel):
+    """One kind of model: vanilla (no TVP fields) or a TVP-loss at ``tvp_layer`` with weight and schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    tvp_layer: int | None = None
+    tvp_weight: float | None = None
+    tvp_schedule: str = "constant"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError(f"arm name {v!r} must be letters, digits, '-', '_' or '.' (it names directories)")
+        return v
+
+    @property
+    def vanilla(self) -> bool:
+        return self.tvp_layer is None and not self.tvp_weight
+
+
+class ScratchClaimRules(BaseModel):
+    """Thresholds of the from-scratch verdict rules; saved with the run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strong: float = Field(0.5, description="B1/B2: a task vector is 'strong' when S(l) > this (S = 1: as good as "
+                                           "ICL, 0: no better than zero-shot); B0/B1: 'no vector' when S < this")
+    icl_margin: float = Field(0.05, description="B3: TVP-loss ICL error at most this above vanilla's "
+                                                "(non-inferiority margin, in normalised error)")
+    noisy_p: float = Field(0.25, description="B4: the noisy-label fraction the claim is tested at")
+
+
+class ComparisonConfig(ExperimentConfig):
+    """Every training run and evaluation of a vanilla-vs-TVP comparison over seeds.
+
+    Attributes:
+        train: :class:`~taskvec.scratch.train.TrainConfig` fields shared by every model (task, model shape,
+            k_max, steps, lr, ...); not ``layout``, ``seed`` or the TVP fields, which come from ``layouts``,
+            ``seeds`` and ``arms``.
+        arms: the kinds of model; exactly one must be vanilla (the reference of B3–B5).
+        layouts: ``x→y`` and/or ``*xy``.
+        seeds: training seeds (the seed of the weights' initialisation and of the data stream).
+        evaluation: :class:`~taskvec.scratch.evaluate.EvalConfig` fields (``k``, ``n_trials``, ``analyses``, ...);
+            not ``models``, ``layer`` or ``seed``.
+        select_seed / eval_seed: the prompt draws of the selection and evaluation sets (must differ).
+        rules: the verdict thresholds.
+    """
+
+    kind: ClassVar[str] = "scratch-comparison"
+
+    train: dict[str, Any] = Field(default_factory=dict)
+    arms: list[Arm] = Field(default_factory=lambda: [Arm(name="vanilla"), Arm(name="tvp", tvp_layer=2)])
+    layouts: list[str] = Field(default_factory=lambda: ["x→y", "*xy"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    evaluation: dict[str, Any] = Field(default_factory=lambda: {"analyses": ["layers", "noisy", "ood", "pca"]})
+    select_seed: int = 777
+    eval_seed: int = 12345
+    rules: ScratchClaimRules = Field(default_factory=ScratchClaimRules)
+
+    @field_validator("layouts")
+    @classmethod
+    def _layouts(cls, v: list[str]) -> list[str]:
+        from taskvec.scratch.layouts import canonical
+
+        out = [canonical(x) for x in v]
+        if not out or len(set(out)) != len(out):
+            raise ValueError(f"give one or more distinct layouts, got {v}")
+        if "xy" in out:
+            raise ValueError("layout xy has no task-vector slot: use x→y and/or *xy")
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> "ComparisonConfig":
+        bad = sorted(set(self.train) & set(FIXED))
+        if bad:
+            raise ValueError(f"train must not set {', '.join(bad)}: layouts, seeds and arms set them")
+        bad = sorted(set(self.evaluation) & {"models", "layer", "seed"})
+        if bad:
+            raise ValueError(f"evaluation must not set {', '.join(bad)}: the comparison sets them")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two arms share a name: {names}")
+        if sum(a.vanilla for a in self.arms) != 1:
+            raise ValueError("give exactly one vanilla arm (no tvp_layer, no tvp_weight): the reference of B3–B5")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"give one or more distinct seeds, got {self.seeds}")
+        if self.select_seed == self.eval_seed:
+            raise ValueError("select_seed and eval_seed must differ: selection and evaluation use disjoint draws")
+        for layout in self.layouts:  # every run's config is valid before any work starts
+            for arm in self.arms:
+                self.train_config(layout, arm, self.seeds[0])
+        self.eval_config(None)
+        return self
+
+    def train_config(self, layout: str, arm: Arm, seed: int):
+        from taskvec.scratch.train import TrainConfig
+
+        fields = {**self.train, "layout": layout, "seed": seed, "tvp_schedule": arm.tvp_schedule}
+        if arm.tvp_layer is not None:
+            fields["tvp_layer"] = arm.tvp_layer
+        if arm.tvp_weight is not None:
+            fields["tvp_weight"] = arm.tvp_weight
+        try:
+            return TrainConfig(**fields)
+        except Exception as err:  # pydantic's message, one line, naming the arm
+            msg = getattr(err, "errors", lambda: [{"msg": str(err)}])()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"arm {arm.name!r}, layout {layout}: {msg}") from None
+
+    def eval_config(self, layer: int | None, seed: int | None = None, analyses: list[str] | None = None):
+        from taskvec.scratch.evaluate import EvalConfig
+
+        fields = {**self.evaluation, "layer": layer, "seed": self.eval_seed if seed is None else seed}
+        if analyses is not None:
+            fields["analyses"] = analyses
+        try:
+            return EvalConfig(**fields)
+        except Exception as err:
+            msg = getattr(err, "errors", lambda: [{"msg": str(err)}])()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"evaluation: {msg}") from None
+
+    def runs(self) -> list[tuple[str, Arm, int]]:
+        """``(layout, arm, seed)`` of every model, in the order they are trained."""
+        return [(layout, arm, seed) for seed in self.seeds for layout in self.layouts for arm in self.arms]
+
+
+def slug(layout: str) -> str:
+    """A layout as a directory-name part: ``x→y`` → ``x-y``, ``*xy`` → ``sxy``."""
+    return {"x→y": "x-y", "*xy": "sxy"}.get(layout, layout)
+
+
+def model_dir(out: Path, layout: str, arm: Arm, seed: int) -> Path:
+    return Path(out) / "models" / f"{slug(layout)}-{arm.name}-seed-{seed}"
+
+
+# --------------------------------------------------------------------------------------------- the units
+
+
+def _train_unit(cfg_json: str, layout: str, arm_json: str, seed: int, run_dir: str) -> list[dict]:
+    """Train one model (in a worker process or inline); resumes a run a kill left behind."""
+    from taskvec.scratch.train import checkpoints, train, training_curve
+
+    cfg = ComparisonConfig.model_validate_json(cfg_json)
+    arm = Arm.model_validate_json(arm_json)
+    tcfg = cfg.train_config(layout, arm, seed)
+    run = Path(run_dir)
+    resume = run.exists() and bool(checkpoints(run))
+    if run.exists() and not resume:  # killed before its first checkpoint: nothing to keep
+        shutil.rmtree(run)
+    train(tcfg, run, resume=resume, progress=False, tensorboard=False)
+    curve = training_curve(run)
+    tail = curve[curve["step"] > 0.9 * tcfg.steps]  # the last tenth of training
+    row = {"layout": layout, "arm": arm.name, "seed": seed, "steps": tcfg.steps,
+           "train_icl_err": float(tail["icl_err"].mean())}
+    if tcfg.uses_tvp:
+        row["train_tvp_loss"] = float(tail["tvp_loss"].mean())
+    return [row]
+
+
+def _eval_unit(cfg_json: str, layout: str, arm_json: str, seed: int, run_dir: str) -> list[dict]:
+    """Evaluate one trained model on the selection set (layer sweep) and on the evaluation set (everything)."""
+    from taskvec.scratch.evaluate import evaluate_model
+    from taskvec.scratch.model import ScratchModel
+
+    cfg = ComparisonConfig.model_validate_json(cfg_json)
+    arm = Arm.model_validate_json(arm_json)
+    model = ScratchModel.from_pretrained(Path(run_dir) / "model")
+    layer = arm.tvp_layer if not arm.vanilla else None
+    select = evaluate_model(model, cfg.eval_config(layer, cfg.select_seed, ["layers"]), progress=False)
+    selected = int(np.nanargmin(select["layers"]["tvp"]))  # chosen on the selection set only
+    full = evaluate_model(model, cfg.eval_config(layer), progress=False)
+    return [{"layout": layout, "arm": arm.name, "seed": seed, "selected_layer": selected,
+             "select_tvp": select["layers"]["tvp"], "result": full}]
+
+
+def _in_worker(fn, threads: int, *args) -> tuple[list[dict], float]:
+    """A unit in a worker process, with ``threads`` torch threads: its rows and the seconds it took."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    rows = fn(*args)
+    return rows, round(time.perf_counter() - start, 3)
+
+
+def _units(cfg: ComparisonConfig, out: Path) -> list[tuple[str, str, tuple]]:
+    """``(stage, unit name, args)`` of every unit, training first."""
+    units = []
+    for stage in ("train", "eval"):
+        for layout, arm, seed in cfg.runs():
+            name = f"{stage}/{slug(layout)}/{arm.name}/seed-{seed}"
+            units.append((stage, name, (layout, arm.model_dump_json(), seed, str(model_dir(out, layout, arm, seed)))))
+    return units
+
+
+def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False, workers: int = 1,
+                   threads: int = 1, progress: bool = True, report: bool = True) -> Path:
+    """Train and evaluate every (layout, arm, seed) of ``cfg`` into the run directory ``out``; returns it.
+
+    Args:
+        resume: continue a killed comparison: finished units are read back; an unfinished training resumes from
+            its last checkpoint (same data stream). The config must be the same, else a one-line
+            :class:`ConfigError`. Without it, an ``out`` that holds a run is refused.
+        workers: processes that run units side by side (each with ``threads`` torch threads): on a 2-core CPU,
+            ``workers=2, threads=1`` keeps both cores busy without OpenMP threads fighting over them.
+
+    Writes ``config.json``, ``results.jsonl`` (one record per unit, fsynced), ``models/`` (one training run
+    directory per model), ``summary.csv`` (:func:`aggregate`), ``verdicts.csv`` (:func:`verdicts`) and
+    ``report.html``.
+    """
+    from taskvec.runs import RunStore
+
+    if workers < 1 or threads < 1:
+        raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
+    out = Path(out)
+    store = RunStore(out, cfg.saved(), resume=resume, extra={"kind": cfg.kind})
+    cfg_json = cfg.model_dump_json()
+    todo = [u for u in _units(cfg, out) if not store.done(u[1])]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(_units(cfg, out)), initial=len(_units(cfg, out)) - len(todo), desc="comparison")
+    fns = {"train": _train_unit, "eval": _eval_unit}
+    import torch
+
+    for stage in ("train", "eval"):  # every model is trained before any is evaluated
+        batch = [u for u in todo if u[0] == stage]
+        if workers == 1 or len(batch) <= 1:
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for _, name, args in batch:
+                    if bar is not None:
+                        bar.set_postfix_str(name)
+                    store.run_unit(name, lambda args=args, f=fns[stage]: f(cfg_json, *args))
+                    if bar is not None:
+                        bar.update(1)
+            finally:
+                torch.set_num_threads(before)
+            continue
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before the workers start: no spinning on 2 cores
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            started = {pool.submit(_in_worker, fns[stage], threads, cfg_json, *args): name for _, name, args in batch}
+            failed: BaseException | None = None
+            for fut in as_completed(started):
+                name = started[fut]
+                try:
+                    rows, seconds = fut.result()
+                except BaseException as err:  # keep what the other workers finish; raise the first failure after
+                    failed = failed or err
+                    continue
+                store.append(name, rows, seconds=seconds)
+                if bar is not None:
+                    bar.set_postfix_str(name)
+                    bar.update(1)
+            if failed is not None:
+                raise failed
+    if bar is not None:
+        bar.close()
+    table = seed_table(store)
+    aggregate(table).to_csv(out / "summary.csv", index=False)
+    verdicts(table, cfg).to_csv(out / "verdicts.csv", index=False)
+    if report:
+        from taskvec.report import write_report
+
+        write_report(out)
+    return out
+
+
+# --------------------------------------------------------------------------------- tables and verdicts
+
+
+def _records(store_or_dir) -> list[dict]:
+    from taskvec.runs import RunStore
+
+    if isinstance(store_or_dir, RunStore):
+        return store_or_dir._records()
+    return RunStore._read(Path(store_or_dir) / "results.jsonl")
+
+
+def seed_table(store_or_dir) -> pd.DataFrame:
+    """One row per (layout, arm, seed, metric, layer): every number the comparison measured, long format.
+
+    Metrics: ``icl`` and ``zero_shot`` (layer -1), per layer ``tvp``, ``random``, ``mean``, ``wrong`` and
+    ``strength`` (S(l)); ``tvp_selected`` / ``strength_selected`` / ``random_strength_selected`` at the layer the
+    selection set chose; ``tvp_lstar`` / ``strength_lstar`` / ``random_strength_lstar`` at the trained l* (L/2 for
+    vanilla); ``noisy_icl``/``noisy_tvp`` (layer = -1, ``p`` set); ``ood_icl``/``ood_tvp`` (``shift`` set);
+    ``pca_probe`` / ``pca_between_within`` per layer; ``train_icl_err`` / ``train_tvp_loss`` (the last tenth of
+    training).
+    """
+    rows: list[dict] = []
+    for rec in _records(store_or_dir):
+        for r in rec["rows"]:
+            key = {"layout": r["layout"], "arm": r["arm"], "seed": r["seed"]}
+
+            def add(metric, value, layer=-1, **extra):
+                rows.append({**key, "metric": metric, "layer": layer, "value": _num(value), **extra})
+
+            if rec["unit"].startswith("train/"):
+                for m in ("train_icl_err", "train_tvp_loss"):
+                    if m in r:
+                        add(m, r[m])
+                continue
+            res = r["result"]
+            lay = res.get("layers")
+            if lay:
+                add("icl", lay["icl"])
+                add("zero_shot", lay["zero_shot"])
+                gap = lay["zero_shot"] - lay["icl"]
+                for m in ("tvp", "random", "mean", "wrong", "strength"):
+                    for layer, v in enumerate(lay.get(m, [])):
+                        add(m, v, layer)
+                for where, layer in (("selected", r["selected_layer"]), ("lstar", res["layer"])):
+                    add(f"tvp_{where}", lay["tvp"][layer], layer)
+                    add(f"strength_{where}", lay["strength"][layer], layer)
+                    s_rand = (lay["zero_shot"] - lay["random"][layer]) / gap if _defined(lay) else math.nan
+                    add(f"random_strength_{where}", s_rand, layer)
+            for row in res.get("noisy", []):
+                add("noisy_icl", row["icl"], p=row["p"])
+                add("noisy_tvp", row["tvp_layer"], res["layer"], p=row["p"])
+            for row in res.get("ood", []):
+                add("ood_icl", row["icl"], shift=row["shift"])
+                add("ood_tvp", row["tvp_layer"], res["layer"], shift=row["shift"])
+            pca = res.get("pca")
+            if isinstance(pca, dict):
+                for layer, sep in enumerate(pca.get("layers", [])):
+                    add("pca_probe", sep.get("probe_acc"), layer)
+                    add("pca_between_within", sep.get("between_within"), layer)
+    cols = ["layout", "arm", "seed", "metric", "layer", "value", "p", "shift"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _defined(lay: dict) -> bool:
+    """S(l) is defined where ICL beats zero-shot by more than 1% (as in :func:`layer_sweep`)."""
+    return lay["zero_shot"] - lay["icl"] > 0.01 * max(lay["zero_shot"], 1e-12)
+
+
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, 95% Student-t interval and number of seeds per (layout, arm, metric, layer, p, shift)."""
+    if table.empty:
+        return pd.DataFrame(columns=["layout", "arm", "metric", "layer", "p", "shift", "mean", "low", "high", "n"])
+    keys = ["layout", "arm", "metric", "layer", "p", "shift"]
+    t = table.fillna({"p": -1.0, "shift": ""})
+    rows = []
+    for key, g in t.groupby(keys, sort=False):
+        m, lo, hi = t_ci(g["value"])
+        rows.append({**dict(zip(keys, key)), "mean": m, "low": lo, "high": hi,
+                     "n": int(np.isfinite(g["value"]).sum())})
+    out = pd.DataFrame(rows)
+    out["p"] = out["p"].where(out["p"] >= 0)
+    return out
+
+
+def _values(table: pd.DataFrame, layout: str, arm: str, metric: str, **where) -> np.ndarray:
+    """One value per seed (seeds ordered), averaged over the rows that match (e.g. every OOD shift)."""
+    t = table[(table.layout == layout) & (table.arm == arm) & (table.metric == metric)]
+    for k, v in where.items():
+        t = t[np.isclose(t[k], v)] if isinstance(v, float) else t[t[k] == v]
+    return t.groupby("seed")["value"].mean().to_numpy()
+
+
+def _fmt(m: float, lo: float, hi: float) -> str:
+    return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else f"{m:.3f}"
+
+
+def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
+    """The claims of :data:`CLAIMS` as verdicts, one row per (claim, layout, arm): ``claim, text, layout, arm,
+    statistic, estimate, low, high, n, verdict, detail``. Intervals are over seeds (Student t for one group,
+    Welch for a difference); a verdict is ``supported`` when the interval lies on the claim's side of its threshold,
+    ``not supported`` when it lies on the other side, ``inconclusive`` otherwise — and whenever ICL was not learned
+    (the vanilla model's ICL error not below zero-shot), since then no claim is tested."""
+    rules = cfg.rules
+    vanilla = next(a for a in cfg.arms if a.vanilla).name
+    tvp_arms = [a.name for a in cfg.arms if not a.vanilla]
+    out: list[dict] = []
+
+    def row(claim, layout, arm, statistic, est, verdict, detail=""):
+        m, lo, hi = est
+        out.append({"claim": claim, "text": CLAIMS[claim], "layout": layout, "arm": arm, "statistic": statistic,
+                    "estimate": m, "low": lo, "high": hi, "verdict": verdict, "detail": detail})
+
+    def learned(layout):
+        """ICL learned by the vanilla model: its error below zero-shot over seeds (paired by seed)."""
+        icl, zero = _values(table, layout, vanilla, "icl"), _values(table, layout, vanilla, "zero_shot")
+        if len(icl) == 0 or len(icl) != len(zero):
+            return False, (math.nan, math.nan, math.nan)
+        est = t_ci(icl - zero)
+        return less(est[1], est[2], 0.0) == SUPPORTED, est
+
+    gate = {layout: learned(layout) for layout in cfg.layouts}
+    for layout in cfg.layouts:
+        ok, est = gate[layout]
+        for arm in [vanilla, *tvp_arms]:
+            where = "selected" if arm == vanilla else "lstar"
+            e = t_ci(_values(table, layout, arm, f"random_strength_{where}"))
+            v = less(e[1], e[2], rules.strong) if ok else INCONCLUSIVE
+            row("B0", layout, arm, f"S of a random vector at the {'selected layer' if where == 'selected' else 'l*'}",
+                e, v, "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})")
+    # B1: vanilla models, the layer chosen on the selection set, S on the evaluation set
+    if {"x→y", "*xy"} <= set(cfg.layouts):
+        parts, details = [], []
+        for layout, test in (("x→y", greater), ("*xy", less)):
+            e = t_ci(_values(table, layout, vanilla, "strength_selected"))
+            parts.append(test(e[1], e[2], rules.strong) if gate[layout][0] else INCONCLUSIVE)
+            details.append(f"{layout}: S = {_fmt(*e)}" + ("" if gate[layout][0] else " (ICL not learned)"))
+        d = welch_ci(_values(table, "x→y", vanilla, "strength_selected"),
+                     _values(table, "*xy", vanilla, "strength_selected"))
+        row("B1", "x→y vs *xy", vanilla, "S(x→y) − S(*xy) at each model's selected layer", d, combine(*parts),
+            "; ".join(details) + f"; S > {rules.strong} in x→y and < {rules.strong} in *xy")
+    for layout in cfg.layouts:
+        ok, est = gate[layout]
+        why = "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})"
+        for arm in tvp_arms:
+            e = t_ci(_values(table, layout, arm, "strength_lstar"))
+            ref = t_ci(_values(table, layout, vanilla, "strength_lstar"))
+            row("B2", layout, arm, "S(l*) of the TVP-loss model", e,
+                greater(e[1], e[2], rules.strong) if ok else INCONCLUSIVE,
+                why or f"vanilla at the same layer: S = {_fmt(*ref)}; threshold {rules.strong}")
+            d = welch_ci(_values(table, layout, arm, "icl"), _values(table, layout, vanilla, "icl"))
+            row("B3", layout, arm, "ICL error: TVP-loss − vanilla", d,
+                less(d[1], d[2], rules.icl_margin) if ok else INCONCLUSIVE,
+                why or f"non-inferior within {rules.icl_margin}")
+            d = welch_ci(_values(table, layout, arm, "noisy_icl", p=rules.noisy_p),
+                         _values(table, layout, vanilla, "noisy_icl", p=rules.noisy_p))
+            row("B4", layout, arm, f"ICL error with {rules.noisy_p:.0%} noisy labels: TVP-loss − vanilla", d,
+                less(d[1], d[2], 0.0) if ok else INCONCLUSIVE, why)
+            t = table[(table.metric == "ood_icl") & (table["shift"] != "in-distribution")]
+            d = welch_ci(_values(t, layout, arm, "ood_icl"), _values(t, layout, vanilla, "ood_icl"))
+            row("B5", layout, arm, "ICL error out of distribution (mean over shifts): TVP-loss − vanilla", d,
+                less(d[1], d[2], 0.0) if ok else INCONCLUSIVE, why)
+    cols = ["claim", "text", "layout", "arm", "statistic", "estimate", "low", "high", "verdict", "detail"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def load(run_dir: str | Path) -> tuple[ComparisonConfig, pd.DataFrame]:
+    """The config and :func:`seed_table` of a comparison run directory."""
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    return ComparisonConfig.model_validate(saved["config"]), seed_table(run_dir)
+
+
+__all__ = ["Arm", "ComparisonConfig", "ScratchClaimRules", "CLAIMS", "run_comparison", "seed_table", "aggregate",
+           "verdicts", "load", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE"]

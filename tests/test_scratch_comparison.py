@@ -1,0 +1,191 @@
+"""Vanilla vs TVP-loss over seeds (taskvec.scratch.comparison): the intervals over seeds, each verdict rule on
+planted seed tables where the answer is known, the config's one-line errors, and a real (tiny) comparison end to
+end: units, resume without recomputation, workers giving the numbers of one process, the report."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from taskvec.errors import ConfigError
+from taskvec.scratch.comparison import ComparisonConfig, aggregate, run_comparison, seed_table, verdicts
+from taskvec.stats import t_ci, welch_ci
+
+
+def test_t_interval_and_welch():
+    m, lo, hi = t_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and hi - m == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) · s / √n
+    assert math.isnan(t_ci([1.0])[1]) and math.isnan(t_ci([])[0])
+    assert t_ci([1.0, float("nan"), 3.0])[0] == 2.0
+    d, lo, hi = welch_ci([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert d == 0 and lo < 0 < hi
+    d, lo, hi = welch_ci([10.0, 10.1, 9.9], [0.0, 0.1, -0.1])
+    assert d == pytest.approx(10.0) and lo > 9.5 and hi < 10.5
+    # equal variances and sizes: Welch's df = 2(n-1) = 4
+    assert hi - d == pytest.approx(2.776445 * math.sqrt(2 * 0.01 / 3), rel=1e-5)
+
+
+def planted(icl=0.1, zero=0.9, s_xy=0.8, s_sxy=0.05, s_tvp=0.9, icl_tvp=None, noisy_gap=-0.2, ood_gap=-0.1,
+            rand_s=-0.5, seeds=(0, 1, 2)) -> pd.DataFrame:
+    """A seed table with the metrics the verdicts read; per-seed jitter ±0.01."""
+    rows = []
+    for layout in ("x→y", "*xy"):
+        for arm in ("vanilla", "tvp"):
+            for i, seed in enumerate(seeds):
+                j = 0.01 * (i - 1)
+                a_icl = icl if arm == "vanilla" else (icl_tvp if icl_tvp is not None else icl)
+
+                def add(metric, value, layer=-1, **extra):
+                    rows.append(dict(layout=layout, arm=arm, seed=seed, metric=metric, layer=layer,
+                                     value=value + j, **extra))
+
+                add("icl", a_icl)
+                add("zero_shot", zero)
+                s_sel = s_xy if layout == "x→y" else s_sxy
+                add("strength_selected", s_sel if arm == "vanilla" else s_tvp, 2)
+                add("strength_lstar", s_tvp if arm == "tvp" else 0.0, 2)
+                for where in ("selected", "lstar"):
+                    add(f"random_strength_{where}", rand_s, 2)
+                for layer in range(4):
+                    add("strength", s_tvp if arm == "tvp" and layer == 2 else 0.1, layer)
+                add("noisy_icl", a_icl + (0.3 + (noisy_gap if arm == "tvp" else 0)), p=0.25)
+                add("noisy_icl", a_icl, p=0.0)
+                add("ood_icl", a_icl, shift="in-distribution")
+                for shift in ("x×2", "w×2"):
+                    add("ood_icl", a_icl + 0.2 + (ood_gap if arm == "tvp" else 0), shift=shift)
+    return pd.DataFrame(rows)
+
+
+CFG = ComparisonConfig(train={"task": {"name": "token_offset"}, "preset": "tiny"},
+                       arms=[{"name": "vanilla"}, {"name": "tvp", "tvp_layer": 1}])
+
+
+def verdict(v: pd.DataFrame, claim: str, layout: str, arm: str = "tvp") -> str:
+    row = v[(v.claim == claim) & (v.layout == layout) & (v.arm == arm)]
+    assert len(row) == 1, (claim, layout, arm)
+    return row.iloc[0].verdict
+
+
+def test_each_rule_supported_when_planted():
+    v = verdicts(planted(), CFG)
+    assert verdict(v, "B1", "x→y vs *xy", "vanilla") == SUPPORTED
+    for layout in ("x→y", "*xy"):
+        assert verdict(v, "B0", layout, "vanilla") == SUPPORTED
+        for claim in ("B0", "B2", "B3", "B4", "B5"):
+            assert verdict(v, claim, layout) == SUPPORTED, claim
+    row = v[(v.claim == "B3") & (v.layout == "x→y")].iloc[0]
+    assert row.estimate == pytest.approx(0.0) and row.low < 0 < row.high  # an interval over seeds, not a point
+
+
+def test_each_rule_refuted_when_planted_the_other_way():
+    v = verdicts(planted(s_xy=0.1, s_tvp=0.1, icl_tvp=0.6, noisy_gap=0.2, ood_gap=0.2, rand_s=0.9), CFG)
+    assert verdict(v, "B1", "x→y vs *xy", "vanilla") == NOT_SUPPORTED
+    for claim in ("B0", "B2", "B3", "B4", "B5"):
+        assert verdict(v, claim, "x→y") == NOT_SUPPORTED, claim
+
+
+def test_every_verdict_is_inconclusive_when_icl_was_not_learned():
+    v = verdicts(planted(icl=0.9, zero=0.9), CFG)
+    assert set(v.verdict) == {INCONCLUSIVE}
+    assert v.detail.str.contains("ICL not learned").all()
+
+
+def test_wide_seed_spread_is_inconclusive():
+    t = planted()
+    t.loc[(t.metric == "strength_lstar") & (t.arm == "tvp"), "value"] = np.tile([0.0, 0.9, 1.2], 2)
+    v = verdicts(t, CFG)
+    assert verdict(v, "B2", "x→y") == INCONCLUSIVE  # mean 0.7 but the t interval over 3 seeds reaches below 0.5
+
+
+def test_aggregate_gives_mean_interval_and_count_per_layer():
+    agg = aggregate(planted())
+    r = agg[(agg.layout == "x→y") & (agg.arm == "tvp") & (agg.metric == "strength") & (agg.layer == 2)].iloc[0]
+    assert r["mean"] == pytest.approx(0.9) and r["n"] == 3 and r["low"] < 0.9 < r["high"]
+    noisy = agg[agg.metric == "noisy_icl"]
+    assert set(noisy.p) == {0.0, 0.25}
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"train": {"seed": 3}}, "train must not set seed"),
+    ({"arms": [{"name": "a"}, {"name": "b"}]}, "exactly one vanilla arm"),
+    ({"arms": [{"name": "vanilla"}, {"name": "t", "tvp_layer": 9}], "train": {"preset": "tiny"}},
+     "arm 't', layout x→y: tvp_layer 9 is beyond the model"),
+    ({"layouts": ["xy"]}, "no task-vector slot"),
+    ({"select_seed": 1, "eval_seed": 1}, "must differ"),
+    ({"evaluation": {"layer": 2}}, "evaluation must not set layer"),
+    ({"arms": [{"name": "a/b"}]}, "names directories"),
+])
+def test_bad_config_is_one_line(bad, needle):
+    with pytest.raises(ConfigError) as err:
+        ComparisonConfig.from_dict(bad)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+TINY = {"train": {"task": {"name": "token_offset", "vocab": 16, "offsets": [1, 2, 3]}, "preset": "tiny",
+                  "k_max": 4, "steps": 12, "batch_size": 8, "save_every": 6, "log_every": 3, "lr": 3e-3},
+        "arms": [{"name": "vanilla"}, {"name": "tvp", "tvp_layer": 1}],
+        "seeds": [0, 1],
+        "evaluation": {"n_trials": 12, "k": 3, "analyses": ["layers", "noisy", "ood", "pca"], "pca_tasks": 3,
+                       "pca_per_task": 4, "noisy_fracs": [0.0, 0.25]}}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "run"
+    cfg = ComparisonConfig.from_dict(TINY)
+    run_comparison(cfg, out, progress=False)
+    return cfg, out
+
+
+def test_comparison_end_to_end(tiny_run):
+    cfg, out = tiny_run
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    units = [r["unit"] for r in recs]
+    assert len(units) == len(set(units)) == 2 * len(cfg.runs()) == 16
+    assert units[0].startswith("train/") and units[-1].startswith("eval/")
+    for layout in ("x-y", "sxy"):
+        for arm in ("vanilla", "tvp"):
+            assert (out / "models" / f"{layout}-{arm}-seed-1" / "model" / "model.safetensors").exists()
+    ev = next(r for r in recs if r["unit"] == "eval/x-y/tvp/seed-0")["rows"][0]
+    assert ev["result"]["layer"] == 1 and 0 <= ev["selected_layer"] < 2  # l* prescribed; the selection's own
+    table = seed_table(out)
+    assert set(table.seed) == {0, 1} and {"icl", "strength", "noisy_icl", "ood_icl", "pca_probe"} <= set(table.metric)
+    v = pd.read_csv(out / "verdicts.csv")
+    assert set(v.claim) == {"B0", "B1", "B2", "B3", "B4", "B5"} and v.verdict.isin(
+        [SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE]).all()
+    html = (out / "report.html").read_text()
+    assert html.index("Verdicts") < html.index("<img")  # the verdicts come before the first figure
+    assert (out / "figures" / "strength.png").exists()
+
+
+def test_resume_recomputes_nothing_finished(tiny_run, tmp_path):
+    cfg, out = tiny_run
+    before = (out / "results.jsonl").read_text()
+    run_comparison(cfg, out, resume=True, progress=False, report=False)
+    assert (out / "results.jsonl").read_text() == before
+    with pytest.raises(ConfigError):  # an out that holds a run is refused without --resume
+        run_comparison(cfg, out, progress=False)
+
+
+def test_killed_training_resumes_from_its_checkpoint_and_workers_agree(tiny_run, tmp_path):
+    """A copy of the run with one training cut after its first checkpoint and every evaluation undone, resumed
+    with two worker processes, gives exactly the single-process numbers."""
+    import shutil
+
+    cfg, out = tiny_run
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    keep = [x for x in (cut / "results.jsonl").read_text().splitlines()
+            if json.loads(x)["unit"].startswith("train/") and json.loads(x)["unit"] != "train/x-y/tvp/seed-1"]
+    (cut / "results.jsonl").write_text("\n".join(keep) + "\n")
+    run = cut / "models" / "x-y-tvp-seed-1"
+    shutil.rmtree(run / "model")
+    shutil.rmtree(run / "checkpoints" / "step-0000012")
+    run_comparison(cfg, cut, resume=True, workers=2, progress=False, report=False)
+    a = seed_table(out).sort_values(["layout", "arm", "seed", "metric", "layer", "p", "shift"]).reset_index(drop=True)
+    b = seed_table(cut).sort_values(["layout", "arm", "seed", "metric", "layer", "p", "shift"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
