@@ -76,6 +76,14 @@ CASES = [
     ("compress-missing-model", ["compress", "--model", "{tmp}/nowhere"],
      "not a from-scratch model directory (no such directory", False),
     ("compress-not-a-model", ["compress", "--model", "{tmp}"], "not a from-scratch model directory", False),
+    ("compare-bad-seeds", ["compare", "--out", "{tmp}/run", "--seeds", "0,one"], "--seeds '0,one': write whole",
+     False),
+    ("compare-xy-layout", ["compare", "--out", "{tmp}/run", "--layouts", "xy"], "no task-vector slot", False),
+    ("compare-workers-0", ["compare", "--out", "{tmp}/run", "--workers", "0"], "--workers must be >= 1", False),
+    ("compare-train-sets-seed", ["compare", "--out", "{tmp}/run", "--config", "{tmp}/cmp.yaml"],
+     "train must not set seed", False),
+    ("train-negative-lr-warmup", ["train", "--out", "{tmp}/run", "--lr-warmup", "-5"], "lr_warmup must be >= 0",
+     False),
 ]
 
 
@@ -88,6 +96,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def workdir(tmp_path):
     (tmp_path / "bad.yaml").write_text("steps: [1, 2\n")
+    (tmp_path / "cmp.yaml").write_text("train: {seed: 3}\n")
     (tmp_path / "dpca.yaml").write_text("k: 3\nn_trials: 12\n")  # the flag --k 0 must win over the file's k
     return tmp_path
 

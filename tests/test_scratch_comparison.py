@@ -12,7 +12,8 @@ import pytest
 
 from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from taskvec.errors import ConfigError
-from taskvec.scratch.comparison import ComparisonConfig, aggregate, run_comparison, seed_table, verdicts
+from taskvec.scratch.comparison import (ComparisonConfig, aggregate, markdown_summary, run_comparison, seed_table,
+                                        verdicts)
 from taskvec.stats import t_ci, welch_ci
 
 
@@ -160,6 +161,9 @@ def test_comparison_end_to_end(tiny_run):
     html = (out / "report.html").read_text()
     assert html.index("Verdicts") < html.index("<img")  # the verdicts come before the first figure
     assert (out / "figures" / "strength.png").exists()
+    md = markdown_summary(out)
+    assert md.count("| B3 | x→y | tvp |") == 1 and "S(l*)" in md
+    assert md.count("\n| x→y | ") == 2  # the headline table: one row per (layout, arm)
 
 
 def test_resume_recomputes_nothing_finished(tiny_run, tmp_path):

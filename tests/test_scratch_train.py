@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -244,3 +245,64 @@ def test_a_run_written_before_tvp_schedule_still_resumes(tmp_path):
     assert "tvp_schedule" not in saved["config"]
     run(load_config(**TINY, steps=4, tvp_layer=1), out, resume=True)
     assert [r["step"] for r in logs(out)] == [1, 2, 3, 4]
+
+
+def test_lr_warmup_by_step_and_resume_is_exact(tmp_path):
+    """The learning rate rises linearly over lr_warmup steps, is a function of the step alone (a run killed in the
+    warm-up resumes onto the uninterrupted run's weights), and a run without warm-up saves no lr_warmup key."""
+    from taskvec.scratch.train import lr_at
+
+    cfg = load_config(**TINY, steps=6, lr=1e-3, lr_warmup=4)
+    assert [lr_at(cfg, s) for s in (1, 2, 4, 5)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
+    run(cfg, tmp_path / "full")
+
+    def kill_at_3(step, model):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(cfg, tmp_path / "cut", on_step=kill_at_3)
+    run(cfg, tmp_path / "cut", resume=True)
+    a, b = params_of(tmp_path / "full" / "model"), params_of(tmp_path / "cut" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    opt = torch.load(checkpoints(tmp_path / "full")[-1] / "trainer.pt", weights_only=False)["optimizer"]
+    assert opt["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    # step 1 of the warm-up is the step of a run at lr / 4 without one: the optimizer used the warmed-up rate
+    run(load_config(**TINY, steps=1, lr=1e-3, lr_warmup=4), tmp_path / "w1")
+    run(load_config(**TINY, steps=1, lr=2.5e-4), tmp_path / "q1")
+    a, b = params_of(tmp_path / "w1" / "model"), params_of(tmp_path / "q1" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["config"]["lr_warmup"] == 4
+    run(load_config(**TINY, steps=1), tmp_path / "plain")
+    assert "lr_warmup" not in json.loads((tmp_path / "plain" / "config.json").read_text())["config"]
+    with pytest.raises(ConfigError, match="lr_warmup must be >= 0"):
+        load_config(lr_warmup=-1)
+
+
+def test_bf16_autocast_trains_and_auto_is_fp32_on_cpu(tmp_path):
+    """precision=bf16 autocasts the step (losses differ from float32 in the low bits, stay finite, parameters stay
+    float32); auto means float32 on CPU, bit-identical to fp32."""
+    from taskvec.scratch.train import autocast_dtype
+
+    assert autocast_dtype(load_config(), "cpu") is None and autocast_dtype(load_config(), "cuda") == torch.bfloat16
+    assert autocast_dtype(load_config(precision="bf16"), "cpu") == torch.bfloat16
+    runs = {p: run(load_config(**TINY, steps=3, precision=p), tmp_path / p) for p in ("auto", "fp32", "bf16")}
+    loss = {p: [r["loss"] for r in logs(tmp_path / p)] for p in runs}
+    assert loss["auto"] == loss["fp32"] and loss["bf16"] != loss["fp32"]
+    assert all(math.isfinite(x) for x in loss["bf16"]) and loss["bf16"] == pytest.approx(loss["fp32"], rel=0.05)
+    assert all(v.dtype == torch.float32 for v in params_of(runs["bf16"]).values())
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(precision="fp8")
+
+
+def test_paper_config_runs_unchanged(tmp_path):
+    """configs/scratch_paper.yaml (12 × 8 × 256, d = 20, k = 40, curriculum) loads and takes real steps; only the
+    step count is overridden here."""
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "scratch_paper.yaml", steps=2, save_every=2,
+                      log_every=1)
+    assert (cfg.preset, cfg.task.d, cfg.k_max, cfg.curriculum) == ("paper", 20, 40, True)
+    model = ScratchModel.from_pretrained(run(cfg, tmp_path / "paper"))
+    assert (model.n_layers, model.config.n_head, model.config.n_embd) == (12, 8, 256)
+    assert len(logs(tmp_path / "paper")) == 2

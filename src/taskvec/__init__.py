@@ -55,9 +55,11 @@ _LAZY = {
     "HeadsConfig": "taskvec.analysis.runners", "run_heads": "taskvec.analysis.runners",
     "TrainConfig": "taskvec.scratch.train", "train": "taskvec.scratch.train",
     "EvalConfig": "taskvec.scratch.evaluate", "run_evaluation": "taskvec.scratch.evaluate",
+    "ComparisonConfig": "taskvec.scratch.comparison", "run_comparison": "taskvec.scratch.comparison",
     "config_from": "taskvec.experiment", "RunStore": "taskvec.runs", "write_report": "taskvec.report",
     # statistics
-    "wilson": "taskvec.stats", "mean_ci": "taskvec.stats", "bootstrap_ci": "taskvec.stats",
+    "wilson": "taskvec.stats", "mean_ci": "taskvec.stats", "bootstrap_ci": "taskvec.stats", "t_ci": "taskvec.stats",
+    "welch_ci": "taskvec.stats",
 }
 
 ERRORS = [AlignmentError, ChoiceError, ConfigError, DeviceError, EagerAttentionError, EmptyInputError, LayerError,

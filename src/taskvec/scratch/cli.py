@@ -85,6 +85,8 @@ def train(
     resume: bool = typer.Option(False, help="continue from the newest checkpoint in --out (same config; --steps, "
                                             "--save-every, --log-every may change)"),
     device: str = typer.Option("cpu"),
+    precision: Optional[str] = typer.Option(None, help="auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16 "
+                                                       "[default: auto]"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard"),
 ):
@@ -103,13 +105,10 @@ def train(
     task_over = {k: v for k, v in dict(name=task, d=d, noise=noise, pool_size=pool_size).items() if v is not None}
     cfg = load_config(config, task=task_over, layout=layout, preset=preset, n_layer=n_layer, n_head=n_head,
                       n_embd=n_embd, k_max=k_max, steps=steps, batch_size=batch_size, lr=lr, lr_warmup=lr_warmup,
-                      tvp_layer=tvp_layer,
-                      tvp_weight=tvp_weight, tvp_schedule=tvp_schedule, detach_theta=detach_theta,
-                      tvp_slots=tvp_slots,
-                      tvp_shared_query=tvp_shared_query,
-                      curriculum=curriculum, curriculum_every=curriculum_every,
-                      curriculum_start=curriculum_start, seed=seed,
-                      save_every=save_every, log_every=log_every)
+                      precision=precision, tvp_layer=tvp_layer, tvp_weight=tvp_weight, tvp_schedule=tvp_schedule,
+                      detach_theta=detach_theta, tvp_slots=tvp_slots, tvp_shared_query=tvp_shared_query,
+                      curriculum=curriculum, curriculum_every=curriculum_every, curriculum_start=curriculum_start,
+                      seed=seed, save_every=save_every, log_every=log_every)
     final = run_train(cfg, out, resume=resume, device=device, tensorboard=tensorboard)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"model saved to {final}")
@@ -178,7 +177,7 @@ def compare(
     check_at_least("--threads", threads, 1)
     from taskvec.errors import ConfigError
     from taskvec.experiment import config_from
-    from taskvec.scratch.comparison import ComparisonConfig, run_comparison
+    from taskvec.scratch.comparison import ComparisonConfig, markdown_summary, run_comparison
 
     seed_list = None
     if seeds is not None:
@@ -189,6 +188,7 @@ def compare(
     layout_list = None if layouts is None else [x.strip() for x in layouts.split(",") if x.strip()]
     cfg = config_from(ComparisonConfig, config, dict(seeds=seed_list, layouts=layout_list))
     run_dir = run_comparison(cfg, out, resume=resume, workers=workers, threads=threads)
+    typer.echo(markdown_summary(run_dir))
     typer.echo(f"verdicts: {run_dir / 'verdicts.csv'}\nreport:   {run_dir / 'report.html'}")
 
 

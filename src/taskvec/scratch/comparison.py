@@ -495,6 +495,50 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def markdown_summary(run_dir: str | Path) -> str:
+    """The verdicts and the headline numbers of a comparison run as Markdown tables (what docs/scratch.md
+    quotes), computed from the run directory alone. Each cell is ``mean [95% interval over seeds]``."""
+    cfg, table = load(run_dir)
+    agg = aggregate(table)
+    v = verdicts(table, cfg)
+    v_rows = pd.DataFrame({"claim": v.claim, "layout": v.layout, "arm": v.arm, "statistic": v.statistic,
+                           "estimate [95% CI]": [_fmt(r.estimate, r.low, r.high) for r in v.itertuples()],
+                           "verdict": ["**" + x + "**" for x in v.verdict]})
+
+    def cell(layout, arm, metric, **where):
+        g = agg[(agg.layout == layout) & (agg.arm == arm) & (agg.metric == metric)]
+        for k, val in where.items():
+            g = g[np.isclose(g[k].astype(float), val)] if isinstance(val, float) else g[g[k] == val]
+        if g.empty:
+            return "–"
+        r = g.iloc[0]
+        return _fmt(r["mean"], r["low"], r["high"]) if math.isfinite(r["mean"]) else "–"
+
+    rows = []
+    for layout in cfg.layouts:
+        for arm in cfg.arms:
+            sel = table[(table.layout == layout) & (table.arm == arm.name) & (table.metric == "strength_selected")]
+            rows.append({"layout": layout, "arm": arm.name, "ICL(k)": cell(layout, arm.name, "icl"),
+                         "zero-shot": cell(layout, arm.name, "zero_shot"),
+                         "l*": arm.tvp_layer if arm.tvp_layer is not None else "–",
+                         "TVP(l*)": cell(layout, arm.name, "tvp_lstar"),
+                         "S(l*)": cell(layout, arm.name, "strength_lstar"),
+                         "selected layers": ",".join(str(int(x)) for x in sel.sort_values("seed").layer),
+                         "S(selected)": cell(layout, arm.name, "strength_selected"),
+                         "random S": cell(layout, arm.name, "random_strength_lstar" if arm.tvp_layer is not None
+                                          else "random_strength_selected"),
+                         f"ICL, {cfg.rules.noisy_p:.0%} noisy": cell(layout, arm.name, "noisy_icl",
+                                                                     p=cfg.rules.noisy_p)})
+    return (_md_table(v_rows) + "\n\n" + _md_table(pd.DataFrame(rows)) + "\n")
+
+
 def load(run_dir: str | Path) -> tuple[ComparisonConfig, pd.DataFrame]:
     """The config and :func:`seed_table` of a comparison run directory."""
     run_dir = Path(run_dir)
@@ -503,4 +547,4 @@ def load(run_dir: str | Path) -> tuple[ComparisonConfig, pd.DataFrame]:
 
 
 __all__ = ["Arm", "ComparisonConfig", "ScratchClaimRules", "CLAIMS", "run_comparison", "seed_table", "aggregate",
-           "verdicts", "load", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE"]
+           "verdicts", "load", "markdown_summary", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE"]

@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,9 @@ class TrainConfig(ExperimentConfig):
     ``tvp_weight`` (λ) and ``tvp_layer`` (l*): if only ``tvp_layer`` is given λ = 1; if only λ > 0 is given
     l* = n_layer // 2; if neither, the run is vanilla (λ = 0). ``tvp_schedule`` scales λ by the step (see
     :func:`parse_schedule`): ``constant``, ``warmup:N``, ``after:N`` or ``after:N,warmup:M``. ``lr_warmup``:
-    steps over which the learning rate rises linearly from 0 to ``lr`` (0: none; :func:`lr_at`).
+    steps over which the learning rate rises linearly from 0 to ``lr`` (0: none; :func:`lr_at`). ``precision``:
+    ``auto`` (bfloat16 autocast on CUDA, float32 elsewhere), ``fp32`` or ``bf16`` (autocast on any device;
+    parameters, optimizer state and losses stay float32).
     """
 
     kind: ClassVar[str] = "train"
@@ -63,6 +65,7 @@ class TrainConfig(ExperimentConfig):
     batch_size: int = 64
     lr: float | None = None
     lr_warmup: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     grad_clip: float | None = 1.0
     tvp_layer: int | None = None
     tvp_weight: float | None = None
@@ -125,6 +128,8 @@ class TrainConfig(ExperimentConfig):
             del out["tvp_schedule"]
         if out.get("lr_warmup") == 0:  # likewise for runs from before the learning-rate warm-up
             del out["lr_warmup"]
+        if out.get("precision") == "auto":  # and before the precision choice
+            del out["precision"]
         return out
 
     @property
@@ -218,6 +223,13 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     """The learning rate of (1-based) ``step``: ``lr · min(1, step / lr_warmup)`` (linear warm-up, then
     constant)."""
     return cfg.lr * min(1.0, step / cfg.lr_warmup) if cfg.lr_warmup else cfg.lr
+
+
+def autocast_dtype(cfg: TrainConfig, device: str) -> torch.dtype | None:
+    """The autocast dtype of a run on ``device`` (``None``: plain float32)."""
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.device(device).type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -607,6 +619,7 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
 
         bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True)
     local_batch = cfg.batch_size // world
+    amp = autocast_dtype(cfg, device)
     t0, seen = time.perf_counter(), 0
     pending: list[dict] = []  # logged rows since the last checkpoint: one run-store unit per interval
     t_unit = t0
@@ -618,7 +631,10 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
                 for group in opt.param_groups:  # a function of the step alone: a resumed run gets the same lr
                     group["lr"] = lr_at(cfg, step)
             log_step = step % cfg.log_every == 0 or step == cfg.steps
-            loss, icl, tvp = objective(batch, tvp_weight=lam, need_tvp=log_step)
+            with torch.autocast(device_type=torch.device(device).type, dtype=amp or torch.bfloat16,
+                                enabled=amp is not None):
+                loss, icl, tvp = objective(batch, tvp_weight=lam, need_tvp=log_step)
+            loss, icl, tvp = loss.float(), icl.float(), tvp.float()
             finite = torch.isfinite(loss.detach()).float()
             if world > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
