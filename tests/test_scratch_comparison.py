@@ -161,6 +161,9 @@ def test_comparison_end_to_end(tiny_run):
     html = (out / "report.html").read_text()
     assert html.index("Verdicts") < html.index("<img")  # the verdicts come before the first figure
     assert (out / "figures" / "strength.png").exists()
+    agg = aggregate(table)
+    sel = agg[agg.metric == "strength_selected"]
+    assert set(sel.layer) == {-1} and len(sel) == 4  # one group per (layout, arm), whatever layer each seed chose
     md = markdown_summary(out)
     assert md.count("| B3 | x→y | tvp |") == 1 and "S(l*)" in md
     assert md.count("\n| x→y | ") == 2  # the headline table: one row per (layout, arm)

@@ -29,6 +29,14 @@ def _check_model_dir(path: Path) -> None:
     check_model_dir(path)
 
 
+def _check_device(device: str | None) -> None:
+    """A device that does not exist fails here, before any model is read."""
+    if device is not None:
+        from taskvec.models.devices import resolve_device
+
+        resolve_device(device)
+
+
 def _load_model(path: Path):
     _check_model_dir(path)
     from taskvec.scratch.model import ScratchModel
@@ -132,6 +140,7 @@ def evaluate(
                                                       "compress [default: all]"),
     seed: Optional[int] = typer.Option(None, help="seed of every draw [default: 12345]"),
     batch_size: Optional[int] = typer.Option(None, help="prompts per forward pass [default: 256]"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N | auto [default: cpu]"),
     n_prompts: Optional[int] = typer.Option(None, "--n-prompts", hidden=True),
 ):
     """Per-layer ICL / zero-shot / TVP(l) / baselines / strength, robustness, PCA; HTML report. Resumable."""
@@ -142,6 +151,7 @@ def evaluate(
     check_at_least("--n-trials", n_trials, 1)
     check_at_least("--layer", layer, 0)
     check_at_least("--batch-size", batch_size, 1)
+    _check_device(device)
     for path in model or []:  # every directory is checked before the first (long) evaluation starts
         _check_model_dir(path)
     from taskvec.experiment import config_from
@@ -152,7 +162,7 @@ def evaluate(
     models = default_labels(model, label) if model else None
     parts = None if analyses is None else [a.strip() for a in analyses.split(",") if a.strip()]
     cfg = config_from(EvalConfig, config, dict(models=models, n_trials=n_trials, k=k, layer=layer, seed=seed,
-                                               batch_size=batch_size, analyses=parts))
+                                               batch_size=batch_size, analyses=parts, device=device))
     run_dir = run_evaluation(cfg, out, resume=resume)
     typer.echo(f"results: {run_dir / 'results.json'}\nreport:  {run_dir / 'report.html'}")
 
@@ -202,6 +212,7 @@ def compress(
     n_tasks: Optional[int] = typer.Option(None, help="demonstration sets, each encoded once [default: 32]"),
     n_queries: Optional[int] = typer.Option(None, help="queries answered per encoded set [default: 64]"),
     seed: Optional[int] = typer.Option(None, help="seed of every draw [default: 12345, as evaluate]"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N | auto [default: cpu]"),
     tasks: Optional[int] = typer.Option(None, "--tasks", hidden=True),
     queries: Optional[int] = typer.Option(None, "--queries", hidden=True),
 ):
@@ -213,12 +224,13 @@ def compress(
     check_at_least("--n-tasks", n_tasks, 1)
     check_at_least("--n-queries", n_queries, 1)
     check_at_least("--layer", layer, 0)
+    _check_device(device)
     _check_model_dir(model)
     from taskvec.experiment import config_from
     from taskvec.scratch.evaluate import CompressConfig, compress_model
 
     cfg = config_from(CompressConfig, config, dict(k=k, layer=layer, n_tasks=n_tasks, n_queries=n_queries,
-                                                   seed=seed))
+                                                   seed=seed, device=device))
     typer.echo(json.dumps(compress_model(_load_model(model), cfg), indent=1))
 
 

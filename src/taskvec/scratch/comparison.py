@@ -343,7 +343,7 @@ def seed_table(store_or_dir) -> pd.DataFrame:
     Metrics: ``icl`` and ``zero_shot`` (layer -1), per layer ``tvp``, ``random``, ``mean``, ``wrong`` and
     ``strength`` (S(l)); ``tvp_selected`` / ``strength_selected`` / ``random_strength_selected`` at the layer the
     selection set chose; ``tvp_lstar`` / ``strength_lstar`` / ``random_strength_lstar`` at the trained l* (L/2 for
-    vanilla); ``noisy_icl``/``noisy_tvp`` (layer = -1, ``p`` set); ``ood_icl``/``ood_tvp`` (``shift`` set);
+    vanilla) — these have ``layer`` -1 (one row per seed) and the layer in ``at_layer``; ``noisy_icl``/``noisy_tvp`` (layer = -1, ``p`` set); ``ood_icl``/``ood_tvp`` (``shift`` set);
     ``pca_probe`` / ``pca_between_within`` per layer; ``train_icl_err`` / ``train_tvp_loss`` (the last tenth of
     training).
     """
@@ -353,7 +353,8 @@ def seed_table(store_or_dir) -> pd.DataFrame:
             key = {"layout": r["layout"], "arm": r["arm"], "seed": r["seed"]}
 
             def add(metric, value, layer=-1, **extra):
-                rows.append({**key, "metric": metric, "layer": layer, "value": _num(value), **extra})
+                rows.append({**key, "metric": metric, "layer": layer, "value": _num(value), "at_layer": layer,
+                             **extra})
 
             if rec["unit"].startswith("train/"):
                 for m in ("train_icl_err", "train_tvp_loss"):
@@ -370,22 +371,24 @@ def seed_table(store_or_dir) -> pd.DataFrame:
                     for layer, v in enumerate(lay.get(m, [])):
                         add(m, v, layer)
                 for where, layer in (("selected", r["selected_layer"]), ("lstar", res["layer"])):
-                    add(f"tvp_{where}", lay["tvp"][layer], layer)
-                    add(f"strength_{where}", lay["strength"][layer], layer)
+                    # one row per seed whatever layer it is at (seeds may select different layers): layer -1
+                    at = {"at_layer": layer}
+                    add(f"tvp_{where}", lay["tvp"][layer], **at)
+                    add(f"strength_{where}", lay["strength"][layer], **at)
                     s_rand = (lay["zero_shot"] - lay["random"][layer]) / gap if _defined(lay) else math.nan
-                    add(f"random_strength_{where}", s_rand, layer)
+                    add(f"random_strength_{where}", s_rand, **at)
             for row in res.get("noisy", []):
                 add("noisy_icl", row["icl"], p=row["p"])
-                add("noisy_tvp", row["tvp_layer"], res["layer"], p=row["p"])
+                add("noisy_tvp", row["tvp_layer"], at_layer=res["layer"], p=row["p"])
             for row in res.get("ood", []):
                 add("ood_icl", row["icl"], shift=row["shift"])
-                add("ood_tvp", row["tvp_layer"], res["layer"], shift=row["shift"])
+                add("ood_tvp", row["tvp_layer"], at_layer=res["layer"], shift=row["shift"])
             pca = res.get("pca")
             if isinstance(pca, dict):
                 for layer, sep in enumerate(pca.get("layers", [])):
                     add("pca_probe", sep.get("probe_acc"), layer)
                     add("pca_between_within", sep.get("between_within"), layer)
-    cols = ["layout", "arm", "seed", "metric", "layer", "value", "p", "shift"]
+    cols = ["layout", "arm", "seed", "metric", "layer", "value", "at_layer", "p", "shift"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -525,6 +528,7 @@ def markdown_summary(run_dir: str | Path) -> str:
     for layout in cfg.layouts:
         for arm in cfg.arms:
             sel = table[(table.layout == layout) & (table.arm == arm.name) & (table.metric == "strength_selected")]
+            sel = sel.rename(columns={"layer": "_", "at_layer": "layer"})
             rows.append({"layout": layout, "arm": arm.name, "ICL(k)": cell(layout, arm.name, "icl"),
                          "zero-shot": cell(layout, arm.name, "zero_shot"),
                          "l*": arm.tvp_layer if arm.tvp_layer is not None else "–",

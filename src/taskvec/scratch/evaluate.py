@@ -41,7 +41,7 @@ ANALYSES = ("layers", "context", "noisy", "ood", "pca", "compress")
 VARIANTS = ("tvp", "random", "mean", "wrong")
 ONE_ROW = ("layers", "pca", "compress")
 """Analyses whose result is one dict (stored as one row); the others are a list of rows."""
-ADDITIVE = ("analyses",)
+ADDITIVE = ("analyses", "device")
 """Config keys a resumed evaluation may change: adding analyses only adds units, never changes finished ones."""
 
 OOD_SHIFTS: dict[str, dict] = {
@@ -87,6 +87,8 @@ class EvalConfig(ExperimentConfig):
     pca_per_task: int = Field(40, ge=2)
     compress_tasks: int = Field(32, ge=1)
     compress_queries: int = Field(64, ge=1)
+    device: str = Field("cpu", description="where the models run: cpu | cuda | cuda:N | auto (prompts are drawn on "
+                                           "the CPU, so every device sees the same draws)")
 
     @model_validator(mode="before")
     @classmethod
@@ -142,10 +144,11 @@ class CompressConfig(ExperimentConfig):
     n_tasks: int = Field(32, ge=1, description="demonstration sets encoded once each")
     n_queries: int = Field(64, ge=1, description="queries answered per encoded demonstration set")
     seed: int = 12345
+    device: str = Field("cpu", description="where the model runs: cpu | cuda | cuda:N | auto")
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(k=self.k, layer=self.layer, seed=self.seed, analyses=["compress"],
-                          compress_tasks=self.n_tasks, compress_queries=self.n_queries)
+                          compress_tasks=self.n_tasks, compress_queries=self.n_queries, device=self.device)
 
 
 def ood_shifts(task_cfg: TaskConfig, names: list[str]) -> list[tuple[str, dict]]:
@@ -183,7 +186,9 @@ def icl_predictions(model: ScratchModel, layout: str, xs: torch.Tensor, ys: torc
     """
     pl = plan(layout, xs.shape[1] + 1, query=True)
     x_all = torch.cat([xs, xq], dim=1)
-    return torch.cat([model.predict(pl, x_all[s], ys[s]) for s in _chunks(xs.shape[0], batch_size)])
+    dev = model.device  # inputs are drawn on the CPU; each chunk runs on the model's device, results come back
+    return torch.cat([model.predict(pl, x_all[s].to(dev), ys[s].to(dev)).cpu()
+                      for s in _chunks(xs.shape[0], batch_size)])
 
 
 @torch.no_grad()
@@ -198,12 +203,13 @@ def task_vectors(model: ScratchModel, layout: str, xs: torch.Tensor, ys: torch.T
     slot = int(pl.require_slot()[-1])
     x_all = torch.cat([xs, xp], dim=1)
     out = []
+    dev = model.device
     for s in _chunks(xs.shape[0], batch_size):
-        emb = model.embed(pl, x_all[s], ys[s])
-        cols = torch.full((emb.shape[0], 1), slot, dtype=torch.long)
+        emb = model.embed(pl, x_all[s].to(dev), ys[s].to(dev))
+        cols = torch.full((emb.shape[0], 1), slot, dtype=torch.long, device=dev)
         with hooked(model.layers, record={l: cols for l in layers}, stop_after_record=True) as rec:
             run_until_recorded(model, emb)
-        out.append(torch.stack([rec[l][:, 0] for l in layers], dim=1))
+        out.append(torch.stack([rec[l][:, 0] for l in layers], dim=1).float().cpu())
     return torch.cat(out)
 
 
@@ -222,16 +228,17 @@ def query_with_vectors(model: ScratchModel, layout: str, xq: torch.Tensor, layer
     pred_pos = int(qp.pred[0])
     if vectors is not None and torch.any(layers >= model.n_layers):
         raise LayerError(f"layer {int(layers.max())} is out of range: this model has layers 0..{model.n_layers - 1}")
-    out = []
+    out, dev = [], model.device
     for s in _chunks(xq.shape[0], batch_size):
-        emb = model.embed(qp, xq[s], None)
+        emb = model.embed(qp, xq[s].to(dev), None)
         edits = None
         if vectors is not None:
             sel = (layers[s] >= 0).nonzero().squeeze(-1)
-            edits = Edits(sel, layers[s][sel], torch.full_like(sel, slot), vectors[s][sel])
+            edits = Edits(sel.to(dev), layers[s][sel].to(dev), torch.full_like(sel, slot).to(dev),
+                          vectors[s][sel].to(device=dev, dtype=emb.dtype))
         with hooked(model.layers, edits=edits):
             hidden = model(emb)
-        out.append(model.readout(hidden[:, pred_pos]))
+        out.append(model.readout(hidden[:, pred_pos]).float().cpu())
     return torch.cat(out)
 
 
@@ -265,12 +272,13 @@ def blocked_query_predictions(model: ScratchModel, layout: str, xs: torch.Tensor
     for layer in range(after_layer + 1, model.n_layers):
         hooks.add(f"attn_mask.{layer}", blocked_mask)
     x_all = torch.cat([xs, xq], dim=1)
-    out = []
+    out, dev = [], model.device
+    masks = {name: m.to(dev) for name, m in masks.items()}
     with hooks:
         for s in _chunks(xs.shape[0], batch_size):
-            emb = model.embed(pl, x_all[s], ys[s])
+            emb = model.embed(pl, x_all[s].to(dev), ys[s].to(dev))
             hidden = model(emb, attention_mask=masks["causal"].expand(emb.shape[0], 1, t, t))
-            out.append(model.readout(hidden[:, int(pl.pred[-1])]))
+            out.append(model.readout(hidden[:, int(pl.pred[-1])]).float().cpu())
     return torch.cat(out)
 
 
@@ -453,8 +461,11 @@ class Setup:
 
 def prepare(model: ScratchModel, cfg: EvalConfig) -> Setup:
     """Check ``cfg`` against the model (l*, k and the context sweep fit it; warns when k reaches untrained
-    positions) and resolve its task. Cheap: call it for every model before the first analysis runs."""
-    model.eval()
+    positions) and resolve its task. Cheap: call it for every model before the first analysis runs. Moves the
+    model to ``cfg.device`` (a device that does not exist: one-line :class:`~taskvec.errors.DeviceError`)."""
+    from taskvec.models.devices import resolve_device
+
+    model.to(resolve_device(cfg.device)).eval()
     task_cfg = TaskConfig(**model.config.task) if model.config.task else TaskConfig(d=model.config.d_in)
     layout = model.config.layout
     L = model.n_layers
@@ -593,6 +604,9 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
     paths = {label: Path(p) for label, p in cfg.models.items()}
     for p in paths.values():
         check_model_dir(p)
+    from taskvec.models.devices import resolve_device
+
+    resolve_device(cfg.device)  # --device cuda without a GPU: one line, before any model is loaded
     RunStore.check(out, cfg.saved(), resume, ADDITIVE)  # a refused resume costs no model load
     hashes = {label: weights_hash(p) for label, p in paths.items()}
     if (out / "config.json").exists():
