@@ -13,7 +13,7 @@ import pytest
 from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from taskvec.errors import ConfigError
 from taskvec.scratch.comparison import (ComparisonConfig, aggregate, markdown_summary, run_comparison, seed_table,
-                                        verdicts)
+                                        verdict_overview, verdicts)
 from taskvec.stats import t_ci, welch_ci
 
 
@@ -167,6 +167,24 @@ def test_comparison_end_to_end(tiny_run):
     md = markdown_summary(out)
     assert md.count("| B3 | x→y | tvp |") == 1 and "S(l*)" in md
     assert md.count("\n| x→y | ") == 2  # the headline table: one row per (layout, arm)
+    b1 = next(line for line in md.splitlines() if line.startswith("| B1 |"))
+    assert "x→y: S = " in b1 and "*xy: S = " in b1  # the verdict's two parts beside the difference
+    # θ probe accuracy of a TVP arm: the PCA analysis's probe at l*, averaged over seeds
+    probe = table[(table.layout == "x→y") & (table.arm == "tvp") & (table.metric == "pca_probe") & (table.layer == 1)]
+    row = next(line for line in md.splitlines() if line.startswith("| x→y | tvp |")).split(" | ")
+    assert row[-1].rstrip(" |").startswith(f"{probe.value.mean():.3f}")
+
+
+def test_verdict_overview_has_a_column_per_run(tiny_run):
+    cfg, out = tiny_run
+    md = verdict_overview({"first": out, "second": out})
+    lines = md.splitlines()
+    assert lines[0] == "| claim | layout | arm | first | second |"
+    v = verdicts(seed_table(out), cfg)
+    assert len(lines) == 2 + len(v)  # one row per (claim, layout, arm)
+    b3 = v[(v.claim == "B3") & (v.layout == "x→y")].iloc[0]
+    want = f"{b3.verdict} ({b3.estimate:.2f})"
+    assert f"| B3 | x→y | tvp | {want} | {want} |" in md
 
 
 def test_resume_recomputes_nothing_finished(tiny_run, tmp_path):

@@ -511,7 +511,9 @@ def markdown_summary(run_dir: str | Path) -> str:
     cfg, table = load(run_dir)
     agg = aggregate(table)
     v = verdicts(table, cfg)
-    v_rows = pd.DataFrame({"claim": v.claim, "layout": v.layout, "arm": v.arm, "statistic": v.statistic,
+    # B1's verdict rests on both layouts' S, not on their difference alone: show them beside it
+    statistic = [f"{r.statistic} ({r.detail})" if r.claim == "B1" else r.statistic for r in v.itertuples()]
+    v_rows = pd.DataFrame({"claim": v.claim, "layout": v.layout, "arm": v.arm, "statistic": statistic,
                            "estimate [95% CI]": [_fmt(r.estimate, r.low, r.high) for r in v.itertuples()],
                            "verdict": ["**" + x + "**" for x in v.verdict]})
 
@@ -523,6 +525,14 @@ def markdown_summary(run_dir: str | Path) -> str:
             return "–"
         r = g.iloc[0]
         return _fmt(r["mean"], r["low"], r["high"]) if math.isfinite(r["mean"]) else "–"
+
+    def probe(layout, arm, sel):
+        """PCA analysis: held-out linear-probe accuracy of θ by task at l* (vanilla: each seed's selected layer)."""
+        t = table[(table.layout == layout) & (table.arm == arm.name) & (table.metric == "pca_probe")]
+        at = {s: arm.tvp_layer for s in t.seed.unique()} if arm.tvp_layer is not None else \
+            dict(zip(sel.seed, sel.layer))
+        vals = np.array([r.value for r in t.itertuples() if at.get(r.seed) == r.layer], dtype=float)
+        return _fmt(*t_ci(vals)) if len(vals) and np.isfinite(vals).all() else "–"
 
     rows = []
     for layout in cfg.layouts:
@@ -539,8 +549,24 @@ def markdown_summary(run_dir: str | Path) -> str:
                          "random S": cell(layout, arm.name, "random_strength_lstar" if arm.tvp_layer is not None
                                           else "random_strength_selected"),
                          f"ICL, {cfg.rules.noisy_p:.0%} noisy": cell(layout, arm.name, "noisy_icl",
-                                                                     p=cfg.rules.noisy_p)})
+                                                                     p=cfg.rules.noisy_p),
+                         "θ probe acc.": probe(layout, arm, sel)})
     return (_md_table(v_rows) + "\n\n" + _md_table(pd.DataFrame(rows)) + "\n")
+
+
+def verdict_overview(run_dirs: dict[str, str | Path]) -> str:
+    """Every claim's verdict across several comparison runs as one Markdown table: a row per (claim, layout, arm),
+    a column per run (``{"token_offset": "runs/compare_token_offset", ...}``), each cell ``verdict (estimate)``;
+    computed from the run directories alone, like :func:`markdown_summary`."""
+    cells: dict[tuple[str, str, str], dict[str, str]] = {}
+    for name, run_dir in run_dirs.items():
+        cfg, table = load(run_dir)
+        for r in verdicts(table, cfg).itertuples():
+            est = f"{r.estimate:.2f}" if math.isfinite(r.estimate) else "–"
+            cells.setdefault((r.claim, r.layout, r.arm), {})[name] = f"{r.verdict} ({est})"
+    rows = [{"claim": c, "layout": layout, "arm": arm, **{n: got.get(n, "–") for n in run_dirs}}
+            for (c, layout, arm), got in sorted(cells.items(), key=lambda kv: kv[0][0])]
+    return _md_table(pd.DataFrame(rows)) + "\n"
 
 
 def load(run_dir: str | Path) -> tuple[ComparisonConfig, pd.DataFrame]:
@@ -551,4 +577,4 @@ def load(run_dir: str | Path) -> tuple[ComparisonConfig, pd.DataFrame]:
 
 
 __all__ = ["Arm", "ComparisonConfig", "ScratchClaimRules", "CLAIMS", "run_comparison", "seed_table", "aggregate",
-           "verdicts", "load", "markdown_summary", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE"]
+           "verdicts", "load", "markdown_summary", "verdict_overview", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE"]
