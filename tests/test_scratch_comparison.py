@@ -102,6 +102,24 @@ def test_wide_seed_spread_is_inconclusive():
     assert verdict(v, "B2", "x→y") == INCONCLUSIVE  # mean 0.7 but the t interval over 3 seeds reaches below 0.5
 
 
+def test_a_seed_without_s_makes_its_verdict_inconclusive_not_dropped():
+    """A TVP-loss model whose own ICL did not form has no S; the other two seeds alone would be 'supported'."""
+    t = planted()
+    t.loc[(t.metric == "strength_lstar") & (t.arm == "tvp") & (t.layout == "x→y") & (t.seed == 1), "value"] = np.nan
+    v = verdicts(t, CFG)
+    assert verdict(v, "B2", "x→y") == INCONCLUSIVE and verdict(v, "B2", "*xy") == SUPPORTED
+    row = v[(v.claim == "B2") & (v.layout == "x→y")].iloc[0]
+    assert "S defined for 2 of 3 seeds" in row.detail and row.estimate > 0.5
+
+
+def test_s_is_undefined_unless_icl_beats_zero_shot_clearly():
+    from taskvec.scratch.evaluate import MIN_ICL_GAIN, strengths
+
+    assert strengths(1.0, 0.5, [0.5, 1.0, 0.75]) == [1.0, 0.0, 0.5]
+    near = 1.0 - 0.5 * MIN_ICL_GAIN  # ICL 5% better than zero-shot: S would be 1 / 0.05 = 20× the error gap
+    assert all(math.isnan(x) for x in strengths(1.0, near, [0.0, 1.0]))
+
+
 def test_aggregate_gives_mean_interval_and_count_per_layer():
     agg = aggregate(planted())
     r = agg[(agg.layout == "x→y") & (agg.arm == "tvp") & (agg.metric == "strength") & (agg.layer == 2)].iloc[0]

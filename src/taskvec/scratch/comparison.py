@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -347,6 +348,8 @@ def seed_table(store_or_dir) -> pd.DataFrame:
     ``pca_probe`` / ``pca_between_within`` per layer; ``train_icl_err`` / ``train_tvp_loss`` (the last tenth of
     training).
     """
+    from taskvec.scratch.evaluate import strengths
+
     rows: list[dict] = []
     for rec in _records(store_or_dir):
         for r in rec["rows"]:
@@ -366,17 +369,20 @@ def seed_table(store_or_dir) -> pd.DataFrame:
             if lay:
                 add("icl", lay["icl"])
                 add("zero_shot", lay["zero_shot"])
-                gap = lay["zero_shot"] - lay["icl"]
-                for m in ("tvp", "random", "mean", "wrong", "strength"):
+                # S from the errors with today's rule (runs evaluated under an older one read the same)
+                strength = strengths(lay["zero_shot"], lay["icl"], lay["tvp"])
+                s_random = strengths(lay["zero_shot"], lay["icl"], lay["random"])
+                for m in ("tvp", "random", "mean", "wrong"):
                     for layer, v in enumerate(lay.get(m, [])):
                         add(m, v, layer)
+                for layer, v in enumerate(strength):
+                    add("strength", v, layer)
                 for where, layer in (("selected", r["selected_layer"]), ("lstar", res["layer"])):
                     # one row per seed whatever layer it is at (seeds may select different layers): layer -1
                     at = {"at_layer": layer}
                     add(f"tvp_{where}", lay["tvp"][layer], **at)
-                    add(f"strength_{where}", lay["strength"][layer], **at)
-                    s_rand = (lay["zero_shot"] - lay["random"][layer]) / gap if _defined(lay) else math.nan
-                    add(f"random_strength_{where}", s_rand, **at)
+                    add(f"strength_{where}", strength[layer], **at)
+                    add(f"random_strength_{where}", s_random[layer], **at)
             for row in res.get("noisy", []):
                 add("noisy_icl", row["icl"], p=row["p"])
                 add("noisy_tvp", row["tvp_layer"], at_layer=res["layer"], p=row["p"])
@@ -394,11 +400,6 @@ def seed_table(store_or_dir) -> pd.DataFrame:
 
 def _num(v) -> float:
     return float("nan") if v is None else float(v)
-
-
-def _defined(lay: dict) -> bool:
-    """S(l) is defined where ICL beats zero-shot by more than 1% (as in :func:`layer_sweep`)."""
-    return lay["zero_shot"] - lay["icl"] > 0.01 * max(lay["zero_shot"], 1e-12)
 
 
 def aggregate(table: pd.DataFrame) -> pd.DataFrame:
@@ -426,6 +427,8 @@ def _values(table: pd.DataFrame, layout: str, arm: str, metric: str, **where) ->
 
 
 def _fmt(m: float, lo: float, hi: float) -> str:
+    if not math.isfinite(m):
+        return "–"
     return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else f"{m:.3f}"
 
 
@@ -453,22 +456,37 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
         est = t_ci(icl - zero)
         return less(est[1], est[2], 0.0) == SUPPORTED, est
 
+    def undefined(layout, arm, metric) -> str:
+        """Why S cannot be judged for an arm: some of its seeds have no S (their own ICL did not beat zero-shot by
+        MIN_ICL_GAIN). Dropping those seeds would judge the claim on the models where it is likeliest to hold."""
+        vals, n = _values(table, layout, arm, metric), len(_values(table, layout, arm, "icl"))
+        missing = n - int(np.isfinite(vals).sum())
+        return f"S defined for {n - missing} of {n} seeds" if missing else ""
+
+    def judged(verdict: str, *why: str) -> tuple[str, str]:
+        reasons = [w for w in why if w]
+        return (INCONCLUSIVE if reasons else verdict), "; ".join(reasons)
+
     gate = {layout: learned(layout) for layout in cfg.layouts}
     for layout in cfg.layouts:
         ok, est = gate[layout]
         for arm in [vanilla, *tvp_arms]:
             where = "selected" if arm == vanilla else "lstar"
             e = t_ci(_values(table, layout, arm, f"random_strength_{where}"))
-            v = less(e[1], e[2], rules.strong) if ok else INCONCLUSIVE
+            v, why = judged(less(e[1], e[2], rules.strong),
+                            "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})",
+                            undefined(layout, arm, f"random_strength_{where}"))
             row("B0", layout, arm, f"S of a random vector at the {'selected layer' if where == 'selected' else 'l*'}",
-                e, v, "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})")
+                e, v, why)
     # B1: vanilla models, the layer chosen on the selection set, S on the evaluation set
     if {"x→y", "*xy"} <= set(cfg.layouts):
         parts, details = [], []
         for layout, test in (("x→y", greater), ("*xy", less)):
             e = t_ci(_values(table, layout, vanilla, "strength_selected"))
-            parts.append(test(e[1], e[2], rules.strong) if gate[layout][0] else INCONCLUSIVE)
-            details.append(f"{layout}: S = {_fmt(*e)}" + ("" if gate[layout][0] else " (ICL not learned)"))
+            v, why = judged(test(e[1], e[2], rules.strong), "" if gate[layout][0] else "vanilla ICL not learned",
+                            undefined(layout, vanilla, "strength_selected"))
+            parts.append(v)
+            details.append(f"{layout}: S = {_fmt(*e)}" + (f" ({why})" if why else ""))
         d = welch_ci(_values(table, "x→y", vanilla, "strength_selected"),
                      _values(table, "*xy", vanilla, "strength_selected"))
         row("B1", "x→y vs *xy", vanilla, "S(x→y) − S(*xy) at each model's selected layer", d, combine(*parts),
@@ -479,9 +497,9 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
         for arm in tvp_arms:
             e = t_ci(_values(table, layout, arm, "strength_lstar"))
             ref = t_ci(_values(table, layout, vanilla, "strength_lstar"))
-            row("B2", layout, arm, "S(l*) of the TVP-loss model", e,
-                greater(e[1], e[2], rules.strong) if ok else INCONCLUSIVE,
-                why or f"vanilla at the same layer: S = {_fmt(*ref)}; threshold {rules.strong}")
+            v, because = judged(greater(e[1], e[2], rules.strong), why, undefined(layout, arm, "strength_lstar"))
+            row("B2", layout, arm, "S(l*) of the TVP-loss model", e, v,
+                because or f"vanilla at the same layer: S = {_fmt(*ref)}; threshold {rules.strong}")
             d = welch_ci(_values(table, layout, arm, "icl"), _values(table, layout, vanilla, "icl"))
             row("B3", layout, arm, "ICL error: TVP-loss − vanilla", d,
                 less(d[1], d[2], rules.icl_margin) if ok else INCONCLUSIVE,
@@ -512,7 +530,13 @@ def markdown_summary(run_dir: str | Path) -> str:
     agg = aggregate(table)
     v = verdicts(table, cfg)
     # B1's verdict rests on both layouts' S, not on their difference alone: show them beside it
-    statistic = [f"{r.statistic} ({r.detail})" if r.claim == "B1" else r.statistic for r in v.itertuples()]
+    def shown(r) -> str:
+        if r.claim == "B1":
+            return f"{r.statistic} ({r.detail})"
+        part = re.search(r"S defined for \d+ of \d+ seeds", r.detail)
+        return f"{r.statistic} ({part.group(0)})" if part else r.statistic
+
+    statistic = [shown(r) for r in v.itertuples()]
     v_rows = pd.DataFrame({"claim": v.claim, "layout": v.layout, "arm": v.arm, "statistic": statistic,
                            "estimate [95% CI]": [_fmt(r.estimate, r.low, r.high) for r in v.itertuples()],
                            "verdict": ["**" + x + "**" for x in v.verdict]})
