@@ -57,16 +57,21 @@ class Killed(Exception):
     pass
 
 
+def run_killed_at(kill_step: int, cfg, out) -> None:
+    """Train until ``kill_step`` and die there, as a killed process would (checkpoints written so far stay)."""
+    def kill(step, model):
+        if step == kill_step:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(cfg, out, on_step=kill)
+
+
 def test_resume_after_interruption_is_exact(tmp_path):
     cfg = load_config(**TINY, steps=6, tvp_layer=1)
     run(cfg, tmp_path / "full")
 
-    def kill_at_3(step, model):
-        if step == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run(cfg, tmp_path / "cut", on_step=kill_at_3)
+    run_killed_at(3, cfg, tmp_path / "cut")
     assert [p.name for p in checkpoints(tmp_path / "cut")] == ["step-0000002"]
     with pytest.raises(ConfigError, match="already holds a run"):
         run(cfg, tmp_path / "cut")
@@ -216,12 +221,7 @@ def test_resume_after_a_kill_mid_warmup_is_exact(tmp_path):
     cfg = load_config(**TINY, steps=7, tvp_layer=1, tvp_weight=2.0, tvp_schedule="after:1,warmup:4")
     run(cfg, tmp_path / "full")
 
-    def kill_at_5(step, model):
-        if step == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run(cfg, tmp_path / "cut", on_step=kill_at_5)
+    run_killed_at(5, cfg, tmp_path / "cut")
     assert checkpoints(tmp_path / "cut")[-1].name == "step-0000004"  # killed at step 5, in the warm-up
     run(cfg, tmp_path / "cut", resume=True)
     a, b = params_of(tmp_path / "full" / "model"), params_of(tmp_path / "cut" / "model")
@@ -256,12 +256,7 @@ def test_lr_warmup_by_step_and_resume_is_exact(tmp_path):
     assert [lr_at(cfg, s) for s in (1, 2, 4, 5)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
     run(cfg, tmp_path / "full")
 
-    def kill_at_3(step, model):
-        if step == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run(cfg, tmp_path / "cut", on_step=kill_at_3)
+    run_killed_at(3, cfg, tmp_path / "cut")
     run(cfg, tmp_path / "cut", resume=True)
     a, b = params_of(tmp_path / "full" / "model"), params_of(tmp_path / "cut" / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -353,7 +353,6 @@ def layer_sweep(model: ScratchModel, task: Task, layout: str, k: int, n: int, ge
            "zero_shot": zero, "theta_norm": norms[..., 0].mean(0).tolist()}
     for name, row in zip(VARIANTS, per):
         out[name] = row.tolist()
-    gap = zero - icl_k
     out["strength"] = strengths(zero, icl_k, out["tvp"])
     out["best_layer"] = int(np.argmin(out["tvp"]))
     return out
