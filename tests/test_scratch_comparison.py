@@ -232,3 +232,14 @@ def test_killed_training_resumes_from_its_checkpoint_and_workers_agree(tiny_run,
     a = seed_table(out).sort_values(["layout", "arm", "seed", "metric", "layer", "p", "shift"]).reset_index(drop=True)
     b = seed_table(cut).sort_values(["layout", "arm", "seed", "metric", "layer", "p", "shift"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_strength_figure_says_how_many_seeds_a_line_stands_on():
+    from taskvec.scratch.comparison_report import strength_figure
+
+    t = planted()
+    t.loc[(t.metric == "strength") & (t.arm == "tvp") & (t.layout == "x→y") & (t.seed == 1), "value"] = np.nan
+    arms = [{"name": "vanilla"}, {"name": "tvp", "tvp_layer": 1}]
+    fig = strength_figure(aggregate(t), ["x→y", "*xy"], arms, 0.5)
+    notes = [[x.get_text() for x in ax.texts] for ax in fig.axes[:2]]
+    assert notes == [["seeds with S (of 3): tvp: 2"], []]  # only the panel, and the arm, that lost a seed

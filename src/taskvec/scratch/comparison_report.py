@@ -32,10 +32,19 @@ def strength_figure(agg: pd.DataFrame, layouts: list[str], arms: list[dict], str
     """One panel per layout: S(l) of every arm, mean over seeds with its 95% interval."""
     fig = Figure(figsize=(3.6 * len(layouts) + 0.6, 3.2), layout="constrained")
     axes = fig.subplots(1, len(layouts), sharey=True, squeeze=False)[0]
+    seeds = int(agg.loc[agg.metric == "icl", "n"].max()) if (agg.metric == "icl").any() else 0
     for ax, layout in zip(axes, layouts):
         a = agg[agg.layout == layout]
+        short = []
         for i, arm in enumerate(arms):
             _band(ax, a, "strength", arm["name"], f"C{i}", arm["name"])
+            # a seed whose ICL did not form has no S: say how many seeds a line stands on when not all
+            n = a.loc[(a.metric == "strength") & (a.arm == arm["name"]), "n"]
+            if len(n) and int(n.max()) < seeds:
+                short.append(f"{arm['name']}: {int(n.max())}")
+        if short:
+            ax.text(0.02, 0.03, f"seeds with S (of {seeds}): " + ", ".join(short), transform=ax.transAxes,
+                    fontsize=7, va="bottom", bbox={"fc": "white", "ec": "none", "alpha": 0.8})
             if arm.get("tvp_layer") is not None:
                 ax.axvline(arm["tvp_layer"], color=f"C{i}", lw=0.8, ls=":")
         ax.axhline(strong, color="grey", lw=0.8, ls="--", label=f"'strong' (S = {strong})")
