@@ -174,6 +174,25 @@ def test_analysis_and_evaluation_reports_render_in_the_browser(chromium, smol, t
     assert "data:image/png;base64," in report.read_text()
 
 
+def test_comparison_report_renders_in_the_browser(chromium, tmp_path):
+    """A real (tiny) vanilla-vs-TVP comparison over two seeds: verdicts, figures and the OOD/per-layer tables fit."""
+    from taskvec.report import run_kind
+    from taskvec.scratch.comparison import ComparisonConfig, run_comparison
+
+    cfg = ComparisonConfig.from_dict({
+        "train": {"task": {"name": "linear_regression", "d": 2}, "preset": "tiny", "k_max": 4, "steps": 6,
+                  "batch_size": 8, "save_every": 6, "log_every": 3},
+        "arms": [{"name": "vanilla"}, {"name": "tvp", "tvp_layer": 1}], "seeds": [0, 1],
+        "evaluation": {"n_trials": 12, "k": 3, "analyses": ["layers", "noisy", "ood", "pca"], "pca_tasks": 3,
+                       "pca_per_task": 4, "noisy_fracs": [0.0, 0.25]}})
+    out = tmp_path / "cmp"
+    run_comparison(cfg, out, progress=False)
+    assert run_kind(out) == "comparison"
+    result = probe_report(chromium, out / "report.html")
+    check_layout(result, min_images=3)  # strength, errors, noisy
+    assert 0 <= result["first_table_top"] < result["first_img_top"]  # the verdicts come before any figure
+
+
 def test_the_probe_sees_a_broken_figure_and_a_page_that_scrolls_sideways(chromium, tmp_path):
     """The checks are not vacuous: a figure that does not decode and a wide table outside a scroll box fail them."""
     from taskvec.report.html import Page
