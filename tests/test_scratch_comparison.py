@@ -243,3 +243,6 @@ def test_strength_figure_says_how_many_seeds_a_line_stands_on():
     fig = strength_figure(aggregate(t), ["x→y", "*xy"], arms, 0.5)
     notes = [[x.get_text() for x in ax.texts] for ax in fig.axes[:2]]
     assert notes == [["seeds with S (of 3): tvp: 2"], []]  # only the panel, and the arm, that lost a seed
+    for ax in fig.axes[:2]:  # every panel marks the TVP arm's l* (a dotted vertical line at x = 1)
+        dotted = [line for line in ax.lines if line.get_linestyle() == ":"]
+        assert [list(line.get_xdata()) for line in dotted] == [[1, 1]]

@@ -38,6 +38,8 @@ def strength_figure(agg: pd.DataFrame, layouts: list[str], arms: list[dict], str
         short = []
         for i, arm in enumerate(arms):
             _band(ax, a, "strength", arm["name"], f"C{i}", arm["name"])
+            if arm.get("tvp_layer") is not None:
+                ax.axvline(arm["tvp_layer"], color=f"C{i}", lw=0.8, ls=":")
             # a seed whose ICL did not form has no S: say how many seeds a line stands on when not all
             n = a.loc[(a.metric == "strength") & (a.arm == arm["name"]), "n"]
             if len(n) and int(n.max()) < seeds:
@@ -45,8 +47,6 @@ def strength_figure(agg: pd.DataFrame, layouts: list[str], arms: list[dict], str
         if short:
             ax.text(0.02, 0.03, f"seeds with S (of {seeds}): " + ", ".join(short), transform=ax.transAxes,
                     fontsize=7, va="bottom", bbox={"fc": "white", "ec": "none", "alpha": 0.8})
-            if arm.get("tvp_layer") is not None:
-                ax.axvline(arm["tvp_layer"], color=f"C{i}", lw=0.8, ls=":")
         ax.axhline(strong, color="grey", lw=0.8, ls="--", label=f"'strong' (S = {strong})")
         ax.axhline(0, color="k", lw=0.6)
         ax.set(title=f"{layout}", xlabel="layer l (dotted: l* of a TVP-loss arm)")
