@@ -548,7 +548,7 @@ def markdown_summary(run_dir: str | Path) -> str:
         if g.empty:
             return "–"
         r = g.iloc[0]
-        return _fmt(r["mean"], r["low"], r["high"]) if math.isfinite(r["mean"]) else "–"
+        return _fmt(r["mean"], r["low"], r["high"])
 
     def probe(layout, arm, sel):
         """PCA analysis: held-out linear-probe accuracy of θ by task at l* (vanilla: each seed's selected layer)."""
