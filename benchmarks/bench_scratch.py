@@ -9,6 +9,10 @@
    step each per round (``--rounds`` rounds after a warm-up), so a load change on the shared machine hits all of
    them alike: compare the ratios. Reports the fastest and the median step, and the load average before/after.
    ``--compile`` adds the fast path under ``torch.compile`` (compile time and break-even step count).
+   Every group also times its **matrix-product floor**: the float32 matrix products (``mm``, ``addmm``, ``bmm``,
+   ``baddbmm``; shapes and strides as recorded) of one fast-path step, forward and backward, replayed alone in the
+   same rounds. No implementation of the same maths in float32 can take less than that, so the run computes
+   whether the 2x target (half the reference median) is within reach (``matmul_floor`` in the JSON).
 2. Evaluation of every layer (ICL, TVP(l) for all l + baselines) for ``--prompts`` prompts, batched
    (``layer_sweep``: θ of all layers from one recording pass, all layers × variants in stacked query passes)
    against the naive loop a user would write with forward pre-hooks (per layer: one extraction pass, then one
@@ -16,6 +20,7 @@
 
     python benchmarks/bench_scratch.py --threads 2 --rounds 15 --prompts 0
     python benchmarks/bench_scratch.py --threads 1 --rounds 15 --prompts 0 --compile --json out.json
+    python benchmarks/bench_scratch.py --threads 2 --rounds 15 --prompts 0 --bf16   # + the step under bf16 autocast
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_scratch.py --threads 2 --quick --prompts 0   # thread settings
 """
 from __future__ import annotations
@@ -37,6 +42,7 @@ from taskvec.scratch.layouts import plan, query_plan
 from taskvec.scratch.model import build_model, positions_for
 from taskvec.scratch.tasks import make_task
 from taskvec.scratch.train import Objective, load_config, make_optimizer, point_loss, sample_batch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def loadavg() -> str:
@@ -69,8 +75,8 @@ class Variant:
     """One way to run a training step: objective + its own model copy and optimizer."""
 
     def __init__(self, name: str, cfg, model, objective_cls=Objective, fused: bool = True, kind: str | None = None,
-                 **kw):
-        self.name, self.cfg, self.kind = name, cfg, kind
+                 bf16: bool = False, **kw):
+        self.name, self.cfg, self.kind, self.bf16 = name, cfg, kind, bf16
         self.model = copy.deepcopy(model)
         self.objective = objective_cls(self.model, cfg, **kw)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -80,15 +86,96 @@ class Variant:
 
     def step(self, batch) -> tuple[float, float]:
         w, c = time.perf_counter(), time.process_time()
-        loss, _, _ = self.objective(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            loss, _, _ = self.objective(batch)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.float().backward()
         self.opt.step()
         return time.perf_counter() - w, time.process_time() - c
 
     def summary(self) -> dict:
         return {"name": self.name, "min_s": min(self.wall), "median_s": statistics.median(self.wall),
                 "cpu_median_s": statistics.median(self.cpu), "steps": len(self.wall)}
+
+
+MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+           torch.ops.aten.baddbmm.default)
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matrix product dispatched inside it: ``(op, [(shape, stride) | scalar per arg], kwargs)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATMULS:
+            self.calls.append((func, [(tuple(a.shape), a.stride()) if torch.is_tensor(a) else a for a in args],
+                               dict(kwargs)))
+        return func(*args, **kwargs)
+
+
+def matmul_flops(calls) -> float:
+    """Floating-point operations (2 per multiply-add) of recorded matrix products."""
+    total = 0.0
+    for func, args, _ in calls:
+        a, b = (args[0], args[1]) if func in (torch.ops.aten.mm.default, torch.ops.aten.bmm.default) else \
+            (args[1], args[2])
+        (*batch, m, k), n = a[0], b[0][-1]
+        total += 2.0 * m * k * n * (batch[0] if batch else 1)
+    return total
+
+
+def _strided(shape, stride) -> torch.Tensor:
+    """A random float32 tensor with this shape and these strides (stride 0 and transposes as recorded)."""
+    size = 1 + sum((n - 1) * st for n, st in zip(shape, stride)) if all(shape) else 0
+    return torch.randn(max(size, 1)).as_strided(shape, stride)
+
+
+class MatmulFloor:
+    """The matrix products of one step of ``objective`` (forward and backward), replayed alone: a lower bound on
+    any float32 implementation of the same maths. Same interface as :class:`Variant` for :func:`run_variants`."""
+
+    def __init__(self, name: str, cfg, objective: Objective, batch, kind: str = "floor"):
+        self.name, self.cfg, self.kind = name, cfg, kind
+        with MatmulRecorder() as rec:
+            loss, _, _ = objective(batch)
+            loss.backward()
+        objective.model.zero_grad(set_to_none=True)
+        self.calls = rec.calls
+        self.flops = matmul_flops(self.calls)
+        self.replay = [(func, [_strided(*a) if isinstance(a, tuple) else a for a in args], kw)
+                       for func, args, kw in self.calls]
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def step(self, batch) -> tuple[float, float]:
+        w, c = time.perf_counter(), time.process_time()
+        for func, args, kw in self.replay:
+            func(*args, **kw)
+        return time.perf_counter() - w, time.process_time() - c
+
+    summary = Variant.summary
+
+    def hot_seconds(self, reps: int = 15) -> float:
+        """The same products with each distinct one timed in a hot loop (same operands, median of ``reps``), summed
+        over the step: the optimistic floor, at the best speed these shapes reach on this machine."""
+        counts: dict = {}
+        for func, args, kw in self.calls:
+            key = (func, tuple(map(str, args)))
+            counts.setdefault(key, [0, func, args, kw])[0] += 1
+        total = 0.0
+        for n, func, args, kw in counts.values():
+            ops = [_strided(*a) if isinstance(a, tuple) else a for a in args]
+            times = []
+            for _ in range(reps + 2):
+                t = time.perf_counter()
+                func(*ops, **kw)
+                times.append(time.perf_counter() - t)
+            total += n * statistics.median(times[2:])
+        return total
 
 
 def run_variants(variants: list[Variant], task, batch_size: int, rounds: int, warmup: int = 2) -> None:
@@ -135,11 +222,19 @@ def training_benchmark(args) -> dict:
     }
     if args.quick:  # thread-setting runs: the two ends of the ICL ladder only
         groups = {"ICL only": (cfg_icl, [groups["ICL only"][1][0], groups["ICL only"][1][3]])}
+    if args.bf16:  # other arithmetic (AMX bf16 matrix products), shown for comparison, never the default
+        groups["ICL only"][1].append(("fast path under bf16 autocast (other arithmetic)", dict(bf16=True)))
     variants, where = [], {}
     for group, (cfg, specs) in groups.items():
         for name, kw in specs:
             variants.append(Variant(name, cfg, model, **kw))
             where.setdefault(group, []).append(variants[-1])
+    for group, vs in where.items():  # each group's matrix-product floor, from its fast path
+        fast = next(v for v in vs if v.kind == "fast")
+        floor = MatmulFloor("matrix products of the fast path alone (floor)", fast.cfg, fast.objective,
+                            sample_batch(fast.cfg, task, 1, 0, args.batch))
+        variants.append(floor)
+        vs.append(floor)
     if args.compile:
         for group in [g for g in ("ICL only", f"ICL+TVP, all {args.k_max - 1} slots") if g in groups]:
             cfg = groups[group][0]
@@ -173,6 +268,9 @@ def training_benchmark(args) -> dict:
                 fast = next(u for u in vs if u.kind == "fast").summary()["median_s"]
                 gain = fast - sm["median_s"]
                 sm["break_even_steps"] = v.compile_s / gain if gain > 0 else None
+            if isinstance(v, MatmulFloor):
+                sm["gflop"] = v.flops / 1e9
+                sm["gflop_per_s"] = v.flops / 1e9 / sm["median_s"]
             rows.append(sm)
             extra = ""
             if "compile_s" in sm:
@@ -182,6 +280,22 @@ def training_benchmark(args) -> dict:
                   f"{sm['speedup_vs_reference']:6.2f}x " + (f"{sm['ratio_to_icl']:6.2f}x" if sm["ratio_to_icl"] else
                                                               "       ") + extra)
         out["groups"][group] = rows
+        floor = next(r for r, v in zip(rows, vs) if isinstance(v, MatmulFloor))
+        fast = next(r for r, v in zip(rows, vs) if v.kind == "fast")
+        target = ref["median_s"] / 2
+        hot = next(v for v in vs if isinstance(v, MatmulFloor)).hot_seconds()
+        rest = fast["median_s"] - floor["median_s"]
+        out["groups"][group + " (matmul floor)"] = {
+            "target_2x_s": target, "floor_s": floor["median_s"], "hot_floor_s": hot, "gflop": floor["gflop"],
+            "gflop_per_s": floor["gflop_per_s"], "hot_gflop_per_s": floor["gflop"] / hot,
+            "fast_path_rest_s": rest, "left_for_the_rest_s": target - floor["median_s"],
+            "left_for_the_rest_at_hot_speed_s": target - hot}
+        print(f"  2x target: <= {target:.3f} s per step. The fast path's matrix products ({floor['gflop']:.1f} GFLOP) "
+              f"take {floor['median_s']:.3f} s replayed alone ({floor['gflop_per_s']:.0f} GFLOP/s), {hot:.3f} s at "
+              f"hot-loop speed ({floor['gflop'] / hot:.0f} GFLOP/s); everything else (attention, GELU, norms, "
+              f"Adam, overhead) takes {rest:.3f} s now and would have to fit in "
+              f"{max(target - floor['median_s'], 0):.3f} s ({max(target - hot, 0):.3f} s at hot-loop speed)"
+              + (": not reachable in float32 with the same maths." if target <= floor["median_s"] else "."))
     print("min/med: fastest/median wall seconds per step; cpu: median process CPU seconds; vs ref: the group's "
           "reference median / this median (speed-up); vs ICL: this median / the ICL-only median of the same "
           "implementation")
@@ -240,6 +354,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--tvp-slots", type=int, default=4)
     ap.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    ap.add_argument("--bf16", action="store_true", help="also time the fast ICL step under CPU bf16 autocast")
     ap.add_argument("--quick", action="store_true", help="ICL reference and fast path only (thread settings)")
     ap.add_argument("--prompts", type=int, default=1000, help="evaluation benchmark prompts (0: skip it)")
     ap.add_argument("--k", type=int, default=10)

@@ -156,3 +156,40 @@ def test_compiled_objective_matches_and_survives_a_schedule(tmp_path):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     train(cfg, tmp_path / "r", progress=False, tensorboard=False, report=False, compile=True)
     assert (tmp_path / "r" / "model" / "model.safetensors").exists()
+
+
+def _bench_scratch():
+    """``benchmarks/bench_scratch.py`` as a module (it is a script, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scratch.py"
+    spec = importlib.util.spec_from_file_location("bench_scratch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_benchmark_matmul_floor_counts_every_product_of_the_step(fast):
+    """The benchmark's floor records every matrix product of a step, forward and backward: its FLOP count equals
+    the count worked out by hand, with the last layer pruned to the prediction slots on the fast path only."""
+    bench = _bench_scratch()
+    n, batch, d_in = 5, 4, 3
+    cfg = load_config(preset="tiny", k_max=n, batch_size=batch, task={"d": d_in})
+    model = build_model("tiny", d_in=d_in, n_positions=positions_for(n))
+    floor = bench.MatmulFloor("floor", cfg, Objective(model, cfg, fast=fast),
+                              sample_batch(cfg, make_task(cfg.task), 1, 0, batch))
+    D, L = model.config.n_embd, model.n_layers
+    rows, preds = batch * 3 * n, batch * n  # x→y: 3 tokens per example; → predicts
+    lin = lambda r, i, o: 2 * r * i * o  # noqa: E731
+
+    def block(r_kv, r_q):
+        return lin(r_kv, D, 2 * D) + lin(r_q, D, D) + lin(r_q, D, D) + lin(r_q, D, 4 * D) + lin(r_q, 4 * D, D)
+
+    read_in = 2 * lin(batch * n, d_in, D)  # x and y tokens; the data need no gradient
+    last = block(rows, preds) if fast else block(rows, rows)
+    forward = read_in + (L - 1) * block(rows, rows) + last + lin(preds, D, 1)
+    assert floor.flops == 3 * forward - read_in
+    wall, _ = floor.step(None)
+    assert wall > 0 and floor.hot_seconds(reps=1) > 0
