@@ -13,7 +13,7 @@ import pytest
 from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from taskvec.errors import ConfigError
 from taskvec.scratch.comparison import (ComparisonConfig, aggregate, markdown_summary, run_comparison, seed_table,
-                                        verdict_overview, verdicts)
+                                        statistic_shown, verdict_overview, verdicts)
 from taskvec.stats import t_ci, welch_ci
 
 
@@ -110,6 +110,15 @@ def test_a_seed_without_s_makes_its_verdict_inconclusive_not_dropped():
     assert verdict(v, "B2", "x→y") == INCONCLUSIVE and verdict(v, "B2", "*xy") == SUPPORTED
     row = v[(v.claim == "B2") & (v.layout == "x→y")].iloc[0]
     assert "S defined for 2 of 3 seeds" in row.detail and row.estimate > 0.5
+    assert (row.seeds_with_s, row.seeds) == (2, 3)  # the same fact as columns of verdicts.csv
+    full = v[(v.claim == "B2") & (v.layout == "*xy")].iloc[0]
+    assert (full.seeds_with_s, full.seeds) == (3, 3)
+    b1 = v[v.claim == "B1"].iloc[0]
+    assert (b1.seeds_with_s, b1.seeds) == (6, 6)  # both layouts' vanilla seeds
+    assert v[v.claim.isin(["B3", "B4", "B5"])].seeds_with_s.isna().all()  # not judged on S
+    shown = {(r.claim, r.layout): statistic_shown(r) for r in v.itertuples() if r.arm == "tvp"}
+    assert shown[("B2", "x→y")] == "S(l*) of the TVP-loss model (S defined for 2 of 3 seeds)"
+    assert shown[("B2", "*xy")] == "S(l*) of the TVP-loss model"  # nothing to say when every seed has S
 
 
 def test_s_is_undefined_unless_icl_beats_zero_shot_clearly():

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -434,7 +433,8 @@ def _fmt(m: float, lo: float, hi: float) -> str:
 
 def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
     """The claims of :data:`CLAIMS` as verdicts, one row per (claim, layout, arm): ``claim, text, layout, arm,
-    statistic, estimate, low, high, n, verdict, detail``. Intervals are over seeds (Student t for one group,
+    statistic, estimate, low, high, verdict, detail, seeds_with_s, seeds`` (the last two for the claims judged on
+    S only, B0–B2: how many of the seeds it rests on have S defined; B1 counts both layouts). Intervals are over seeds (Student t for one group,
     Welch for a difference); a verdict is ``supported`` when the interval lies on the claim's side of its threshold,
     ``not supported`` when it lies on the other side, ``inconclusive`` otherwise — and whenever ICL was not learned
     (the vanilla model's ICL error not below zero-shot), since then no claim is tested."""
@@ -443,10 +443,11 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
     tvp_arms = [a.name for a in cfg.arms if not a.vanilla]
     out: list[dict] = []
 
-    def row(claim, layout, arm, statistic, est, verdict, detail=""):
+    def row(claim, layout, arm, statistic, est, verdict, detail="", cover=(None, None)):
         m, lo, hi = est
         out.append({"claim": claim, "text": CLAIMS[claim], "layout": layout, "arm": arm, "statistic": statistic,
-                    "estimate": m, "low": lo, "high": hi, "verdict": verdict, "detail": detail})
+                    "estimate": m, "low": lo, "high": hi, "verdict": verdict, "detail": detail,
+                    "seeds_with_s": cover[0], "seeds": cover[1]})
 
     def learned(layout):
         """ICL learned by the vanilla model: its error below zero-shot over seeds (paired by seed)."""
@@ -456,12 +457,16 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
         est = t_ci(icl - zero)
         return less(est[1], est[2], 0.0) == SUPPORTED, est
 
-    def undefined(layout, arm, metric) -> str:
-        """Why S cannot be judged for an arm: some of its seeds have no S (their own ICL did not beat zero-shot by
-        MIN_ICL_GAIN). Dropping those seeds would judge the claim on the models where it is likeliest to hold."""
+    def coverage(layout, arm, metric) -> tuple[int, int]:
+        """(seeds with S defined, seeds) of an arm: a seed has no S when its own ICL did not beat zero-shot by
+        MIN_ICL_GAIN."""
         vals, n = _values(table, layout, arm, metric), len(_values(table, layout, arm, "icl"))
-        missing = n - int(np.isfinite(vals).sum())
-        return f"S defined for {n - missing} of {n} seeds" if missing else ""
+        return int(np.isfinite(vals).sum()), n
+
+    def undefined(cover: tuple[int, int]) -> str:
+        """Why S cannot be judged: some seeds have no S. Dropping them would judge the claim on the models where
+        it is likeliest to hold."""
+        return f"S defined for {cover[0]} of {cover[1]} seeds" if cover[0] < cover[1] else ""
 
     def judged(verdict: str, *why: str) -> tuple[str, str]:
         reasons = [w for w in why if w]
@@ -473,33 +478,36 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
         for arm in [vanilla, *tvp_arms]:
             where = "selected" if arm == vanilla else "lstar"
             e = t_ci(_values(table, layout, arm, f"random_strength_{where}"))
+            cover = coverage(layout, arm, f"random_strength_{where}")
             v, why = judged(less(e[1], e[2], rules.strong),
-                            "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})",
-                            undefined(layout, arm, f"random_strength_{where}"))
+                            "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})", undefined(cover))
             row("B0", layout, arm, f"S of a random vector at the {'selected layer' if where == 'selected' else 'l*'}",
-                e, v, why)
+                e, v, why, cover)
     # B1: vanilla models, the layer chosen on the selection set, S on the evaluation set
     if {"x→y", "*xy"} <= set(cfg.layouts):
-        parts, details = [], []
+        parts, details, covers = [], [], []
         for layout, test in (("x→y", greater), ("*xy", less)):
             e = t_ci(_values(table, layout, vanilla, "strength_selected"))
+            covers.append(coverage(layout, vanilla, "strength_selected"))
             v, why = judged(test(e[1], e[2], rules.strong), "" if gate[layout][0] else "vanilla ICL not learned",
-                            undefined(layout, vanilla, "strength_selected"))
+                            undefined(covers[-1]))
             parts.append(v)
             details.append(f"{layout}: S = {_fmt(*e)}" + (f" ({why})" if why else ""))
         d = welch_ci(_values(table, "x→y", vanilla, "strength_selected"),
                      _values(table, "*xy", vanilla, "strength_selected"))
         row("B1", "x→y vs *xy", vanilla, "S(x→y) − S(*xy) at each model's selected layer", d, combine(*parts),
-            "; ".join(details) + f"; S > {rules.strong} in x→y and < {rules.strong} in *xy")
+            "; ".join(details) + f"; S > {rules.strong} in x→y and < {rules.strong} in *xy",
+            tuple(a + b for a, b in zip(*covers)))
     for layout in cfg.layouts:
         ok, est = gate[layout]
         why = "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})"
         for arm in tvp_arms:
             e = t_ci(_values(table, layout, arm, "strength_lstar"))
             ref = t_ci(_values(table, layout, vanilla, "strength_lstar"))
-            v, because = judged(greater(e[1], e[2], rules.strong), why, undefined(layout, arm, "strength_lstar"))
+            cover = coverage(layout, arm, "strength_lstar")
+            v, because = judged(greater(e[1], e[2], rules.strong), why, undefined(cover))
             row("B2", layout, arm, "S(l*) of the TVP-loss model", e, v,
-                because or f"vanilla at the same layer: S = {_fmt(*ref)}; threshold {rules.strong}")
+                because or f"vanilla at the same layer: S = {_fmt(*ref)}; threshold {rules.strong}", cover)
             d = welch_ci(_values(table, layout, arm, "icl"), _values(table, layout, vanilla, "icl"))
             row("B3", layout, arm, "ICL error: TVP-loss − vanilla", d,
                 less(d[1], d[2], rules.icl_margin) if ok else INCONCLUSIVE,
@@ -512,8 +520,9 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
             d = welch_ci(_values(t, layout, arm, "ood_icl"), _values(t, layout, vanilla, "ood_icl"))
             row("B5", layout, arm, "ICL error out of distribution (mean over shifts): TVP-loss − vanilla", d,
                 less(d[1], d[2], 0.0) if ok else INCONCLUSIVE, why)
-    cols = ["claim", "text", "layout", "arm", "statistic", "estimate", "low", "high", "verdict", "detail"]
-    return pd.DataFrame(out, columns=cols)
+    cols = ["claim", "text", "layout", "arm", "statistic", "estimate", "low", "high", "verdict", "detail",
+            "seeds_with_s", "seeds"]
+    return pd.DataFrame(out, columns=cols).astype({"seeds_with_s": "Int64", "seeds": "Int64"})
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -523,20 +532,23 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def statistic_shown(r) -> str:
+    """A verdict row's statistic as the Markdown summary shows it: B1 with both layouts' S beside the difference
+    (its verdict rests on both), an S-based claim with how many seeds have S when some do not."""
+    if r.claim == "B1":
+        return f"{r.statistic} ({r.detail})"
+    if pd.notna(r.seeds_with_s) and r.seeds_with_s < r.seeds:
+        return f"{r.statistic} (S defined for {r.seeds_with_s} of {r.seeds} seeds)"
+    return r.statistic
+
+
 def markdown_summary(run_dir: str | Path) -> str:
     """The verdicts and the headline numbers of a comparison run as Markdown tables (what docs/scratch.md
     quotes), computed from the run directory alone. Each cell is ``mean [95% interval over seeds]``."""
     cfg, table = load(run_dir)
     agg = aggregate(table)
     v = verdicts(table, cfg)
-    # B1's verdict rests on both layouts' S, not on their difference alone: show them beside it
-    def shown(r) -> str:
-        if r.claim == "B1":
-            return f"{r.statistic} ({r.detail})"
-        part = re.search(r"S defined for \d+ of \d+ seeds", r.detail)
-        return f"{r.statistic} ({part.group(0)})" if part else r.statistic
-
-    statistic = [shown(r) for r in v.itertuples()]
+    statistic = [statistic_shown(r) for r in v.itertuples()]
     v_rows = pd.DataFrame({"claim": v.claim, "layout": v.layout, "arm": v.arm, "statistic": statistic,
                            "estimate [95% CI]": [_fmt(r.estimate, r.low, r.high) for r in v.itertuples()],
                            "verdict": ["**" + x + "**" for x in v.verdict]})
