@@ -11,8 +11,9 @@
    ``--compile`` adds the fast path under ``torch.compile`` (compile time and break-even step count).
    Every group also times its **matrix-product floor**: the float32 matrix products (``mm``, ``addmm``, ``bmm``,
    ``baddbmm``; shapes and strides as recorded) of one fast-path step, forward and backward, replayed alone in the
-   same rounds. No implementation of the same maths in float32 can take less than that, so the run computes
-   whether the 2x target (half the reference median) is within reach (``matmul_floor`` in the JSON).
+   same rounds, and each distinct product in a hot loop (the optimistic bound). Any float32 implementation of the
+   same maths computes these products, so the run works out how much time the 2x target (half the reference
+   median) leaves for everything else (``"<group> (matmul floor)"`` in the JSON).
 2. Evaluation of every layer (ICL, TVP(l) for all l + baselines) for ``--prompts`` prompts, batched
    (``layer_sweep``: θ of all layers from one recording pass, all layers × variants in stacked query passes)
    against the naive loop a user would write with forward pre-hooks (per layer: one extraction pass, then one
