@@ -435,9 +435,10 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
     """The claims of :data:`CLAIMS` as verdicts, one row per (claim, layout, arm): ``claim, text, layout, arm,
     statistic, estimate, low, high, verdict, detail, seeds_with_s, seeds`` (the last two for the claims judged on
     S only, B0–B2: how many of the seeds it rests on have S defined; B1 counts both layouts). Intervals are over
-    seeds (Student t for one group, Welch for a difference); a verdict is ``supported`` when the interval lies on the claim's side of its threshold,
-    ``not supported`` when it lies on the other side, ``inconclusive`` otherwise — and whenever ICL was not learned
-    (the vanilla model's ICL error not below zero-shot), since then no claim is tested."""
+    seeds (Student t for one group, Welch for a difference); a verdict is ``supported`` when the interval lies on
+    the claim's side of its threshold, ``not supported`` when it lies on the other side, ``inconclusive`` otherwise
+    — and whenever ICL was not learned (the vanilla model's ICL error not below zero-shot), since then no claim is
+    tested."""
     rules = cfg.rules
     vanilla = next(a for a in cfg.arms if a.vanilla).name
     tvp_arms = [a.name for a in cfg.arms if not a.vanilla]
