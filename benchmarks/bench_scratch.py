@@ -164,12 +164,10 @@ class MatmulFloor:
         """The same products with each distinct one timed in a hot loop (same operands, median of ``reps``), summed
         over the step: the optimistic floor, at the best speed these shapes reach on this machine."""
         counts: dict = {}
-        for func, args, kw in self.calls:
-            key = (func, tuple(map(str, args)))
-            counts.setdefault(key, [0, func, args, kw])[0] += 1
+        for (func, args, _), (_, ops, kw) in zip(self.calls, self.replay):
+            counts.setdefault((func, tuple(map(str, args))), [0, func, ops, kw])[0] += 1
         total = 0.0
-        for n, func, args, kw in counts.values():
-            ops = [_strided(*a) if isinstance(a, tuple) else a for a in args]
+        for n, func, ops, kw in counts.values():
             times = []
             for _ in range(reps + 2):
                 t = time.perf_counter()

@@ -467,21 +467,21 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
     def undefined(cover: tuple[int, int]) -> str:
         """Why S cannot be judged: some seeds have no S. Dropping them would judge the claim on the models where
         it is likeliest to hold."""
-        return f"S defined for {cover[0]} of {cover[1]} seeds" if cover[0] < cover[1] else ""
+        return s_defined_for(*cover) if cover[0] < cover[1] else ""
 
     def judged(verdict: str, *why: str) -> tuple[str, str]:
         reasons = [w for w in why if w]
         return (INCONCLUSIVE if reasons else verdict), "; ".join(reasons)
 
     gate = {layout: learned(layout) for layout in cfg.layouts}
+    not_learned = {layout: "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})"
+                   for layout, (ok, est) in gate.items()}
     for layout in cfg.layouts:
-        ok, est = gate[layout]
         for arm in [vanilla, *tvp_arms]:
             where = "selected" if arm == vanilla else "lstar"
             e = t_ci(_values(table, layout, arm, f"random_strength_{where}"))
             cover = coverage(layout, arm, f"random_strength_{where}")
-            v, why = judged(less(e[1], e[2], rules.strong),
-                            "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})", undefined(cover))
+            v, why = judged(less(e[1], e[2], rules.strong), not_learned[layout], undefined(cover))
             row("B0", layout, arm, f"S of a random vector at the {'selected layer' if where == 'selected' else 'l*'}",
                 e, v, why, cover)
     # B1: vanilla models, the layer chosen on the selection set, S on the evaluation set
@@ -500,8 +500,7 @@ def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
             "; ".join(details) + f"; S > {rules.strong} in x→y and < {rules.strong} in *xy",
             tuple(a + b for a, b in zip(*covers)))
     for layout in cfg.layouts:
-        ok, est = gate[layout]
-        why = "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})"
+        ok, why = gate[layout][0], not_learned[layout]
         for arm in tvp_arms:
             e = t_ci(_values(table, layout, arm, "strength_lstar"))
             ref = t_ci(_values(table, layout, vanilla, "strength_lstar"))
@@ -533,13 +532,18 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def s_defined_for(k: int, n: int) -> str:
+    """How many of a verdict's seeds have S, as its detail and the Markdown summary both say it."""
+    return f"S defined for {k} of {n} seeds"
+
+
 def statistic_shown(r) -> str:
     """A verdict row's statistic as the Markdown summary shows it: B1 with both layouts' S beside the difference
     (its verdict rests on both), an S-based claim with how many seeds have S when some do not."""
     if r.claim == "B1":
         return f"{r.statistic} ({r.detail})"
     if pd.notna(r.seeds_with_s) and r.seeds_with_s < r.seeds:
-        return f"{r.statistic} (S defined for {r.seeds_with_s} of {r.seeds} seeds)"
+        return f"{r.statistic} ({s_defined_for(r.seeds_with_s, r.seeds)})"
     return r.statistic
 
 
