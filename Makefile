@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (see README):
 #   make demo   set up .venv, convert the default model once, run the local-vs-global study, write its report
 #   make test   set up .venv (and headless chromium, if missing and apt can) and run the test suite (what CI runs)
+# and, on a GPU machine with no network: make gpu-check (docs/distributed.md#the-gpu-check)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,7 +15,7 @@ RUN    ?= runs/local-global-$(MODEL)
 STUDY_FLAGS ?=
 PYTEST_FLAGS ?=
 
-.PHONY: setup models demo quick browser test test-slow bench clean-venv
+.PHONY: setup models demo quick browser test test-slow bench clean-venv gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,35 @@ bench: setup
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_scratch.py
 	$(BIN)/python benchmarks/bench_saliency.py
+
+# The GPU check (benchmarks/gpu_check.py, docs/distributed.md#the-gpu-check): one run of < 8 min on a GPU machine
+# with no network, on that machine's own torch/transformers and the repo on PYTHONPATH (no install). DEVICE=cpu is
+# the dry run (tiny sizes, same JSON keys; tests/test_gpu_check.py runs it in CI). PYTHON given on the command line
+# wins; otherwise .venv/bin/python where it exists, else python3. Wheels in $(GPU_WHEELS) (made here by
+# `make gpu-wheels`, carried along) are installed into $(GPU_SITE) first when that python lacks pydantic.
+GPU_WHEELS ?= .whl
+GPU_SITE   ?= /tmp/taskvec-gpu-site
+GPU_PY_VERSION ?= 3.12
+GPU_CHECK_FLAGS ?=
+CHECK_PYTHON = $(if $(filter command line environment,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(BIN)/python),$(BIN)/python,python3))
+GPU_WHEEL_PINS = pydantic pydantic_core annotated-types typing-inspection typing_extensions
+
+gpu-check: DEVICE ?= cuda
+gpu-check:
+	@if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1 && ! $(CHECK_PYTHON) -c "import pydantic" 2>/dev/null; then \
+	  $(CHECK_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	    --target $(GPU_SITE) $(GPU_WHEELS)/*.whl && echo "installed $(GPU_WHEELS)/*.whl into $(GPU_SITE)"; fi
+	PYTHONPATH=src:$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(CHECK_PYTHON) benchmarks/gpu_check.py \
+		--device $(DEVICE) $(GPU_CHECK_FLAGS)
+
+# pydantic (missing from the GPU machine's image) and its own needs, as pinned in requirements.lock, for CPython
+# $(GPU_PY_VERSION) on x86-64 Linux: about 3 MB, carried to the GPU machine with the check.
+gpu-wheels: setup
+	$(BIN)/python -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
+		--python-version $(GPU_PY_VERSION) --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_WHEELS) \
+		$$(for p in $(GPU_WHEEL_PINS); do grep -i "^$$p==" requirements.lock; done)
+	@ls $(GPU_WHEELS)
 
 # nnsight and TransformerLens against ours (benchmarks/bench_peers.py, docs/benchmarks.md): their own venv, same lock
 # (torch, transformers) as .venv plus the `bench` extra; checks that the peers left torch/transformers as locked.
