@@ -19,7 +19,7 @@ SMOL = ["--model", "smollm2-135m"]
 CASES = [
     ("models-prepare-unknown", ["models", "prepare", "no-such-model"], "unknown model 'no-such-model'", False),
     ("tasks-show-unknown", ["tasks", "show", "no_such_task"], "unknown task 'no_such_task'", False),
-    ("tasks-show-negative-demos", ["tasks", "show", "two_d", "--n-demos", "-1"], "--n-demos must be >= 0", False),
+    ("tasks-show-negative-demos", ["tasks", "show", "two_d", "--n-demos", "-1"], "--n-demos must be >= 1", False),
     ("tasks-show-unknown-model", ["tasks", "show", "two_d", "--model", "no-such-model"], "unknown model", False),
     ("study-bad-task", ["study", "local-global", *SMOL, "--tasks", "no_such_task", "--out", "{tmp}/s"],
      "unknown task 'no_such_task'", False),
@@ -120,9 +120,138 @@ def test_bad_input_is_one_error_line_and_exit_code_2(workdir, args, expected, lo
     assert not (workdir / "runs").exists()
 
 
-@pytest.mark.parametrize("args", [["saliency", "--no-such-flag"], ["dpca", "--k", "many"], ["train"]],
-                         ids=["unknown-option", "non-integer", "missing-required"])
-def test_usage_errors_exit_2_without_traceback(workdir, args):
-    """Typer's own usage errors (a box, not our one line) also exit with code 2 and no traceback."""
+@pytest.mark.parametrize("args, expected", [
+    (["saliency", "--no-such-flag"], "error: taskvec saliency: No such option: --no-such-flag"),
+    (["dpca", "--k", "many"], "error: taskvec dpca: Invalid value for '--k'"),
+    (["train"], "error: taskvec train: Missing option '--out'")],
+    ids=["unknown-option", "non-integer", "missing-required"])
+def test_usage_errors_are_one_line_too(workdir, args, expected):
+    """Typer's own usage errors are one line ``error: ...`` naming the command (not click's boxed panel), exit 2."""
     out = _cli(args, workdir)
     assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith(expected), out.stderr
+
+
+# ------------------------------------------------------------------------------------------------- in process
+# (case id, arguments, text the error line must contain): run through taskvec.cli.main in this process (fast);
+# none loads a model. {tmp} is the workdir below, which also holds damaged run directories and fake checkpoints.
+IN_PROCESS = [
+    ("tasks-show-negative-seed", ["tasks", "show", "two_d", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    ("tasks-show-zero-demos", ["tasks", "show", "two_d", "--n-demos", "0"], "--n-demos must be >= 1, got 0"),
+    ("tasks-show-file-without-path", ["tasks", "show", "file:"], "file: names no file; write file:PATH"),
+    ("tasks-show-file-is-a-directory", ["tasks", "show", "file:{tmp}"], "is a directory; give a task file in it"),
+    ("tasks-show-jsonl-array-line", ["tasks", "show", "file:{tmp}/array.jsonl"],
+     "line 1: expected an object with fields 'input' and 'output' (or 'label'), got list"),
+    ("saliency-negative-seed", ["saliency", *SMOL, "--seed", "-1", "--out", "{tmp}/run"],
+     "field 'seed' (--seed): Input should be greater than or equal to 0"),
+    ("dpca-negative-seed", ["dpca", *SMOL, "--seed", "-1", "--out", "{tmp}/run"], "(--seed)"),
+    ("heads-negative-seed", ["heads", *SMOL, "--seed", "-1", "--out", "{tmp}/run"], "(--seed)"),
+    ("heads-zero-demos", ["heads", *SMOL, "--n-demos", "0", "--out", "{tmp}/run"],
+     "field 'n_demos' (--n-demos): Input should be greater than or equal to 1"),
+    ("dpca-empty-layers", ["dpca", *SMOL, "--layers", "", "--out", "{tmp}/run"], "--layers is empty"),
+    ("train-negative-seed", ["train", "--out", "{tmp}/run", "--seed", "-1"],
+     "seed: Input should be greater than or equal to 0"),
+    ("train-negative-lr", ["train", "--out", "{tmp}/run", "--lr", "-0.1"], "lr: Input should be greater than 0"),
+    ("train-nan-tvp-weight", ["train", "--out", "{tmp}/run", "--tvp-weight", "nan"],
+     "tvp_weight: Input should be a finite number"),
+    ("train-negative-noise", ["train", "--out", "{tmp}/run", "--noise", "-1"],
+     "field 'noise' (--noise): Input should be greater than or equal to 0"),
+    ("train-heads-do-not-divide-width", ["train", "--out", "{tmp}/run", "--n-head", "7"],
+     "n_embd 128 is not divisible by n_head 7"),
+    ("train-tvp-slots-0", ["train", "--out", "{tmp}/run", "--tvp-layer", "1", "--tvp-slots", "0"],
+     "tvp_slots: Input should be greater than or equal to 1"),
+    ("evaluate-negative-seed", ["evaluate", "--model", "{tmp}/scratch", "--out", "{tmp}/run", "--seed", "-1"],
+     "(--seed)"),
+    ("compare-negative-seed", ["compare", "--out", "{tmp}/run", "--seeds", "-1,0"], "seeds must be >= 0"),
+    ("compare-more-workers-than-cores", ["compare", "--out", "{tmp}/run", "--workers", "1000"],
+     "--workers 1000 is more than the"),
+    ("evaluate-pretrained-llm", ["evaluate", "--model", "{tmp}/llm", "--out", "{tmp}/run"],
+     "not a from-scratch model directory but a 'llama' checkpoint"),
+    ("compress-pretrained-llm", ["compress", "--model", "{tmp}/llm"], "but a 'llama' checkpoint"),
+    ("heads-from-scratch-model", ["heads", "--model", "{tmp}/scratch", "--out", "{tmp}/run"],
+     "is a from-scratch model (made by taskvec train), not a pretrained LM"),
+    ("study-out-is-a-file", ["study", "local-global", *SMOL, "--out", "{tmp}/afile"],
+     "--out {tmp}/afile is a file, not a directory"),
+    ("saliency-out-is-a-file", ["saliency", *SMOL, "--out", "{tmp}/afile"], "is a file, not a directory"),
+    ("train-out-is-a-file", ["train", "--out", "{tmp}/afile"], "is a file, not a directory"),
+    ("evaluate-out-is-a-file", ["evaluate", "--model", "{tmp}/scratch", "--out", "{tmp}/afile"],
+     "is a file, not a directory"),
+    ("compare-out-is-a-file", ["compare", "--out", "{tmp}/afile"], "is a file, not a directory"),
+    ("saliency-empty-out", ["saliency", *SMOL, "--out", ""], "--out is empty"),
+    ("train-empty-out", ["train", "--out", ""], "--out is empty"),
+    ("study-resume-of-nothing", ["study", "local-global", *SMOL, "--out", "{tmp}/run", "--resume"],
+     "--resume: {tmp}/run holds no run (no config.json)"),
+    ("evaluate-resume-of-nothing", ["evaluate", "--model", "{tmp}/scratch", "--out", "{tmp}/run", "--resume"],
+     "--resume: {tmp}/run holds no run (no config.json)"),
+    ("heads-resume-torn-config", ["heads", *SMOL, "--out", "{tmp}/torn", "--resume"],
+     "torn/config.json is torn or not JSON"),
+    ("heads-results-without-config", ["heads", *SMOL, "--seed", "1", "--out", "{tmp}/noconfig"],
+     "holds run output (results.jsonl) but no config.json"),
+    ("heads-garbage-amid-results", ["heads", *SMOL, "--out", "{tmp}/garbage", "--resume"],
+     "line 2 is not a result record"),
+    ("report-garbage-amid-results", ["report", "{tmp}/garbage"], "line 2 is not a result record"),
+    ("models-list-cache-is-a-file", ["models", "list"], "TASKVEC_CACHE={tmp}/afile is a file, not a directory"),
+    ("usage-non-integer", ["dpca", "--k", "many"], "taskvec dpca: Invalid value for '--k'"),
+    ("usage-unknown-option", ["saliency", "--no-such-flag"], "taskvec saliency: No such option: --no-such-flag"),
+]
+
+
+def _main(args: list[str], capsys) -> tuple[int, str, str]:
+    from taskvec.cli import main
+
+    with pytest.raises(SystemExit) as end:
+        main(args)
+    out = capsys.readouterr()
+    return end.value.code, out.out, out.err
+
+
+@pytest.fixture
+def damaged(workdir):
+    """``workdir`` with a file, fake checkpoints and damaged run directories of ``heads`` (default config)."""
+    import json
+
+    from taskvec.analysis.runners import HeadsConfig
+
+    (workdir / "afile").write_text("not a directory\n")
+    (workdir / "array.jsonl").write_text('["Paris", "France"]\n')
+    for name, model_type in (("llm", "llama"), ("scratch", "taskvec_scratch")):
+        (workdir / name).mkdir()
+        (workdir / name / "config.json").write_text(json.dumps({"model_type": model_type}))
+        (workdir / name / "model.safetensors").write_bytes(b"weights")
+    saved = {"config": HeadsConfig(model="smollm2-135m").saved(), "kind": "heads", "versions": {}}
+    record = json.dumps({"unit": "heads/simple_string/mean", "rows": []})
+    (workdir / "torn").mkdir()
+    (workdir / "torn" / "config.json").write_text(json.dumps(saved)[:40])
+    (workdir / "noconfig").mkdir()
+    (workdir / "noconfig" / "results.jsonl").write_text(record + "\n")
+    (workdir / "garbage").mkdir()
+    (workdir / "garbage" / "config.json").write_text(json.dumps(saved))
+    (workdir / "garbage" / "results.jsonl").write_text(f"{record}\n{{oops\n{record}\n")
+    return workdir
+
+
+@pytest.mark.parametrize("args, expected", [c[1:] for c in IN_PROCESS], ids=[c[0] for c in IN_PROCESS])
+def test_bad_input_in_process_is_one_error_line_and_exit_code_2(damaged, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(damaged)
+    monkeypatch.setenv("TASKVEC_CACHE", str(damaged / "afile") if args == ["models", "list"] else
+                       os.environ.get("TASKVEC_CACHE", str(Path.home() / ".cache" / "taskvec")))
+    code, _, err = _main([a.replace("{tmp}", str(damaged)) for a in args], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and lines == [lines[0]] and lines[0].startswith("error: "), err[-2000:]
+    assert expected.replace("{tmp}", str(damaged)) in lines[0], lines[0]
+    assert not (damaged / "run").exists() and not (damaged / "runs").exists()
+    assert not (damaged / "noconfig" / "config.json").exists()  # a refused run changes nothing
+
+
+def test_report_says_how_many_torn_lines_it_skipped(workdir, capsys):
+    """A run killed mid-write: the report is written, and says that one line was skipped."""
+    import json
+
+    run = workdir / "trained"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"steps": 2}, "kind": "train", "versions": {}}))
+    (run / "log.csv").write_text("step,loss,icl_loss,tvp_loss,icl_err,seq_per_s\n1,1.0,1.0,0.0,1.0,10\n")
+    (run / "results.jsonl").write_text(json.dumps({"unit": "train/step-0000001", "rows": []}) + '\n{"unit": "tr')
+    code, out, err = _main(["report", str(run)], capsys)
+    assert code == 0 and "report: " in out and (run / "report.html").exists()
+    assert "skipped 1 torn last line" in err

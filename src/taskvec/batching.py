@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from taskvec.errors import EmptyInputError
+from taskvec.errors import EmptyInputError, TokenizationError
 
 
 @dataclass
@@ -35,6 +35,16 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
                                               self.offsets, self.lengths)))
+
+
+def check_token_ids(token_ids: Sequence[Sequence[int]], vocab: int) -> None:
+    """Raise :class:`TokenizationError` (one line) for a token id outside ``0 .. vocab - 1`` (the embedding would
+    fail with an IndexError, or a device-side assert on a GPU)."""
+    for b, seq in enumerate(token_ids):
+        ids = torch.as_tensor(list(seq), dtype=torch.long)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+            raise TokenizationError(f"prompt {b}: token id {bad} is outside this model's vocabulary (0..{vocab - 1})")
 
 
 def left_pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> Batch:

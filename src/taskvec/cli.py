@@ -78,15 +78,16 @@ def tasks_show(
     name: str = typer.Argument(..., help="task name or file:PATH"),
     model: Optional[str] = typer.Option(None, help="also check/fit the task to this model's tokenizer"),
     n_demos: Optional[int] = typer.Option(None, help="demonstrations in the example prompt (default: the task's)"),
-    seed: int = 0,
-    separator: str = "is",
+    seed: int = typer.Option(0, help="seed of the example's draw"),
+    separator: str = typer.Option("is", help="word between input and answer"),
 ) -> None:
     """A task's parameters, size, and one example prompt (with its tokenizer check when --model is given)."""
     from taskvec.cli_errors import check_at_least
     from taskvec.prompts import Template
     from taskvec.tasks import first_token_collisions, get_task, task_for
 
-    check_at_least("--n-demos", n_demos, 0)
+    check_at_least("--n-demos", n_demos, 1)
+    check_at_least("--seed", seed, 0)
     task = get_task(name)
     if model:
         from taskvec.models import load_model
@@ -125,7 +126,7 @@ def study_local_global(
                                                    "[default: auto]"),
     tasks: Optional[str] = typer.Option(None, help="comma-separated: task names, all, knowledge, categorization, "
                                                    "file:PATH [default: all]"),
-    out: Optional[Path] = typer.Option(None, help="run directory (default runs/local-global-MODEL-sSEED[-quick])"),
+    out: Optional[str] = typer.Option(None, help="run directory (default runs/local-global-MODEL-sSEED[-quick])"),
     resume: bool = typer.Option(False, help="continue a killed run in --out (same config); finished units are kept"),
     quick: Optional[bool] = typer.Option(None, "--quick/--no-quick", help="fewer trials: a smoke run in minutes"),
     seed: Optional[int] = typer.Option(None, help="seed of every draw [default: 0]"),
@@ -142,10 +143,13 @@ def study_local_global(
 ) -> None:
     """The local-vs-global task-vector study (docs/spec.md A.1-A.4, A.8): every task, every vector type, controls, the
     paper's claims as verdicts, report."""
+    from taskvec.cli_errors import check_out
     from taskvec.distributed import World
     from taskvec.errors import RankError
     from taskvec.experiment import config_from
     from taskvec.study import StudyConfig, run_study
+
+    out = check_out(out, resume)
 
     flags = dict(model=model, device=device, dtype=dtype, tasks=_csv(tasks), seed=seed, n_trials=n_trials,
                  n_select=n_select, n_eval=n_eval, n_local_select=n_local_select, n_local_eval=n_local_eval,
@@ -177,8 +181,13 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory: a study, a
                                          "a from-scratch evaluation or training run")) -> None:
     """Re-render a run's report.html from its directory (e.g. while a study is still running)."""
     from taskvec.report import write_report  # dispatches on the run's kind; a non-run is a one-line error
+    from taskvec.runs import skipped_lines
 
     typer.echo(f"report: {write_report(run_dir)}")
+    torn = skipped_lines(run_dir)
+    if torn:
+        typer.echo(f"note: skipped {torn} torn last line{'s' if torn > 1 else ''} of {run_dir}'s results (cut by a "
+                   "kill mid-write; --resume redoes that unit)", err=True)
 
 
 def _mount(sub: typer.Typer) -> None:
@@ -197,9 +206,11 @@ def _mount_all() -> None:
 _mount_all()
 
 
-def main() -> None:
-    """Console entry point (``taskvec``)."""
-    app()
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (``taskvec``): every mistake, a usage error included, is one line ``error: ...``."""
+    from taskvec.cli_errors import run_app
+
+    run_app(app, args)
 
 
 if __name__ == "__main__":

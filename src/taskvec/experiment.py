@@ -31,25 +31,56 @@ from taskvec.runs import RunStore
 C = TypeVar("C", bound="ExperimentConfig")
 
 
-class ExperimentConfig(BaseModel):
-    """Base of every experiment's config: unknown keys are refused; :meth:`from_dict` gives one-line errors."""
+class ValidatedModel(BaseModel):
+    """A pydantic model whose mistakes are one-line :class:`ConfigError` naming the field (never a pydantic
+    ``ValidationError``), however it is built: ``Cls(**fields)``, ``Cls.model_validate(...)`` or
+    ``Cls.model_validate_json(...)``. Unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
     kind: ClassVar[str] = "experiment"
 
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(type(self).config_error(err)) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any):
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as err:
+            raise ConfigError(cls.config_error(err)) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any):
+        try:
+            return super().model_validate_json(json_data, *args, **kwargs)
+        except ValidationError as err:
+            raise ConfigError(cls.config_error(err)) from None
+
+    @classmethod
+    def config_error(cls, err: ValidationError) -> str:
+        """The first mistake of ``err`` on one line: ``<kind> config field 'name' (--flag): what is wrong``."""
+        e = err.errors()[0]
+        where = ".".join(str(x) for x in e["loc"])
+        msg = " ".join(str(e["msg"]).removeprefix("Value error, ").split())
+        if msg.startswith("--"):  # a validator's message that already names the flag
+            return msg
+        if not e["loc"]:  # a check of several fields: its message names them
+            return f"{cls.kind} config: {msg}"
+        flag = f" (--{str(e['loc'][0]).replace('_', '-')})"
+        return f"{cls.kind} config field {where!r}{flag}: {msg}"
+
+
+class ExperimentConfig(ValidatedModel):
+    """Base of every experiment's config: unknown keys are refused; a mistake is a one-line :class:`ConfigError`
+    naming the field (:class:`ValidatedModel`)."""
+
     @classmethod
     def from_dict(cls: type[C], data: dict) -> C:
         """Validate a dict (flags, a YAML file); a mistake raises :class:`ConfigError` naming the field."""
-        try:
-            return cls(**data)
-        except ValidationError as err:
-            e = err.errors()[0]
-            where = ".".join(str(x) for x in e["loc"]) or "config"
-            msg = str(e["msg"]).removeprefix("Value error, ")
-            if msg.startswith("--"):  # a validator's message that already names the flag
-                raise ConfigError(msg) from None
-            flag = f" (--{str(e['loc'][0]).replace('_', '-')})" if e["loc"] else ""
-            raise ConfigError(f"{cls.kind} config field {where!r}{flag}: {msg}") from None
+        return cls(**data)
 
     def saved(self) -> dict:
         """The JSON form saved in ``config.json`` (and compared on resume)."""
@@ -132,4 +163,4 @@ def open_store(cfg: ExperimentConfig, out: str | Path, resume: bool, lm: Any = N
         info.setdefault("model_source", dict(getattr(lm, "source", {}) or {}))
         info.setdefault("n_layers", lm.n_layers)
         info.setdefault("d_model", lm.d_model)
-    return RunStore(out, cfg.saved(), resume=resume, extra=info, additive=additive, rank=rank)
+    return RunStore(out, cfg.saved(), resume=resume, extra=info, additive=additive, rank=rank, writer=True)

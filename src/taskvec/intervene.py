@@ -29,7 +29,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from taskvec.batching import LAST_LOGITS, chunks, left_pad
+from taskvec.batching import LAST_LOGITS, check_token_ids, chunks, left_pad
 from taskvec.errors import (ChoiceError, EmptyInputError, LayerError, LayerSkippingWarning, NonFiniteError,
                             PositionError, WidthError)
 from taskvec.hooks import Hooks, HookSites
@@ -328,6 +328,7 @@ def read_states(
     positions,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
+    edits: Edits | None = None,
 ) -> torch.Tensor:
     """Read ``h_l`` at given prompt positions for many prompts, all layers in one forward pass per batch.
 
@@ -337,6 +338,9 @@ def read_states(
         positions: ``[n_prompts, K]`` positions in each prompt's own coordinates (negative counts from the end).
         layers: which layers (default: all ``0 .. n_layers - 1``).
         batch_size: prompts per forward pass.
+        edits: writes applied during the same passes (``rows`` index ``prompts``, positions are prompt
+            positions): the states read downstream of a patch (e.g. the query state of a patched prompt). A state
+            read at the layer of a write is read before the write.
 
     Returns:
         ``[n_prompts, n_selected_layers, K, d_model]`` float tensor on the CPU.
@@ -346,6 +350,9 @@ def read_states(
     profile = lm.profile
     layers = list(range(profile.n_layers)) if layers is None else [profile.check_layer(int(l)) for l in layers]
     pos = _positions_tensor(positions, len(prompts))
+    if edits is not None and len(edits) and (int(edits.rows.min()) < 0 or int(edits.rows.max()) >= len(prompts)):
+        raise PositionError(f"an edit refers to a prompt outside 0..{len(prompts) - 1}")
+    check_token_ids(prompts, lm.model.get_input_embeddings().num_embeddings)
     lengths = torch.tensor([len(p) for p in prompts])
     pos = torch.where(pos < 0, pos + lengths[:, None], pos)
     if (pos < 0).any() or (pos >= lengths[:, None]).any():
@@ -356,12 +363,28 @@ def read_states(
     for rng in chunks(len(prompts), batch_size):
         batch = left_pad([prompts[i] for i in rng], pad).to(lm.device)
         cols = pos[rng.start:rng.stop].to(lm.device) + batch.offsets[:, None]
-        with hooked(profile.layers, record={l: cols for l in layers}, stop_after_record=True) as rec:
+        with hooked(profile.layers, _batch_edits(edits, rng, batch, profile), {l: cols for l in layers},
+                    stop_after_record=True) as rec:
             run_until_recorded(
                 backbone(lm.model), input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False,
             )
         out[rng.start:rng.stop] = torch.stack([rec[l] for l in layers], dim=1).float().cpu()
+    return out
+
+
+def _batch_edits(edits: Edits | None, rng: range, batch, profile) -> Edits | None:
+    """The edits of prompts ``rng`` as rows and columns of their left-padded ``batch`` (validated)."""
+    if edits is None or not len(edits):
+        return None
+    keep = (edits.rows >= rng.start) & (edits.rows < rng.stop)
+    rows = edits.rows[keep] - rng.start
+    lengths = batch.lengths.cpu()[rows]
+    pos = edits.positions[keep]
+    if ((pos < 0) | (pos >= lengths)).any():
+        raise PositionError("an edit position lies outside its prompt")
+    out = Edits(rows, edits.layers[keep], pos + batch.offsets.cpu()[rows], edits.vectors[keep], edits.mode)
+    out.validate(profile.n_layers, profile.d_model, batch.input_ids.shape[0], batch.input_ids.shape[1])
     return out
 
 
@@ -385,8 +408,13 @@ def patched_logits(
     Returns:
         ``[n_prompts, vocab]`` float logits.
     """
+    check_token_ids(prompts, lm.model.get_input_embeddings().num_embeddings)
     batch = left_pad(prompts, lm.tokenizer.pad_token_id).to(lm.device)
     if edits is not None:
+        if len(edits) and (int(edits.rows.min()) < 0 or int(edits.rows.max()) >= len(prompts)):
+            bad = int(edits.rows[(edits.rows < 0) | (edits.rows >= len(prompts))][0])
+            raise PositionError(f"an edit's row {bad} is outside the batch: rows index the {len(prompts)} prompts "
+                                f"(0..{len(prompts) - 1})")
         if positions_are_prompt_positions:
             lengths = batch.lengths[edits.rows.to(lm.device)]
             if len(edits) and ((edits.positions.to(lm.device) >= lengths) | (edits.positions < 0).to(lm.device)).any():

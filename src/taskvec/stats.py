@@ -5,7 +5,11 @@
 * :func:`bootstrap_ci` — a percentile bootstrap interval of any statistic of one or more samples, resampled
   together (paired: the same resampled indices for every sample) or each on its own (independent samples);
 * :func:`t_ci` / :func:`welch_ci` — Student-t intervals for a mean over a few independent runs (seeds) and for
-  the difference of two such means (Welch), where a normal interval or a bootstrap of 3 values would be too narrow.
+  the difference of two such means (Welch), where a normal interval or a bootstrap of 3 values would be too narrow;
+* :func:`or_nan` — an interval, or NaN where there is nothing to estimate (a table's missing cell).
+
+:func:`wilson`, :func:`mean_ci` and :func:`t_ci` refuse what has no interval (no trials, one seed) with a
+:class:`~taskvec.errors.TaskvecError` instead of returning NaN; callers that mean "missing" use :func:`or_nan`.
 
 Every bootstrap is seeded, so an interval printed by a run is reproducible from its saved config.
 """
@@ -17,14 +21,23 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from taskvec.errors import EmptyInputError, RangeError, TooFewTrialsError
+
 Z95 = 1.959964
 DEFAULT_RESAMPLES = 2000
 
 
 def wilson(k: float, n: int) -> tuple[float, float]:
-    """Wilson score 95% interval ``(low, high)`` for ``k`` successes out of ``n``."""
-    if n <= 0:
-        return float("nan"), float("nan")
+    """Wilson score 95% interval ``(low, high)`` for ``k`` successes out of ``n``.
+
+    Raises:
+        EmptyInputError: ``n`` < 1 (no trials: nothing to estimate).
+        RangeError: ``k`` outside ``0 .. n``.
+    """
+    if not n >= 1:
+        raise EmptyInputError(f"wilson: n = {n} trials: an interval needs at least one trial")
+    if not 0 <= k <= n:
+        raise RangeError(f"wilson: k = {k} successes is outside 0 .. n = {n}")
     m = k / n
     denom = 1 + Z95 * Z95 / n
     centre = (m + Z95 * Z95 / (2 * n)) / denom
@@ -36,12 +49,12 @@ def mean_ci(values) -> tuple[float, float, float]:
     """Mean and 95% interval ``(mean, low, high)`` of per-trial scores.
 
     For 0/1 scores the Wilson score interval is used (well-behaved at 0 and 1); otherwise mean +- 1.96 SE.
+    Non-finite values are dropped; none left is an :class:`~taskvec.errors.EmptyInputError`.
     """
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     n = len(x)
     if n == 0:
-        return float("nan"), float("nan"), float("nan")
+        raise EmptyInputError("mean_ci: no finite values: an interval needs at least one score")
     m = float(x.mean())
     if np.isin(x, (0.0, 1.0)).all():
         return (m, *wilson(float(x.sum()), n))
@@ -88,20 +101,41 @@ def bootstrap_ci(
     return estimate, float(low), float(high)
 
 
+def adjusted_p(p, method: str = "holm") -> np.ndarray:
+    """Multiplicity-adjusted p-values of one family: Holm's step-down (family-wise error) or Benjamini–Hochberg
+    (false discovery rate). NaN entries are not in the family and stay NaN."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    idx = np.nonzero(np.isfinite(p))[0]
+    m = len(idx)
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    ranked = p[order]
+    if method == "holm":
+        adj = np.maximum.accumulate(ranked * (m - np.arange(m)))
+    elif method == "bh":
+        adj = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    else:
+        raise ValueError(f"unknown adjustment {method!r}: use 'holm' or 'bh'")
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
 def t_ci(values) -> tuple[float, float, float]:
     """Mean and 95% Student-t interval ``(mean, low, high)`` of a few independent values (one per seed).
 
-    Non-finite values are dropped; one value gives ``(x, nan, nan)`` (no spread to estimate), none gives NaNs.
+    Non-finite values are dropped; none left is an :class:`~taskvec.errors.EmptyInputError`, one a
+    :class:`~taskvec.errors.TooFewTrialsError` (no spread to estimate; :func:`or_nan` gives ``(x, nan, nan)``).
     """
     from scipy.stats import t
 
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     if len(x) == 0:
-        return float("nan"), float("nan"), float("nan")
+        raise EmptyInputError("t_ci: no finite values: an interval needs at least two (one per seed)")
     m = float(x.mean())
     if len(x) == 1:
-        return m, float("nan"), float("nan")
+        raise TooFewTrialsError("t_ci: one finite value: a Student-t interval needs at least two (one per seed)")
     half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return m, m - half, m + half
 
@@ -128,11 +162,26 @@ def welch_ci(a, b) -> tuple[float, float, float]:
     return diff, diff - half, diff + half
 
 
+def _finite(values) -> np.ndarray:
+    x = np.asarray(values, dtype=float).ravel()
+    return x[np.isfinite(x)]
+
+
+def or_nan(ci: Callable[..., tuple[float, float, float]], values) -> tuple[float, float, float]:
+    """``ci(values)`` (:func:`mean_ci`, :func:`t_ci`), or, where it has nothing to estimate, the mean of the finite
+    values (NaN if none) with a NaN interval: for tables in which a missing cell is NaN, not an error."""
+    try:
+        return ci(values)
+    except (EmptyInputError, TooFewTrialsError):
+        x = _finite(values)
+        return (float(x.mean()) if len(x) else float("nan")), float("nan"), float("nan")
+
+
 def summarize(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     """Group ``df`` by ``by`` and return ``mean, low, high, n`` of ``value`` per group."""
     rows = []
     for key, g in df.groupby(by, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        m, lo, hi = mean_ci(g[value])
+        m, lo, hi = or_nan(mean_ci, g[value])
         rows.append(dict(zip(by, key), mean=m, low=lo, high=hi, n=int(g[value].notna().sum())))
     return pd.DataFrame(rows)

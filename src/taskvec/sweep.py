@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from taskvec.batching import LAST_LOGITS, left_pad
+from taskvec.batching import LAST_LOGITS, check_token_ids, left_pad
 from taskvec.errors import ChoiceError, EmptyInputError, PositionError, WidthError
 from taskvec.intervene import Edits, backbone, hooked, layer_skipping_ok, run_until_recorded, skipping
 from taskvec.models.devices import batch_token_budget
@@ -72,6 +72,7 @@ class VariantOutput:
 def _check(lm, prompts, variants, read_ids) -> None:
     if not prompts or not variants:
         raise EmptyInputError("nothing to run: give at least one prompt and one variant")
+    check_token_ids(prompts, lm.model.get_input_embeddings().num_embeddings)
     for v in variants:
         if not 0 <= v.prompt < len(prompts):
             raise PositionError(f"variant refers to prompt {v.prompt}, but there are {len(prompts)} prompts")

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from taskvec.cli_errors import friendly
+from taskvec.cli_errors import check_out, friendly
 
 app = typer.Typer(help="Analyses: saliency flows, dPCA with subspace ablation, head attribution.",
                   no_args_is_help=True, add_completion=False)
@@ -61,9 +61,10 @@ OUT = typer.Option(None, help="run directory (default runs/KIND-MODEL-TASK-sSEED
 RESUME = typer.Option(False, help="continue a killed run in --out (same config); finished units are kept")
 
 
-def _out(out: Optional[Path], cfg) -> Path:
+def _out(out: Optional[str], cfg, resume: bool) -> Path:
+    """``--out`` checked (:func:`~taskvec.cli_errors.check_out`), or the default ``runs/KIND-MODEL-TASK-sSEED``."""
     task = "+".join(cfg.tasks) if hasattr(cfg, "tasks") else cfg.task
-    return out or Path("runs") / f"{cfg.kind}-{cfg.model.replace('/', '_')}-{task}-s{cfg.seed}"
+    return check_out(out, resume) or Path("runs") / f"{cfg.kind}-{cfg.model.replace('/', '_')}-{task}-s{cfg.seed}"
 
 
 @app.command()
@@ -80,7 +81,7 @@ def saliency(
     batch_size: Optional[int] = typer.Option(None, help="prompts per forward/backward [default: 4]"),
     separator: Optional[str] = SEPARATOR,
     config: Optional[Path] = CONFIG,
-    out: Optional[Path] = OUT,
+    out: Optional[str] = OUT,
     resume: bool = RESUME,
 ) -> None:
     """Attention x gradient saliency flows per layer (docs/analyses.md); switches the model to eager attention."""
@@ -90,7 +91,7 @@ def saliency(
     cfg = config_from(SaliencyConfig, config, dict(
         model=model, device=device, dtype=dtype, tasks=_csv(tasks), n_trials=n_trials, n_demos=n_demos, seed=seed,
         loss=loss, batch_size=batch_size, separator=separator))
-    path = run_saliency(cfg, _out(out, cfg), resume=resume)
+    path = run_saliency(cfg, _out(out, cfg, resume), resume=resume)
     typer.echo(f"saliency written to {path}\nreport: {path / 'report.html'}")
 
 
@@ -113,7 +114,7 @@ def dpca(
     dtype: Optional[str] = DTYPE,
     task: Optional[str] = typer.Option(None, help="a categorization task whose trials carry meta['length'] "
                                                   "[default: simple_string]"),
-    n_trials: Optional[int] = typer.Option(None, help="trials, at least the length x label conditions [default: 40]"),
+    n_trials: Optional[int] = typer.Option(None, help="trials, at least the length x class conditions [default: 40]"),
     n_demos: Optional[int] = N_DEMOS,
     seed: Optional[int] = SEED,
     k: Optional[int] = typer.Option(None, help="axes per marginalization to project out, the same for length and "
@@ -126,7 +127,7 @@ def dpca(
                                                        "[0, 1] [default: auto]"),
     separator: Optional[str] = SEPARATOR,
     config: Optional[Path] = CONFIG,
-    out: Optional[Path] = OUT,
+    out: Optional[str] = OUT,
     resume: bool = RESUME,
 ) -> None:
     """dPCA of answer-position states by length and label, Mahalanobis distances, subspace ablation
@@ -138,7 +139,7 @@ def dpca(
         model=model, device=device, dtype=dtype, task=task, n_trials=n_trials, n_demos=n_demos, seed=seed, k=k,
         layers=_ints(layers), ablate_layers=_ints(ablate_layers, "--ablate-layers"), regularizer=regularizer,
         shrinkage=_shrinkage(shrinkage), separator=separator))
-    path = run_dpca(cfg, _out(out, cfg), resume=resume)
+    path = run_dpca(cfg, _out(out, cfg, resume), resume=resume)
     typer.echo(f"dPCA written to {path}\nreport: {path / 'report.html'}")
 
 
@@ -158,7 +159,7 @@ def heads(
     top: Optional[int] = typer.Option(None, help="heads listed in heads_top.csv [default: 10]"),
     separator: Optional[str] = SEPARATOR,
     config: Optional[Path] = CONFIG,
-    out: Optional[Path] = OUT,
+    out: Optional[str] = OUT,
     resume: bool = RESUME,
 ) -> None:
     """Per-head effects at the query (mean-ablation, ICL -> dummy patching) and attention to answers
@@ -169,9 +170,11 @@ def heads(
     cfg = config_from(HeadsConfig, config, dict(
         model=model, device=device, dtype=dtype, task=task, n_trials=n_trials, n_demos=n_demos, seed=seed,
         modes=_csv(modes), layers=_ints(layers), top=top, separator=separator))
-    path = run_heads(cfg, _out(out, cfg), resume=resume)
+    path = run_heads(cfg, _out(out, cfg, resume), resume=resume)
     typer.echo(f"heads written to {path}\nreport: {path / 'report.html'}")
 
 
 if __name__ == "__main__":
-    app()
+    from taskvec.cli_errors import run_app
+
+    run_app(app)

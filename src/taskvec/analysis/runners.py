@@ -32,7 +32,7 @@ class SaliencyConfig(ModelExperimentConfig):
     tasks: list[str] = Field(default_factory=lambda: ["simple_string"], min_length=1)
     n_trials: int = Field(20, ge=1, description="prompts per task")
     n_demos: int | None = Field(None, ge=0, description="demonstrations per prompt (default: the task's)")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     loss: Literal["auto", "vocab", "label"] = "auto"
     batch_size: int = Field(4, ge=1, description="prompts per forward/backward (bounds peak memory)")
     separator: str = "is"
@@ -48,9 +48,10 @@ class DPCAConfig(ModelExperimentConfig):
 
     kind: ClassVar[str] = "dpca"
     task: str = "simple_string"
-    n_trials: int = Field(40, ge=1, description="trials (at least the number of length x label conditions)")
-    n_demos: int | None = Field(None, ge=0)
-    seed: int = 0
+    n_trials: int = Field(40, ge=1, description="trials (at least the number of length x class conditions)")
+    n_demos: int | None = Field(None, ge=1, description="demonstrations per prompt (their answer states are "
+                                "analysed)")
+    seed: int = Field(0, ge=0)
     k: int | None = Field(None, ge=1, description="axes per marginalization to project out (default: each whole "
                           "subspace, levels - 1 axes)")
     layers: list[int] | None = Field(None, description="layers to analyse (default all)")
@@ -78,9 +79,11 @@ class DPCAConfig(ModelExperimentConfig):
 
     @field_validator("layers", "ablate_layers")
     @classmethod
-    def _layers(cls, v):
+    def _layers(cls, v, info):
         if v is not None and any(layer < 0 for layer in v):
             raise ValueError(f"layer {min(v)} is out of range: layers count from 0")
+        if v is not None and not v and info.field_name == "layers":
+            raise ValueError("--layers is empty: give the layers to analyse, e.g. '0-5', or leave it out for all")
         return v
 
 
@@ -90,8 +93,9 @@ class HeadsConfig(ModelExperimentConfig):
     kind: ClassVar[str] = "heads"
     task: str = "simple_string"
     n_trials: int = Field(8, ge=1)
-    n_demos: int | None = Field(None, ge=0)
-    seed: int = 0
+    n_demos: int | None = Field(None, ge=1, description="demonstrations per prompt (the query's attention to "
+                                "their answers is measured)")
+    seed: int = Field(0, ge=0)
     modes: list[Literal["mean", "patch"]] = Field(default_factory=lambda: ["mean", "patch"], min_length=1)
     layers: list[int] | None = Field(None, description="layers whose heads to test (default all)")
     top: int = Field(10, ge=1, description="heads listed in heads_top.csv")
@@ -114,10 +118,15 @@ class HeadsConfig(ModelExperimentConfig):
 
 def _model(cfg, lm):
     """The loaded model (``lm`` if given: it must be ``cfg.model``), layers of the config checked against it."""
+    from taskvec.errors import RangeError
+
     lm = lm or cfg.load()
     for name in ("layers", "ablate_layers"):
         for layer in getattr(cfg, name, None) or []:
             lm.profile.check_layer(layer)
+    k = getattr(cfg, "k", None)
+    if k is not None and k > lm.d_model:
+        raise RangeError(f"--k {k} is above the model's width (d_model = {lm.d_model}): give at most {lm.d_model}")
     return lm
 
 
@@ -154,9 +163,9 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path, resume: bool = False, lm=
 
     RunStore.check(out, cfg.saved(), resume)
     lm = _model(cfg, lm)
-    store = open_store(cfg, out, resume, lm)
-    for task_name in cfg.tasks:
-        _, _, _, prompts = _prompts(lm, task_name, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator)
+    per_task = {t: _prompts(lm, t, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator)[3] for t in cfg.tasks}
+    store = open_store(cfg, out, resume, lm)  # once every task's prompts are built
+    for task_name, prompts in per_task.items():
         for i, rng in enumerate(chunks(len(prompts), cfg.batch_size)):
             def unit(rng=rng):
                 res = saliency(lm, [prompts[j] for j in rng], loss=cfg.loss, batch_size=cfg.batch_size)
@@ -200,12 +209,12 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
 
     RunStore.check(out, cfg.saved(), resume)
     lm = _model(cfg, lm)
-    store = open_store(cfg, out, resume, lm)
     task_name = cfg.task
+    task, trials, template = _trials(lm, task_name, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator,
+                                     cfg.task_params)
+    store = open_store(cfg, out, resume, lm)  # once the task and its trials are drawn
 
     def unit():
-        task, trials, template = _trials(lm, task_name, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator,
-                                         cfg.task_params)
         res = dpca_analysis(lm, trials, task=task, template=template, layers=cfg.layers, k=cfg.k,
                             regularizer=cfg.regularizer, shrinkage=cfg.shrinkage, ablate_layers=cfg.ablate_layers,
                             seed=cfg.seed, progress=progress, n_boot=cfg.n_boot, probe_folds=cfg.probe_folds)
@@ -251,7 +260,6 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
 
     RunStore.check(out, cfg.saved(), resume)
     lm = _model(cfg, lm)
-    store = open_store(cfg, out, resume, lm)
     task_name, modes = cfg.task, cfg.modes
     task, trials, template, prompts = _prompts(lm, task_name, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator)
     dummies = None
@@ -259,6 +267,7 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
         dummies = build_prompts(lm, dummy_trials(trials, [task.answer_pool(t) for t in trials], cfg.seed,
                                                  lm.tokenizer), template)
         check_aligned(prompts, dummies)
+    store = open_store(cfg, out, resume, lm)  # once the prompts are built and aligned
     for mode in modes:
         store.run_unit(f"heads/{task_name}/{mode}",
                        lambda mode=mode: head_effects(lm, prompts, dummies, mode=mode, layers=cfg.layers)

@@ -70,8 +70,18 @@ DEFAULT_MODEL = "gemma3-270m"
 
 
 def cache_dir() -> Path:
-    """Root of taskvec's caches: ``$TASKVEC_CACHE`` or ``~/.cache/taskvec``."""
-    return Path(os.environ.get("TASKVEC_CACHE", Path.home() / ".cache" / "taskvec"))
+    """Root of taskvec's caches: ``$TASKVEC_CACHE`` or ``~/.cache/taskvec``; one that is not a directory is a
+    one-line :class:`~taskvec.errors.ConfigError`."""
+    from taskvec.errors import ConfigError
+
+    given = os.environ.get("TASKVEC_CACHE")
+    if given is not None and not given.strip():
+        raise ConfigError("TASKVEC_CACHE is empty: point it at a directory, or unset it for ~/.cache/taskvec")
+    path = Path(given).expanduser() if given is not None else Path.home() / ".cache" / "taskvec"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"TASKVEC_CACHE={path} is a file, not a directory: point it at a directory, or unset it "
+                          "for ~/.cache/taskvec")
+    return path
 
 
 @dataclass
@@ -237,6 +247,32 @@ def prepare_named(name: str, progress: Callable[[str], None] | None = None) -> P
     return target
 
 
+def checkpoint_type(path: str | Path) -> str:
+    """The ``model_type`` in the ``config.json`` of checkpoint directory ``path`` (``"unknown"`` if unreadable)."""
+    try:
+        data = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "unknown"
+    return str(data.get("model_type", "unknown")) if isinstance(data, dict) else "unknown"
+
+
+def _model_name(name_or_path) -> str:
+    """``name_or_path`` as a string; refuse (one line) what is not a name or a path, and a from-scratch model
+    (``taskvec train``'s, not a pretrained LM)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ModelNotFoundError(f"load_model takes a model name or a checkpoint directory (a str or a path), got "
+                                 f"{type(name_or_path).__name__} {name_or_path!r}")
+    name = os.fspath(name_or_path)
+    if not name.strip():
+        raise ModelNotFoundError(f"the model name is empty: give a named offline model ({', '.join(NAMED_MODELS)}), "
+                                 "a checkpoint directory or an HF id")
+    path = Path(name).expanduser()
+    if name not in NAMED_MODELS and (path / "config.json").exists() and checkpoint_type(path) == "taskvec_scratch":
+        raise ModelNotFoundError(f"{name} is a from-scratch model (made by taskvec train), not a pretrained LM: "
+                                 f"evaluate it with taskvec evaluate --model {name}")
+    return name
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
@@ -267,6 +303,7 @@ def load_model(
 
     from taskvec.models.devices import resolve_device, resolve_dtype
 
+    name_or_path = _model_name(name_or_path)
     dispatch = max_memory is not None or (str(device) == "auto" and torch.cuda.device_count() > 1)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)

@@ -50,9 +50,13 @@ def run_kind(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` for any run (a study, an analysis, a from-scratch evaluation or training)
-    from the files in the directory alone; returns its path. Also mid-run: it shows what has finished."""
+    from the files in the directory alone; returns its path. Also mid-run: it shows what has finished (a line
+    cut by a kill is skipped; :func:`taskvec.runs.skipped_lines` counts them)."""
+    from taskvec.runs import skipped_lines
+
     run_dir = Path(run_dir)
     kind = run_kind(run_dir)
+    skipped_lines(run_dir)  # damaged results (a garbage line amid them) are a one-line error, not a report
     if kind == "study":
         from taskvec.report.local_global import write_report as study_report
 

@@ -75,7 +75,8 @@ def _saliency(page: Page, run_dir: Path, saved: dict) -> None:
 
 
 def _scalars(d: dict, prefix: str = "") -> list[dict]:
-    """The scalar entries of a nested dict, as ``{statistic, value}`` rows (lists are left out)."""
+    """The scalar entries of a nested dict, as ``{statistic, value}`` rows (short lists of scalars, such as a
+    window or a region of layers, as text; longer lists, such as per-layer curves, are left out)."""
     rows = []
     for k, v in d.items():
         name = f"{prefix}{k}"
@@ -83,6 +84,8 @@ def _scalars(d: dict, prefix: str = "") -> list[dict]:
             rows += _scalars(v, name + ".")
         elif isinstance(v, (int, float, str, bool)) or v is None:
             rows.append({"statistic": name, "value": v})
+        elif isinstance(v, list) and len(v) <= 4 and all(isinstance(x, (int, float)) for x in v):
+            rows.append({"statistic": name, "value": str(v)})
     return rows
 
 
@@ -104,7 +107,7 @@ def _dpca(page: Page, run_dir: Path, saved: dict) -> None:
     if c8.exists():
         rows = _scalars(json.loads(c8.read_text()))
         if rows:
-            page.heading("Claim C8 statistics (length vs label separability, early vs late)")
+            page.heading("Claim C8 statistics (length vs class separability, fixed early window vs late)")
             page.table(pd.DataFrame(rows), floatfmt="{:.3f}", tall=True)
     for name, label in (("dpca_per_layer.csv", "Per-layer variance split, dPCA and Mahalanobis (table)"),
                         ("dpca_probes.csv", "Linear probes after ablation (table)")):

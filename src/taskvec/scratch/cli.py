@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from taskvec.cli_errors import check_at_least, friendly
+from taskvec.cli_errors import check_at_least, check_out, friendly
 
 app = typer.Typer(help="Train and evaluate from-scratch ICL models (task vectors, TVP-loss).",
                   no_args_is_help=True, add_completion=False)
@@ -54,8 +54,8 @@ def _renamed_flag(old: str, new: str, value) -> None:
 @app.command()
 @friendly
 def train(
-    out: Path = typer.Option(..., help="run directory: config.json, results.jsonl (the logged curve), logs, "
-                                       "TensorBoard, checkpoints, final model"),
+    out: str = typer.Option(..., help="run directory: config.json, results.jsonl (the logged curve), logs, "
+                                      "TensorBoard, checkpoints, final model"),
     config: Optional[Path] = typer.Option(None, help="a TrainConfig as YAML/JSON (or a run's config.json); flags "
                                                      "given here override it"),
     task: Optional[str] = typer.Option(None, help="linear_regression | sinusoid | token_offset"),
@@ -99,6 +99,7 @@ def train(
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard"),
 ):
     """Train a GPT-2-style model with L = L_ICL + λ·L_TVP."""
+    out = check_out(out)  # a --resume of nothing: train's own check (it also knows runs of older versions)
     check_at_least("--threads", threads, 1)
     if layout is not None:  # fails before the heavy imports below
         from taskvec.scratch.layouts import canonical
@@ -128,8 +129,8 @@ def evaluate(
     model: Optional[list[Path]] = typer.Option(None, help="from-scratch model directory, e.g. runs/NAME/model "
                                                           "(repeat to compare models; or `models` in --config)"),
     label: Optional[list[str]] = typer.Option(None, help="a name per --model (default: directory names)"),
-    out: Path = typer.Option(..., help="run directory: config.json, results.jsonl (one line per model and "
-                                       "analysis), results.json, report.html"),
+    out: str = typer.Option(..., help="run directory: config.json, results.jsonl (one line per model and "
+                                      "analysis), results.json, report.html"),
     resume: bool = typer.Option(False, help="continue a killed evaluation in --out (same config); finished "
                                             "units are kept"),
     config: Optional[Path] = typer.Option(None, help="an EvalConfig as YAML/JSON; flags given here override it"),
@@ -147,6 +148,7 @@ def evaluate(
     from taskvec.errors import ConfigError
 
     _renamed_flag("--n-prompts", "--n-trials", n_prompts)
+    out = check_out(out, resume)
     check_at_least("--k", k, 1)
     check_at_least("--n-trials", n_trials, 1)
     check_at_least("--layer", layer, 0)
@@ -170,24 +172,26 @@ def evaluate(
 @app.command()
 @friendly
 def compare(
-    out: Path = typer.Option(..., help="run directory: config.json, results.jsonl, models/ (one training run per "
-                                       "model), summary.csv, verdicts.csv, report.html"),
+    out: str = typer.Option(..., help="run directory: config.json, results.jsonl, models/ (one training run per "
+                                      "model), summary.csv, verdicts.csv, report.html"),
     config: Optional[Path] = typer.Option(None, help="a ComparisonConfig as YAML/JSON (train, arms, layouts, seeds, "
                                                      "evaluation, rules); flags given here override it"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated training seeds [default: 0,1,2]"),
     layouts: Optional[str] = typer.Option(None, help="comma-separated layouts: x->y and/or *xy [default: both]"),
     resume: bool = typer.Option(False, help="continue a killed comparison in --out (same config): finished units "
                                             "are kept, an unfinished training resumes from its last checkpoint"),
-    workers: int = typer.Option(1, help="processes running trainings/evaluations side by side"),
+    workers: int = typer.Option(1, help="processes running trainings/evaluations side by side (at most the CPU "
+                                        "cores)"),
     threads: int = typer.Option(1, help="torch CPU threads per worker"),
 ):
     """Vanilla vs TVP-loss over seeds and layouts: train every model, evaluate each on a selection and an
     evaluation draw, aggregate over seeds with 95% intervals and compute the claims' verdicts. Resumable."""
-    check_at_least("--workers", workers, 1)
-    check_at_least("--threads", threads, 1)
     from taskvec.errors import ConfigError
     from taskvec.experiment import config_from
-    from taskvec.scratch.comparison import ComparisonConfig, markdown_summary, run_comparison
+    from taskvec.scratch.comparison import ComparisonConfig, check_workers, markdown_summary, run_comparison
+
+    check_workers(workers, threads)
+    out = check_out(out, resume)
 
     seed_list = None
     if seeds is not None:
@@ -235,4 +239,6 @@ def compress(
 
 
 if __name__ == "__main__":
-    app()
+    from taskvec.cli_errors import run_app
+
+    run_app(app)

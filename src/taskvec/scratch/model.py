@@ -352,8 +352,9 @@ def check_model_dir(path) -> None:
 
     path = Path(path)
     if not path.is_dir():
-        raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no such directory; give the "
-                                 "model directory a training run saved, e.g. runs/NAME/model)")
+        what = "a file, not a directory" if path.exists() else "no such directory"
+        raise ModelNotFoundError(f"{path} is not a from-scratch model directory ({what}; give the model directory "
+                                 "a training run saved, e.g. runs/NAME/model)")
     if (path / "model" / "config.json").exists() and not (path / "model.safetensors").exists():
         raise ModelNotFoundError(f"{path} is not a from-scratch model directory but a training run: give its model, "
                                  f"{path / 'model'}")
@@ -361,3 +362,11 @@ def check_model_dir(path) -> None:
         raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no config.json)")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no weights)")
+    from taskvec.models.registry import checkpoint_type
+
+    model_type = checkpoint_type(path)
+    if model_type != ScratchConfig.model_type:
+        raise ModelNotFoundError(f"{path} is not a from-scratch model directory but a {model_type!r} checkpoint (a "
+                                 "pretrained LM: study it with taskvec study/saliency/dpca/heads --model); give a "
+                                 "model saved by taskvec train, e.g. runs/NAME/model")
+

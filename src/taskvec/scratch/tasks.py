@@ -14,17 +14,18 @@ Numeric tasks give float ``xs [B, n, d_in]`` and ``ys [B, n]``; ``token_offset``
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import Field, field_validator
 
 from taskvec.errors import ConfigError
+from taskvec.experiment import ValidatedModel
 
 TASKS = ("linear_regression", "sinusoid", "token_offset")
 
 
-class TaskConfig(BaseModel):
+class TaskConfig(ValidatedModel):
     """A task family and its in- or out-of-distribution options.
 
     Attributes:
@@ -39,18 +40,18 @@ class TaskConfig(BaseModel):
         half_subspace: x lives in the first ``d // 2`` coordinates only (OOD).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    kind: ClassVar[str] = "task"
 
     name: Literal["linear_regression", "sinusoid", "token_offset"] = "linear_regression"
     d: int = 10
-    noise: float = 0.0
-    pool_size: int | None = None
-    pool_seed: int = 1234
+    noise: float = Field(0.0, ge=0, allow_inf_nan=False, description="label noise std")
+    pool_size: int | None = Field(None, ge=1)
+    pool_seed: int = Field(1234, ge=0)
     vocab: int = 64
     offsets: list[int] | None = None
-    x_scale: float = 1.0
-    w_scale: float = 1.0
-    skew: float = 0.0
+    x_scale: float = Field(1.0, allow_inf_nan=False)
+    w_scale: float = Field(1.0, allow_inf_nan=False)
+    skew: float = Field(0.0, ge=0, allow_inf_nan=False)
     half_subspace: bool = False
 
     @field_validator("d", "vocab")

@@ -57,29 +57,29 @@ class TrainConfig(ExperimentConfig):
     task: TaskConfig = Field(default_factory=TaskConfig)
     layout: str = "x→y"
     preset: str = "cpu-small"
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
+    n_layer: int | None = Field(None, ge=1)
+    n_head: int | None = Field(None, ge=1)
+    n_embd: int | None = Field(None, ge=1)
     k_max: int = 20
     steps: int = 10_000
     batch_size: int = 64
-    lr: float | None = None
+    lr: float | None = Field(None, gt=0, allow_inf_nan=False)
     lr_warmup: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
     tvp_layer: int | None = None
-    tvp_weight: float | None = None
+    tvp_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
     tvp_schedule: str = "constant"
     detach_theta: bool = False
-    tvp_slots: int | None = None
+    tvp_slots: int | None = Field(None, ge=1, description="random example slots per sequence in L_TVP")
     tvp_shared_query: bool = False
     curriculum: bool = False
     curriculum_every: int = 2000
     curriculum_start: int = 5
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     save_every: int = 500
     log_every: int = 10
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = Field(2, ge=1)
 
     @field_validator("tvp_schedule", mode="before")
     @classmethod
@@ -92,6 +92,11 @@ class TrainConfig(ExperimentConfig):
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         n_layer = self.n_layer or PRESETS[self.preset]["n_layer"]
+        n_head = self.n_head or PRESETS[self.preset]["n_head"]
+        n_embd = self.n_embd or PRESETS[self.preset]["n_embd"]
+        if n_embd % n_head:
+            raise ValueError(f"n_embd {n_embd} is not divisible by n_head {n_head} (each head gets n_embd / n_head "
+                             "dimensions): give an n_head that divides n_embd, or another n_embd")
         if self.tvp_weight is None:
             self.tvp_weight = 1.0 if self.tvp_layer is not None else 0.0
         if self.tvp_weight < 0:
@@ -120,6 +125,10 @@ class TrainConfig(ExperimentConfig):
             raise ValueError("the TVP-loss needs k_max >= 2 (a slot with at least one demonstration)")
         return self
 
+    @classmethod
+    def config_error(cls, err: ValidationError) -> str:
+        return f"bad training config: {validation_message(err)}"
+
     def saved(self) -> dict:
         """The JSON form in ``config.json``; a ``constant`` λ schedule is left out, so runs written before
         ``tvp_schedule`` existed still resume (their config has no such key)."""
@@ -147,20 +156,18 @@ def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
     task.update(overrides.pop("task", {}) or {})
     data.update({k: v for k, v in overrides.items() if v is not None})
     data["task"] = task
-    try:
-        return TrainConfig(**data)
-    except ValidationError as e:  # → one line
-        raise ConfigError(f"bad training config: {validation_message(e)}") from None
+    return TrainConfig(**data)  # a mistake: one line (TrainConfig.config_error)
 
 
 def validation_message(e: ValidationError) -> str:
-    """The first pydantic error as ``field: message`` (unknown keys say so)."""
+    """The first pydantic error as ``field: message`` (unknown keys say so; a check of several fields gives its
+    message alone)."""
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
-    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    msg = " ".join(err.get("msg", "invalid").removeprefix("Value error, ").split())
     if err.get("type") == "extra_forbidden":
         msg = "unknown key"
-    return f"{loc}: {msg}"
+    return f"{loc}: {msg}" if loc else msg
 
 
 # ----------------------------------------------------------------------------------------------- λ schedule
@@ -475,7 +482,7 @@ def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> None:
         if (out_dir / "config.yaml").exists():
             raise ConfigError(f"--resume: {out_dir} was written by an older taskvec (config.yaml, no config.json) "
                               "and cannot be resumed by this one; start a new --out")
-        raise ConfigError(f"--resume: {out_dir} holds no run (no config.json)")
+        raise ConfigError(f"--resume: {out_dir} holds no run (no config.json); drop --resume to start one")
     RunStore.check(out_dir, cfg.saved(), resume, ADDITIVE)
 
 
@@ -513,8 +520,9 @@ def _truncate_log(out_dir: Path, step: int) -> None:
 def training_curve(out_dir: str | Path):
     """The logged rows (step, loss, icl_loss, tvp_loss, icl_err, seq_per_s, unit) of a run's finished intervals:
     the :class:`~taskvec.runs.RunStore` table of its directory, as a DataFrame."""
-    saved = json.loads((Path(out_dir) / "config.json").read_text())
-    return RunStore(out_dir, saved["config"], resume=True).table()
+    from taskvec.runs import read_saved
+
+    return RunStore(out_dir, read_saved(out_dir)["config"], resume=True).table()
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -573,19 +581,18 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
     if cfg.uses_tvp:
         plan(cfg.layout, 2, query=True).require_slot()  # clear error for xy + TVP
     _check_run_dir(out_dir, cfg, resume)
-    if world > 1:
-        dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
-    store = None
-    if rank == 0:  # config.json: the config, versions, world size and device
-        store = RunStore(out_dir, cfg.saved(), resume=resume, additive=ADDITIVE,
-                         extra={"kind": cfg.kind, "world_size": world, "device": device})
-
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the model is built (and checked) before the run directory is made
     model = build_model(cfg.preset, d_in=task.d_in, vocab=task.vocab, n_positions=positions_for(cfg.k_max),
                         task=cfg.task.model_dump(), layout=cfg.layout, tvp_layer=cfg.tvp_layer,
                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
     if cfg.tvp_layer is not None and cfg.tvp_layer >= model.n_layers:
         raise LayerError(f"tvp_layer {cfg.tvp_layer} is beyond the model: layers are 0..{model.n_layers - 1}")
+    if world > 1:
+        dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
+    store = None
+    if rank == 0:  # config.json: the config, versions, world size and device
+        store = RunStore(out_dir, cfg.saved(), resume=resume, additive=ADDITIVE, writer=True,
+                         extra={"kind": cfg.kind, "world_size": world, "device": device})
     start, last_ckpt = 0, None
     ckpts = checkpoints(out_dir) if resume else []
     opt_state = None

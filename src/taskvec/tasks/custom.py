@@ -146,8 +146,16 @@ def read_records(path: str | Path) -> list[tuple[int, Any]]:
     """The rows of a task file as ``(line, record)``; the format follows the extension (.json, .jsonl, .csv)."""
     p = Path(path)
     suffix = p.suffix.lower()
+    kinds = ", ".join(FORMATS)
+    if not str(path).strip():
+        raise TaskFileError(f"file: names no file; write file:PATH, PATH a task file ending in {kinds}")
+    if p.is_dir():
+        raise TaskFileError(f"{p} is a directory; give a task file in it (ending in {kinds})")
+    if not suffix:
+        raise TaskFileError(f"{p}: a task file's name must end in {kinds} (its extension picks the format); "
+                            "rename it")
     if suffix not in FORMATS:
-        raise TaskFileError(f"{p}: unknown task file type {suffix or '(none)'!r}; use one of {', '.join(FORMATS)}")
+        raise TaskFileError(f"{p}: unknown task file type {suffix!r}; use one of {kinds}")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -159,8 +167,7 @@ def read_records(path: str | Path) -> list[tuple[int, Any]]:
 
 
 def _field(rec: Any, field: str, line: int, where: str) -> str:
-    if not isinstance(rec, dict):
-        raise TaskFileError(f"{where}: line {line}: expected an object with fields 'input' and '{field}'")
+    _object(rec, line, where)
     if rec.get(field) is None:
         raise TaskFileError(f"{where}: line {line}: missing field {field!r}; add it")
     v = rec[field]
@@ -172,8 +179,20 @@ def _field(rec: Any, field: str, line: int, where: str) -> str:
     return s
 
 
+def _object(rec: Any, line: int, where: str) -> None:
+    if not isinstance(rec, dict):
+        raise TaskFileError(f"{where}: line {line}: expected an object with fields 'input' and 'output' (or "
+                            f"'label'), got {type(rec).__name__} {_short(rec)}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _infer_kind(rec: Any, line: int, where: str) -> str:
-    has_out, has_label = isinstance(rec, dict) and "output" in rec, isinstance(rec, dict) and "label" in rec
+    _object(rec, line, where)
+    has_out, has_label = "output" in rec, "label" in rec
     if has_out and has_label:
         raise TaskFileError(f"{where}: line {line}: has both 'output' and 'label'; pass kind='knowledge' or "
                             "kind='categorization'")

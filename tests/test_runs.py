@@ -1,0 +1,238 @@
+"""Run directories stay safe (issue 24): config.json written atomically and refused when torn, results never
+adopted without their config, records tied to the config they were produced under, a torn last line cut off on
+resume, one writer per directory, a failed run replaced cleanly or resumed. No model is loaded here."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from taskvec.errors import ConfigError
+from taskvec.runs import FAILED, LOCK, RunStore, read_records, skipped_lines
+
+CFG = {"seed": 0, "n": 3}
+
+
+def _store(path, cfg=CFG, **kw) -> RunStore:
+    return RunStore(path, cfg, extra={"kind": "test"}, writer=True, **kw)
+
+
+def _one_line(err) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_config_json_is_written_atomically_and_a_torn_one_is_refused_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    _store(run).append("a", [{"x": 1}])
+    assert json.loads((run / "config.json").read_text())["config"] == CFG
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+    for damage in ('{"config": {"seed": 0, "n"', "garbage", "[1, 2]", "\xff\xfe"):
+        (run / "config.json").write_bytes(damage.encode("latin-1"))
+        with pytest.raises(ConfigError) as err:
+            RunStore.check(run, CFG, resume=True)
+        assert "config.json" in _one_line(err) and "restore it" in str(err.value)
+
+
+def test_results_without_config_are_refused_never_adopted(tmp_path):
+    run = tmp_path / "run"
+    _store(run).append("a", [{"x": 1}])
+    (run / "config.json").unlink()
+    with pytest.raises(ConfigError, match="holds run output \\(results.jsonl\\) but no config.json") as err:
+        _store(run, {"seed": 1, "n": 3})  # used to reuse seed-0 units under a config claiming seed 1
+    _one_line(err)
+    vectors_only = tmp_path / "v"
+    (vectors_only / "vectors").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="vectors"):
+        RunStore.check(vectors_only, CFG, resume=True)
+
+
+def test_records_carry_the_config_hash_and_an_edited_config_is_refused(tmp_path):
+    run, other = tmp_path / "run", tmp_path / "other"
+    _store(run).append("a", [{"x": 1}])
+    _store(other, {"seed": 1, "n": 3}).append("b", [{"x": 2}])
+    assert "config_hash" in json.loads((run / "results.jsonl").read_text())
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["seed"] = 1  # someone edits config.json by hand
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="config.json was edited") as err:
+        _store(run, {"seed": 1, "n": 3}, resume=True)
+    _one_line(err)
+    (other / "results.jsonl").write_text((run / "results.jsonl").read_text())  # results of another run
+    with pytest.raises(ConfigError, match="unit 'a' was produced under another config") as err:
+        _store(other, {"seed": 1, "n": 3}, resume=True)
+    _one_line(err)
+
+
+def test_additive_keys_keep_old_records_valid(tmp_path):
+    run = tmp_path / "run"
+    _store(run, {**CFG, "more": False}, additive=("more",)).append("a", [{"x": 1}])
+    grown = _store(run, {**CFG, "more": True}, resume=True, additive=("more",))
+    grown.append("b", [{"x": 2}])
+    assert sorted(RunStore(run, {**CFG, "more": True}, resume=True).table().unit) == ["a", "b"]  # a reader
+
+
+def test_a_torn_last_line_is_cut_on_resume_and_a_garbage_middle_line_is_refused(tmp_path):
+    run = tmp_path / "run"
+    store = _store(run)
+    store.append("a", [{"x": 1}])
+    store.append("b", [{"x": 2}])
+    store.close()
+    results = run / "results.jsonl"
+    whole = results.read_text()
+    results.write_text(whole + '{"unit": "c", "ro')  # killed mid-write
+    assert read_records(results)[1] == 1 and skipped_lines(run) == 1
+    assert RunStore(run, CFG, resume=True).done("b")  # a reader tolerates it and cuts nothing
+    assert results.read_text().endswith('"ro')
+    resumed = _store(run, resume=True)
+    assert results.read_text() == whole and skipped_lines(run) == 0
+    assert list(pd.read_json(results, lines=True).unit) == ["a", "b"]  # the run's own store reads as JSONL
+    resumed.append("c", [{"x": 3}])
+    resumed.close()
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    with pytest.raises(ConfigError, match="line 2 is not a result record") as err:
+        _store(run, resume=True)
+    _one_line(err)
+
+
+def _holder(run, seconds: float) -> subprocess.Popen:
+    code = (f"import time\nfrom taskvec.runs import RunStore\ns = RunStore({str(run)!r}, {CFG!r}, writer=True)\n"
+            f"print('ready', flush=True)\ntime.sleep({seconds})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.stdout.close()
+    return proc
+
+
+def test_a_second_process_on_the_same_directory_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    run = tmp_path / "run"
+    proc = _holder(run, 60)
+    try:
+        owner = json.loads((run / LOCK).read_text())
+        assert owner["pid"] == proc.pid
+        with pytest.raises(ConfigError, match=f"in use by another taskvec process \\(pid {proc.pid}\\)") as err:
+            _store(run, resume=True)
+        _one_line(err)
+        with pytest.raises(ConfigError, match="in use"):
+            RunStore.check(run, CFG, resume=True)  # refused before any model would load
+        assert RunStore(run, CFG, resume=True).table().empty  # a reader (a report of a running study) is not
+    finally:
+        proc.kill()
+    for _ in range(100):  # killed, but not reaped yet (a zombie): its lock is stale already
+        if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    assert (run / LOCK).exists()  # killed: its lock is stale
+    store = _store(run, resume=True)  # taken over
+    assert json.loads((run / LOCK).read_text())["pid"] == os.getpid()
+    store.close()
+    assert not (run / LOCK).exists()
+    proc.wait()
+
+
+def test_a_lock_is_released_when_the_store_goes_away(tmp_path):
+    run = tmp_path / "run"
+    _store(run).append("a", [])
+    time.sleep(0)  # the store above was never bound: collected at once
+    assert not (run / LOCK).exists()
+
+
+def test_a_failed_run_is_replaced_by_a_rerun_and_resumed_by_resume(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")  # was there before the run: never removed
+    store = _store(run)
+    store.run_unit("a", lambda: [{"x": 1}])
+    (run / "vectors").mkdir()
+    (run / "vectors" / "t.safetensors").write_text("stale")
+
+    def boom():
+        raise ValueError("out of memory")
+
+    with pytest.raises(ValueError):
+        store.run_unit("b", boom)
+    store.close()
+    assert "out of memory" in json.loads((run / FAILED).read_text())["error"]
+    with pytest.raises(ConfigError, match="different config"):  # --resume with other settings: still refused
+        _store(run, {"seed": 1, "n": 3}, resume=True)
+
+    resumed = _store(run, resume=True)  # --resume: the finished unit is kept
+    assert resumed.done("a") and not resumed.done("b") and not (run / FAILED).exists()
+    with pytest.raises(ValueError):
+        resumed.run_unit("b", boom)
+    resumed.close()
+
+    fresh = _store(run, {"seed": 1, "n": 3})  # no --resume: replaced cleanly
+    assert not fresh.done("a") and not (run / "vectors").exists() and not (run / FAILED).exists()
+    assert (run / "notes.txt").read_text() == "mine"
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == 1
+
+
+def test_a_run_that_did_not_fail_is_never_replaced(tmp_path):
+    run = tmp_path / "run"
+    _store(run).append("a", [])
+    with pytest.raises(ConfigError, match="already holds a run"):
+        _store(run)
+
+
+def test_out_naming_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory") as err:
+        _store(tmp_path / "f")
+    _one_line(err)
+
+
+def test_a_command_that_fails_marks_its_run_and_a_rerun_replaces_it(tmp_path, monkeypatch, capsys):
+    """`taskvec train` stops on an error after its run directory exists: the directory is marked FAILED, a rerun
+    without --resume starts clean in it (one line, no 'already holds a run'), and finishes."""
+    import taskvec.scratch.train as training
+    from taskvec.cli import main
+    from taskvec.errors import NonFiniteError
+
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--preset", "tiny", "--d", "4", "--k-max", "5", "--batch-size", "8",
+            "--steps", "2", "--save-every", "2", "--log-every", "1", "--no-tensorboard"]
+
+    def fail(*a, **k):
+        raise NonFiniteError("loss became nan at step 2")
+
+    monkeypatch.setattr(training, "save_checkpoint", fail)
+    with pytest.raises(SystemExit) as end:
+        main(args)
+    assert end.value.code == 2 and capsys.readouterr().err.strip().endswith("\nerror: loss became nan at step 2")
+    assert (run / FAILED).exists() and (run / "config.json").exists() and not (run / LOCK).exists()
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as end:
+        main(args)
+    assert end.value.code == 0 and (run / "model" / "model.safetensors").exists() and not (run / FAILED).exists()
+    assert [r["unit"] for r in read_records(run / "results.jsonl")[0]] == ["train/step-0000002"]
+
+
+def test_an_empty_run_directory_name_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="run directory is empty"):
+        _store("")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_from_before_record_hashes_resumes_and_reads_back(tmp_path):
+    """config.json and records without hashes (an older taskvec): resumed with an additive key changed, the new
+    records carry hashes that a plain reader accepts."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {**CFG, "steps": 2}, "versions": {}}))
+    (run / "results.jsonl").write_text(json.dumps({"unit": "a", "rows": []}) + "\n")
+    store = _store(run, {**CFG, "steps": 4}, resume=True, additive=("steps",))
+    store.append("b", [])
+    store.close()
+    saved = json.loads((run / "config.json").read_text())
+    assert len(saved["config_hashes"]) == 2 and saved["config"]["steps"] == 4  # the config before and after
+    assert [r["unit"] for r in RunStore(run, saved["config"], resume=True)._records()] == ["a", "b"]

@@ -1,0 +1,113 @@
+"""Every input validated at the door, in the Python API too (issue 24): config classes raise a one-line
+ConfigError naming the field however they are built; intervals refuse what has no interval instead of returning
+NaN; load_model, patched_logits and read_states refuse what is not a model, a row or a token id of the model."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from taskvec.analysis.runners import DPCAConfig, HeadsConfig, SaliencyConfig
+from taskvec.errors import (ConfigError, EmptyInputError, ModelNotFoundError, PositionError, RangeError,
+                            TaskvecError, TokenizationError, TooFewTrialsError)
+from taskvec.scratch.comparison import ComparisonConfig
+from taskvec.scratch.evaluate import EvalConfig
+from taskvec.scratch.tasks import TaskConfig
+from taskvec.scratch.train import TrainConfig
+
+
+def _one_line(err) -> str:
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("build, needle", [
+    (lambda: SaliencyConfig(seed=-1), "saliency config field 'seed' (--seed)"),
+    (lambda: DPCAConfig.model_validate({"k": 0}), "dpca config field 'k' (--k)"),
+    (lambda: DPCAConfig(layers=[]), "--layers is empty"),
+    (lambda: HeadsConfig(n_demos=0), "'n_demos'"),
+    (lambda: TrainConfig(lr=-0.1), "bad training config: lr"),
+    (lambda: TrainConfig(n_head=7), "not divisible by n_head 7"),
+    (lambda: TaskConfig(noise=-1), "field 'noise'"),
+    (lambda: EvalConfig(seed=-1), "field 'seed'"),
+    (lambda: ComparisonConfig.model_validate_json('{"seeds": [-1, 0]}'), "seeds must be >= 0"),
+], ids=["saliency-seed", "dpca-k", "dpca-layers", "heads-demos", "train-lr", "train-heads", "task-noise",
+        "eval-seed", "comparison-seeds"])
+def test_config_classes_raise_a_one_line_config_error_naming_the_field(build, needle):
+    with pytest.raises(ConfigError) as err:  # not pydantic's multi-line ValidationError
+        build()
+    assert needle in _one_line(err)
+
+
+def test_intervals_refuse_what_has_no_interval():
+    from taskvec.stats import mean_ci, or_nan, summarize, t_ci, wilson
+
+    with pytest.raises(EmptyInputError):
+        wilson(0, 0)
+    with pytest.raises(RangeError):
+        wilson(3, 2)
+    for empty in ([], [float("nan")]):
+        with pytest.raises(EmptyInputError):
+            mean_ci(empty)
+    with pytest.raises(TooFewTrialsError):
+        t_ci([1.0])
+    assert isinstance(TooFewTrialsError("x"), TaskvecError)
+    m, lo, hi = or_nan(t_ci, [1.0])  # where a caller means "missing": NaN, as before
+    assert m == 1.0 and math.isnan(lo) and math.isnan(hi)
+    assert all(math.isnan(v) for v in or_nan(mean_ci, []))
+    s = summarize(pd.DataFrame({"g": [0, 0, 1], "v": [1.0, 0.0, np.nan]}), ["g"], "v")
+    assert s["mean"].tolist()[0] == 0.5 and math.isnan(s["mean"].tolist()[1]) and s.n.tolist() == [2, 0]
+
+
+def test_load_model_refuses_what_is_not_a_pretrained_lm(tmp_path):
+    from taskvec.models import load_model
+
+    with pytest.raises(ModelNotFoundError, match=r"\(a str or a path\), got int 123") as err:
+        load_model(123)
+    _one_line(err)
+    with pytest.raises(ModelNotFoundError, match="model name is empty"):
+        load_model("")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "taskvec_scratch"}))
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    with pytest.raises(ModelNotFoundError, match="is a from-scratch model .* taskvec evaluate --model") as err:
+        load_model(tmp_path)
+    _one_line(err)
+
+
+def test_evaluate_refuses_a_pretrained_checkpoint(tmp_path):
+    from taskvec.scratch.model import check_model_dir
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    with pytest.raises(ModelNotFoundError, match="but a 'llama' checkpoint"):
+        check_model_dir(tmp_path)
+
+
+def test_a_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    from taskvec.models.registry import cache_dir
+
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("TASKVEC_CACHE", str(tmp_path / "f"))
+    with pytest.raises(ConfigError, match="is a file, not a directory") as err:
+        cache_dir()
+    _one_line(err)
+
+
+def test_edits_and_token_ids_outside_the_batch_or_vocabulary(smol):
+    from taskvec.intervene import Edits, patched_logits, read_states
+
+    ids = smol.tokenizer("The capital of France is", add_special_tokens=False).input_ids
+    vector = torch.zeros(smol.d_model)
+    with pytest.raises(PositionError, match="row 1 is outside the batch") as err:
+        patched_logits(smol, [ids], Edits.at(rows=[1], layers=[0], positions=[0], vectors=vector))
+    _one_line(err)
+    vocab = smol.model.get_input_embeddings().num_embeddings
+    for bad in (vocab, -1):
+        with pytest.raises(TokenizationError, match=f"token id {bad} is outside"):
+            patched_logits(smol, [[*ids, bad]])
+        with pytest.raises(TokenizationError):
+            read_states(smol, [[*ids, bad]], [[-1]])
