@@ -96,6 +96,50 @@ def test_query_beyond_trained_examples_warns():
         evaluate_model(m, EvalConfig(k=8, **cfg), progress=False)
 
 
+def test_noisy_and_ood_rows_are_scored_on_the_clean_evaluation_prompts():
+    """Every noisy/OOD row records the same model's clean ICL error on the same prompts: the ``layers`` analysis's
+    error. p = 0 and in-distribution *are* the layers analysis (same prompts, same controls), so a row's
+    degradation (icl − clean_icl) is the model's own, on common prompts; each analysis alone records the same."""
+    m = tiny()
+    cfg = EvalConfig(n_trials=16, k=3, analyses=["layers", "noisy", "ood"], noisy_fracs=[0.0, 0.5],
+                     ood=["x×2", "w×2"])
+    r = evaluate_model(m, cfg, progress=False)
+    clean = r["layers"]["icl"]
+    assert [row["clean_icl"] for row in r["noisy"] + r["ood"]] == [clean] * 5
+    for row in (r["noisy"][0], r["ood"][0]):
+        assert row["icl"] == clean and row["tvp_layer"] == r["layers"]["tvp"][r["layer"]]
+    assert r["noisy"][1]["icl"] != clean and r["ood"][1]["icl"] != clean
+    for analysis in ("noisy", "ood"):
+        alone = evaluate_model(m, cfg.model_copy(update={"analyses": [analysis]}), progress=False)
+        assert alone[analysis] == r[analysis]
+
+
+def test_ood_and_noisy_prompts_are_the_clean_draw_transformed():
+    cfg = EvalConfig(n_trials=8, k=3)
+    lr = TaskConfig(d=4)
+    base, _ = ev.eval_prompts(make_task(lr), cfg)
+
+    def shifted(tc: TaskConfig, update: dict) -> dict:
+        return ev.eval_prompts(make_task(tc.model_copy(update=update)), cfg)[0]
+
+    x2, w2 = shifted(lr, {"x_scale": 2.0}), shifted(lr, {"w_scale": 2.0})
+    assert torch.allclose(x2["xs"], 2 * base["xs"]) and torch.allclose(x2["yq"], 2 * base["yq"])
+    assert torch.equal(w2["xs"], base["xs"]) and torch.allclose(w2["yq"], 2 * base["yq"])
+    half = shifted(lr, {"half_subspace": True})
+    assert torch.allclose(half["xs"][..., :2], 2**0.5 * base["xs"][..., :2]) and (half["xs"][..., 2:] == 0).all()
+    tok = TaskConfig(name="token_offset", vocab=16, offsets=[1, 2, 3])
+    [(name, update)] = ev.ood_shifts(tok, [])[1:]
+    held, clean = shifted(tok, update), ev.eval_prompts(make_task(tok), cfg)[0]
+    assert name == "held-out offsets" and torch.equal(held["xs"], clean["xs"]) and torch.equal(held["xq"], clean["xq"])
+    assert not torch.equal(held["yq"], clean["yq"])
+    # noisy labels: corrupted on top of the clean prompts, nested across fractions
+    task = make_task(lr)
+    n1, n2 = (ev.with_noisy_labels(task, base, p, ev.analysis_generator(cfg.seed, "noisy")) for p in (0.25, 0.5))
+    hit1, hit2 = n1["ys"] != base["ys_clean"], n2["ys"] != base["ys_clean"]
+    assert hit1.any() and hit2.sum() > hit1.sum() and torch.equal(n2["ys"][hit1], n1["ys"][hit1])
+    assert all(torch.equal(n1[k], base[k]) for k in ("xs", "ys_clean", "xp", "xq", "yq"))
+
+
 def test_evaluation_is_seeded():
     m = tiny()
     cfg = EvalConfig(n_trials=16, k=3, analyses=["layers"])

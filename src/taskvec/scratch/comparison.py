@@ -35,9 +35,16 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, combine, greater, less
-from taskvec.errors import ConfigError
+from taskvec.errors import ConfigError, RangeError
 from taskvec.experiment import ExperimentConfig
-from taskvec.stats import t_ci, welch_ci
+from taskvec.stats import or_nan, welch_ci
+from taskvec.stats import t_ci as _t_ci
+
+
+def t_ci(values) -> tuple[float, float, float]:
+    """:func:`taskvec.stats.t_ci`, NaN where it has no interval: a seed table's missing cell (one seed, none)."""
+    return or_nan(_t_ci, values)
+
 
 CLAIMS = {
     "B0": "controls: a random, norm-matched vector at the layer used does not act as a task vector",
@@ -138,6 +145,9 @@ class ComparisonConfig(ExperimentConfig):
             raise ValueError("give exactly one vanilla arm (no tvp_layer, no tvp_weight): the reference of B3–B5")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"give one or more distinct seeds, got {self.seeds}")
+        if min(self.seeds) < 0 or min(self.select_seed, self.eval_seed) < 0:
+            raise ValueError(f"seeds must be >= 0, got seeds {self.seeds}, select_seed {self.select_seed}, "
+                             f"eval_seed {self.eval_seed}")
         if self.select_seed == self.eval_seed:
             raise ValueError("select_seed and eval_seed must differ: selection and evaluation use disjoint draws")
         for layout in self.layouts:  # every run's config is valid before any work starts
@@ -156,8 +166,8 @@ class ComparisonConfig(ExperimentConfig):
             fields["tvp_weight"] = arm.tvp_weight
         try:
             return TrainConfig(**fields)
-        except Exception as err:  # pydantic's message, one line, naming the arm
-            msg = getattr(err, "errors", lambda: [{"msg": str(err)}])()[0]["msg"].removeprefix("Value error, ")
+        except ConfigError as err:  # one line (TrainConfig.config_error), naming the arm
+            msg = str(err).removeprefix("bad training config: ")
             raise ValueError(f"arm {arm.name!r}, layout {layout}: {msg}") from None
 
     def eval_config(self, layer: int | None, seed: int | None = None, analyses: list[str] | None = None):
@@ -248,6 +258,16 @@ def _units(cfg: ComparisonConfig, out: Path) -> list[tuple[str, str, tuple]]:
     return units
 
 
+def check_workers(workers: int, threads: int) -> None:
+    """Refuse (one line) fewer than one worker or thread, or more workers than CPU cores (``os.cpu_count()``)."""
+    for flag, value in (("--workers", workers), ("--threads", threads)):
+        if value < 1:
+            raise RangeError(f"{flag} must be >= 1, got {value}")
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        raise RangeError(f"--workers {workers} is more than the {cores} CPU cores here: give at most {cores}")
+
+
 def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False, workers: int = 1,
                    threads: int = 1, progress: bool = True, report: bool = True) -> Path:
     """Train and evaluate every (layout, arm, seed) of ``cfg`` into the run directory ``out``; returns it.
@@ -265,10 +285,9 @@ def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False,
     """
     from taskvec.runs import RunStore
 
-    if workers < 1 or threads < 1:
-        raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
+    check_workers(workers, threads)
     out = Path(out)
-    store = RunStore(out, cfg.saved(), resume=resume, extra={"kind": cfg.kind})
+    store = RunStore(out, cfg.saved(), resume=resume, extra={"kind": cfg.kind}, writer=True)
     cfg_json = cfg.model_dump_json()
     todo = [u for u in _units(cfg, out) if not store.done(u[1])]
     bar = None
@@ -342,8 +361,11 @@ def seed_table(store_or_dir) -> pd.DataFrame:
 
     Metrics: ``icl`` and ``zero_shot`` (layer -1), per layer ``tvp``, ``random``, ``mean``, ``wrong`` and
     ``strength`` (S(l)); ``tvp_selected`` / ``strength_selected`` / ``random_strength_selected`` at the layer the
-    selection set chose; ``tvp_lstar`` / ``strength_lstar`` / ``random_strength_lstar`` at the trained l* (L/2 for
-    vanilla) — these have ``layer`` -1 (one row per seed) and the layer in ``at_layer``; ``noisy_icl``/``noisy_tvp`` (layer = -1, ``p`` set); ``ood_icl``/``ood_tvp`` (``shift`` set);
+    selection set chose; ``tvp_lstar`` / ``strength_lstar`` / ``random_strength_lstar`` / ``wrong_strength_lstar`` (S of
+    another task's vector: B2's task-specificity control) at the trained l* (L/2 for vanilla) — these have ``layer`` -1 (one row per seed) and the layer in ``at_layer``; ``noisy_icl`` /
+    ``noisy_tvp`` (layer = -1, ``p`` set); ``ood_icl`` / ``ood_tvp`` (``shift`` set);
+    ``noisy_degradation`` / ``ood_degradation``: the ICL error there − the model's own clean ICL error on the same
+    prompts (``clean_icl`` of the row; absent for evaluations that predate it);
     ``pca_probe`` / ``pca_between_within`` per layer; ``train_icl_err`` / ``train_tvp_loss`` (the last tenth of
     training).
     """
@@ -371,6 +393,7 @@ def seed_table(store_or_dir) -> pd.DataFrame:
                 # S from the errors with today's rule (runs evaluated under an older one read the same)
                 strength = strengths(lay["zero_shot"], lay["icl"], lay["tvp"])
                 s_random = strengths(lay["zero_shot"], lay["icl"], lay["random"])
+                s_wrong = strengths(lay["zero_shot"], lay["icl"], lay["wrong"]) if lay.get("wrong") else None
                 for m in ("tvp", "random", "mean", "wrong"):
                     for layer, v in enumerate(lay.get(m, [])):
                         add(m, v, layer)
@@ -382,12 +405,14 @@ def seed_table(store_or_dir) -> pd.DataFrame:
                     add(f"tvp_{where}", lay["tvp"][layer], **at)
                     add(f"strength_{where}", strength[layer], **at)
                     add(f"random_strength_{where}", s_random[layer], **at)
-            for row in res.get("noisy", []):
-                add("noisy_icl", row["icl"], p=row["p"])
-                add("noisy_tvp", row["tvp_layer"], at_layer=res["layer"], p=row["p"])
-            for row in res.get("ood", []):
-                add("ood_icl", row["icl"], shift=row["shift"])
-                add("ood_tvp", row["tvp_layer"], at_layer=res["layer"], shift=row["shift"])
+                    if s_wrong is not None:
+                        add(f"wrong_strength_{where}", s_wrong[layer], **at)
+            for analysis, by in (("noisy", "p"), ("ood", "shift")):
+                for row in res.get(analysis, []):
+                    add(f"{analysis}_icl", row["icl"], **{by: row[by]})
+                    add(f"{analysis}_tvp", row["tvp_layer"], at_layer=res["layer"], **{by: row[by]})
+                    if "clean_icl" in row:  # evaluations before the degradation rule did not record it
+                        add(f"{analysis}_degradation", _num(row["icl"]) - _num(row["clean_icl"]), **{by: row[by]})
             pca = res.get("pca")
             if isinstance(pca, dict):
                 for layer, sep in enumerate(pca.get("layers", [])):
@@ -431,98 +456,191 @@ def _fmt(m: float, lo: float, hi: float) -> str:
     return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else f"{m:.3f}"
 
 
+VERDICT_COLUMNS = ["claim", "text", "layout", "arm", "condition", "statistic", "estimate", "low", "high", "verdict",
+                   "detail", "seeds_with_s", "seeds"]
+PREDATES = "rerun the evaluation: this run predates the degradation rule"
+"""Why B4/B5 are inconclusive for a run evaluated before the noisy/OOD rows recorded ``clean_icl``."""
+PAPER_SCALE = (12, 100_000)
+"""B1's scale rule, (layers, training steps): models with fewer layers or fewer steps are far below the paper's
+(Yang et al.: 12 layers, 300k+ steps), and a B1 not supported there is :data:`NOT_REPRODUCED`, not evidence
+against the paper."""
+NOT_REPRODUCED = "not reproduced at this scale"
+
+
+def _row(claim: str, layout: str, arm: str, statistic: str, est: tuple, verdict: str, detail: str = "",
+         cover: tuple = (None, None), condition: str = "") -> dict:
+    m, lo, hi = est
+    return {"claim": claim, "text": CLAIMS[claim], "layout": layout, "arm": arm, "condition": condition,
+            "statistic": statistic, "estimate": m, "low": lo, "high": hi, "verdict": verdict, "detail": detail,
+            "seeds_with_s": cover[0], "seeds": cover[1]}
+
+
+def _learned(table: pd.DataFrame, layout: str, arm: str) -> tuple[bool, tuple[float, float, float]]:
+    """ICL learned by ``arm``: its error below zero-shot over seeds (the interval of the per-seed difference)."""
+    icl, zero = _values(table, layout, arm, "icl"), _values(table, layout, arm, "zero_shot")
+    if len(icl) == 0 or len(icl) != len(zero):
+        return False, (math.nan, math.nan, math.nan)
+    est = t_ci(icl - zero)
+    return less(est[1], est[2], 0.0) == SUPPORTED, est
+
+
+def icl_gate(table: pd.DataFrame, layout: str, arm: str) -> str:
+    """``""`` when ``arm`` learned ICL in ``layout``, else why not: the gate B0–B3 apply to the vanilla arm (ICL
+    error below zero-shot over seeds) and, in every seed, what S needs (ICL removes at least
+    :data:`~taskvec.scratch.evaluate.MIN_ICL_GAIN` of the zero-shot error; B0/B2 are inconclusive when a seed has no
+    S). B4/B5 apply it to each arm they compare: the degradation of a model that never learned ICL means nothing."""
+    from taskvec.scratch.evaluate import MIN_ICL_GAIN
+
+    ok, est = _learned(table, layout, arm)
+    icl, zero = _values(table, layout, arm, "icl"), _values(table, layout, arm, "zero_shot")
+    n_ok = int(np.sum(zero - icl > MIN_ICL_GAIN * np.maximum(zero, 1e-12))) if len(icl) == len(zero) else 0
+    if ok and n_ok == len(icl):
+        return ""
+    return (f"ICL not learned by {arm} (ICL − zero-shot {_fmt(*est)}; ICL removes ≥ {MIN_ICL_GAIN:.0%} of the "
+            f"zero-shot error in {n_ok} of {len(icl)} seeds)")
+
+
+def _coverage(table: pd.DataFrame, layout: str, arm: str, metric: str) -> tuple[int, int]:
+    """(seeds with S defined, seeds) of an arm: a seed has no S when its own ICL did not beat zero-shot by
+    MIN_ICL_GAIN."""
+    vals, n = _values(table, layout, arm, metric), len(_values(table, layout, arm, "icl"))
+    return int(np.isfinite(vals).sum()), n
+
+
+def _undefined(cover: tuple[int, int]) -> str:
+    """Why S cannot be judged: some seeds have no S. Dropping them would judge the claim on the models where it is
+    likeliest to hold."""
+    return s_defined_for(*cover) if cover[0] < cover[1] else ""
+
+
+def _judged(verdict: str, *why: str) -> tuple[str, str]:
+    reasons = [w for w in why if w]
+    return (INCONCLUSIVE if reasons else verdict), "; ".join(reasons)
+
+
+def below_paper_scale(cfg: ComparisonConfig) -> str:
+    """Why ``cfg``'s models are far below the paper's scale (fewer than :data:`PAPER_SCALE` layers or steps), or
+    ``""`` when they are not."""
+    from taskvec.scratch.model import PRESETS
+
+    tcfg = cfg.train_config(cfg.layouts[0], next(a for a in cfg.arms if a.vanilla), cfg.seeds[0])
+    n_layer = tcfg.n_layer or PRESETS[tcfg.preset]["n_layer"]
+    if n_layer >= PAPER_SCALE[0] and tcfg.steps >= PAPER_SCALE[1]:
+        return ""
+    return (f"{n_layer} layers, {tcfg.steps:,} steps: far below the paper's scale (≥ {PAPER_SCALE[0]} layers, "
+            f"≥ {PAPER_SCALE[1]:,} steps)")
+
+
+def _b1_row(table: pd.DataFrame, cfg: ComparisonConfig, vanilla: str, learned: dict) -> dict:
+    """B1: vanilla models, the layer chosen on the selection set, S on the evaluation set; qualified by scale."""
+    strong = cfg.rules.strong
+    parts, details, covers = [], [], []
+    for layout, test in (("x→y", greater), ("*xy", less)):
+        e = t_ci(_values(table, layout, vanilla, "strength_selected"))
+        covers.append(_coverage(table, layout, vanilla, "strength_selected"))
+        v, why = _judged(test(e[1], e[2], strong), "" if learned[layout] else "vanilla ICL not learned",
+                         _undefined(covers[-1]))
+        parts.append(v)
+        details.append(f"{layout}: S = {_fmt(*e)}" + (f" ({why})" if why else ""))
+    details.append(f"S > {strong} in x→y and < {strong} in *xy")
+    scale = below_paper_scale(cfg)
+    if scale:
+        details.append(f"{scale}: a 'not supported' is {NOT_REPRODUCED}, not evidence against the paper")
+    d = welch_ci(_values(table, "x→y", vanilla, "strength_selected"),
+                 _values(table, "*xy", vanilla, "strength_selected"))
+    return _row("B1", "x→y vs *xy", vanilla, "S(x→y) − S(*xy) at each model's selected layer", d, combine(*parts),
+                "; ".join(details), tuple(a + b for a, b in zip(*covers)))
+
+
+def _degradation_row(table: pd.DataFrame, layout: str, arm: str, vanilla: str, claim: str, analysis: str,
+                     statistic: str, condition: str, gates: str, **where) -> dict:
+    """B4/B5 at one noise level or shift: difference-in-differences, each seed's degradation (its error − its own
+    clean error on the same prompts), TVP-loss arm − vanilla, Welch over seeds; supported when the interval is
+    below 0 (the TVP-loss model degrades less)."""
+    metric = f"{analysis}_degradation"
+    a, b = _values(table, layout, arm, metric, **where), _values(table, layout, vanilla, metric, **where)
+    raw = [len(_values(table, layout, x, f"{analysis}_icl", **where)) for x in (arm, vanilla)]
+    missing = (f"no {analysis} analysis at {condition}" if min(raw) == 0 else
+               PREDATES if (len(a), len(b)) != tuple(raw) else "")
+    d = welch_ci(a, b)
+    v, why = _judged(less(d[1], d[2], 0.0), missing, gates)
+    detail = why or f"degradation (error − clean error, same prompts): TVP-loss {_fmt(*t_ci(a))}, " \
+                    f"vanilla {_fmt(*t_ci(b))}"
+    return _row(claim, layout, arm, statistic, d, v, detail, condition=condition)
+
+
+def robustness_rows(table: pd.DataFrame, cfg: ComparisonConfig, layout: str, arm: str, vanilla: str) -> list[dict]:
+    """B4 at ``rules.noisy_p`` and B5 one row per OOD shift (shifts of different scale are not averaged), each a
+    :func:`_degradation_row`; inconclusive, with the reason, unless both arms learned ICL (:func:`icl_gate`)."""
+    gates = "; ".join(g for g in (icl_gate(table, layout, vanilla), icl_gate(table, layout, arm)) if g)
+    p = cfg.rules.noisy_p
+    out = [_degradation_row(table, layout, arm, vanilla, "B4", "noisy",
+                            f"ICL degradation with {p:.0%} noisy labels (noisy − clean, same prompts): "
+                            "TVP-loss − vanilla", f"p = {p:g}", gates, p=p)]
+    ood = table[(table.metric == "ood_icl") & (table.layout == layout)]
+    shifts = [s for s in dict.fromkeys(ood["shift"]) if s != "in-distribution"]
+    for shift in shifts or ["any shift"]:
+        out.append(_degradation_row(table, layout, arm, vanilla, "B5", "ood",
+                                    f"ICL degradation under {shift} (shifted − clean, same prompts): "
+                                    "TVP-loss − vanilla", shift, gates, shift=shift))
+    return out
+
+
+def _b2_row(table: pd.DataFrame, rules, layout: str, arm: str, vanilla: str, not_learned: str) -> dict:
+    """B2: S(l*) of the TVP-loss model > ``strong``, **and** task-specific: S(l*) − S(l*) of another task's vector
+    (``wrong``, same seeds) > 0, so that a vector that only switches on "do ICL" is not read as a task vector. Runs
+    evaluated without the wrong-task control judge the first part alone and say so."""
+    e = t_ci(_values(table, layout, arm, "strength_lstar"))
+    ref = t_ci(_values(table, layout, vanilla, "strength_lstar"))
+    cover = _coverage(table, layout, arm, "strength_lstar")
+    own, wrong = _values(table, layout, arm, "strength_lstar"), _values(table, layout, arm, "wrong_strength_lstar")
+    parts = [greater(e[1], e[2], rules.strong)]
+    specific = "no wrong-task control in this run: task specificity not tested"
+    if len(wrong) and len(wrong) == len(own):
+        d = t_ci(np.asarray(own) - np.asarray(wrong))
+        parts.append(greater(d[1], d[2], 0.0))
+        specific = f"task-specific: S(l*) − S of another task's vector {_fmt(*d)} > 0"
+    v, because = _judged(combine(*parts), not_learned, _undefined(cover))
+    return _row("B2", layout, arm, "S(l*) of the TVP-loss model", e, v,
+                because or f"vanilla at the same layer: S = {_fmt(*ref)}; threshold {rules.strong}; {specific}",
+                cover)
+
+
 def verdicts(table: pd.DataFrame, cfg: ComparisonConfig) -> pd.DataFrame:
-    """The claims of :data:`CLAIMS` as verdicts, one row per (claim, layout, arm): ``claim, text, layout, arm,
-    statistic, estimate, low, high, verdict, detail, seeds_with_s, seeds`` (the last two for the claims judged on
-    S only, B0–B2: how many of the seeds it rests on have S defined; B1 counts both layouts). Intervals are over
-    seeds (Student t for one group, Welch for a difference); a verdict is ``supported`` when the interval lies on
-    the claim's side of its threshold, ``not supported`` when it lies on the other side, ``inconclusive`` otherwise
-    — and whenever ICL was not learned (the vanilla model's ICL error not below zero-shot), since then no claim is
-    tested."""
+    """The claims of :data:`CLAIMS` as verdicts, one row per (claim, layout, arm, condition): the columns of
+    :data:`VERDICT_COLUMNS` (``condition``: B4's noise level, B5's shift; ``seeds_with_s`` / ``seeds`` for the
+    claims judged on S only, B0–B2: how many of the seeds it rests on have S defined; B1 counts both layouts).
+    Intervals are over seeds (Student t for one group, Welch for a difference); a verdict is ``supported`` when the
+    interval lies on the claim's side of its threshold, ``not supported`` when it lies on the other side,
+    ``inconclusive`` otherwise — and whenever ICL was not learned (B0–B3: the vanilla model's ICL error not below
+    zero-shot; B4/B5: either compared arm's, :func:`icl_gate`), since then no claim is tested. B4/B5 compare each
+    model's degradation from its own clean error (:func:`robustness_rows`)."""
     rules = cfg.rules
     vanilla = next(a for a in cfg.arms if a.vanilla).name
     tvp_arms = [a.name for a in cfg.arms if not a.vanilla]
+    gate = {layout: _learned(table, layout, vanilla) for layout in cfg.layouts}
+    why = {layout: "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})"
+           for layout, (ok, est) in gate.items()}
     out: list[dict] = []
-
-    def row(claim, layout, arm, statistic, est, verdict, detail="", cover=(None, None)):
-        m, lo, hi = est
-        out.append({"claim": claim, "text": CLAIMS[claim], "layout": layout, "arm": arm, "statistic": statistic,
-                    "estimate": m, "low": lo, "high": hi, "verdict": verdict, "detail": detail,
-                    "seeds_with_s": cover[0], "seeds": cover[1]})
-
-    def learned(layout):
-        """ICL learned by the vanilla model: its error below zero-shot over seeds (paired by seed)."""
-        icl, zero = _values(table, layout, vanilla, "icl"), _values(table, layout, vanilla, "zero_shot")
-        if len(icl) == 0 or len(icl) != len(zero):
-            return False, (math.nan, math.nan, math.nan)
-        est = t_ci(icl - zero)
-        return less(est[1], est[2], 0.0) == SUPPORTED, est
-
-    def coverage(layout, arm, metric) -> tuple[int, int]:
-        """(seeds with S defined, seeds) of an arm: a seed has no S when its own ICL did not beat zero-shot by
-        MIN_ICL_GAIN."""
-        vals, n = _values(table, layout, arm, metric), len(_values(table, layout, arm, "icl"))
-        return int(np.isfinite(vals).sum()), n
-
-    def undefined(cover: tuple[int, int]) -> str:
-        """Why S cannot be judged: some seeds have no S. Dropping them would judge the claim on the models where
-        it is likeliest to hold."""
-        return s_defined_for(*cover) if cover[0] < cover[1] else ""
-
-    def judged(verdict: str, *why: str) -> tuple[str, str]:
-        reasons = [w for w in why if w]
-        return (INCONCLUSIVE if reasons else verdict), "; ".join(reasons)
-
-    gate = {layout: learned(layout) for layout in cfg.layouts}
-    not_learned = {layout: "" if ok else f"ICL not learned (vanilla ICL − zero-shot {_fmt(*est)})"
-                   for layout, (ok, est) in gate.items()}
     for layout in cfg.layouts:
         for arm in [vanilla, *tvp_arms]:
             where = "selected" if arm == vanilla else "lstar"
             e = t_ci(_values(table, layout, arm, f"random_strength_{where}"))
-            cover = coverage(layout, arm, f"random_strength_{where}")
-            v, why = judged(less(e[1], e[2], rules.strong), not_learned[layout], undefined(cover))
-            row("B0", layout, arm, f"S of a random vector at the {'selected layer' if where == 'selected' else 'l*'}",
-                e, v, why, cover)
-    # B1: vanilla models, the layer chosen on the selection set, S on the evaluation set
+            cover = _coverage(table, layout, arm, f"random_strength_{where}")
+            v, because = _judged(less(e[1], e[2], rules.strong), why[layout], _undefined(cover))
+            out.append(_row("B0", layout, arm, "S of a random vector at the "
+                            f"{'selected layer' if where == 'selected' else 'l*'}", e, v, because, cover))
     if {"x→y", "*xy"} <= set(cfg.layouts):
-        parts, details, covers = [], [], []
-        for layout, test in (("x→y", greater), ("*xy", less)):
-            e = t_ci(_values(table, layout, vanilla, "strength_selected"))
-            covers.append(coverage(layout, vanilla, "strength_selected"))
-            v, why = judged(test(e[1], e[2], rules.strong), "" if gate[layout][0] else "vanilla ICL not learned",
-                            undefined(covers[-1]))
-            parts.append(v)
-            details.append(f"{layout}: S = {_fmt(*e)}" + (f" ({why})" if why else ""))
-        d = welch_ci(_values(table, "x→y", vanilla, "strength_selected"),
-                     _values(table, "*xy", vanilla, "strength_selected"))
-        row("B1", "x→y vs *xy", vanilla, "S(x→y) − S(*xy) at each model's selected layer", d, combine(*parts),
-            "; ".join(details) + f"; S > {rules.strong} in x→y and < {rules.strong} in *xy",
-            tuple(a + b for a, b in zip(*covers)))
+        out.append(_b1_row(table, cfg, vanilla, {layout: ok for layout, (ok, _) in gate.items()}))
     for layout in cfg.layouts:
-        ok, why = gate[layout][0], not_learned[layout]
         for arm in tvp_arms:
-            e = t_ci(_values(table, layout, arm, "strength_lstar"))
-            ref = t_ci(_values(table, layout, vanilla, "strength_lstar"))
-            cover = coverage(layout, arm, "strength_lstar")
-            v, because = judged(greater(e[1], e[2], rules.strong), why, undefined(cover))
-            row("B2", layout, arm, "S(l*) of the TVP-loss model", e, v,
-                because or f"vanilla at the same layer: S = {_fmt(*ref)}; threshold {rules.strong}", cover)
+            out.append(_b2_row(table, rules, layout, arm, vanilla, why[layout]))
             d = welch_ci(_values(table, layout, arm, "icl"), _values(table, layout, vanilla, "icl"))
-            row("B3", layout, arm, "ICL error: TVP-loss − vanilla", d,
-                less(d[1], d[2], rules.icl_margin) if ok else INCONCLUSIVE,
-                why or f"non-inferior within {rules.icl_margin}")
-            d = welch_ci(_values(table, layout, arm, "noisy_icl", p=rules.noisy_p),
-                         _values(table, layout, vanilla, "noisy_icl", p=rules.noisy_p))
-            row("B4", layout, arm, f"ICL error with {rules.noisy_p:.0%} noisy labels: TVP-loss − vanilla", d,
-                less(d[1], d[2], 0.0) if ok else INCONCLUSIVE, why)
-            t = table[(table.metric == "ood_icl") & (table["shift"] != "in-distribution")]
-            d = welch_ci(_values(t, layout, arm, "ood_icl"), _values(t, layout, vanilla, "ood_icl"))
-            row("B5", layout, arm, "ICL error out of distribution (mean over shifts): TVP-loss − vanilla", d,
-                less(d[1], d[2], 0.0) if ok else INCONCLUSIVE, why)
-    cols = ["claim", "text", "layout", "arm", "statistic", "estimate", "low", "high", "verdict", "detail",
-            "seeds_with_s", "seeds"]
-    return pd.DataFrame(out, columns=cols).astype({"seeds_with_s": "Int64", "seeds": "Int64"})
+            out.append(_row("B3", layout, arm, "ICL error: TVP-loss − vanilla", d,
+                            less(d[1], d[2], rules.icl_margin) if gate[layout][0] else INCONCLUSIVE,
+                            why[layout] or f"non-inferior within {rules.icl_margin}"))
+            out += robustness_rows(table, cfg, layout, arm, vanilla)
+    return pd.DataFrame(out, columns=VERDICT_COLUMNS).astype({"seeds_with_s": "Int64", "seeds": "Int64"})
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -547,67 +665,118 @@ def statistic_shown(r) -> str:
     return r.statistic
 
 
+def verdict_shown(r, scale: str) -> str:
+    """A verdict row's verdict as the summaries show it: B1 not supported by models far below the paper's scale
+    (``scale``: :func:`below_paper_scale`) is :data:`NOT_REPRODUCED` — small models at a few thousand steps that
+    grow no vector say nothing against the paper's 12-layer, 300k-step ones."""
+    return NOT_REPRODUCED if r.claim == "B1" and r.verdict == NOT_SUPPORTED and scale else r.verdict
+
+
+def task_label(cfg: ComparisonConfig) -> str:
+    """The run's task as the summaries name it: linear regression always with its dimension ("linear regression
+    (d = 1)": not the paper's d = 20)."""
+    task = cfg.train_config(cfg.layouts[0], next(a for a in cfg.arms if a.vanilla), cfg.seeds[0]).task
+    return f"linear regression (d = {task.d})" if task.name == "linear_regression" else task.name
+
+
+def _run_label(name: str, cfg: ComparisonConfig) -> str:
+    """A run's column in :func:`verdict_overview`: its name, with the task's dimension for linear regression."""
+    label = task_label(cfg)
+    if not label.startswith("linear regression") or "d =" in name:
+        return name
+    return label if name.replace("_", " ") == "linear regression" else f"{name} ({label})"
+
+
+def claim_overall(cells: list[str]) -> tuple[str, str]:
+    """One verdict for a claim from all its cells (every run, layout, arm and condition), and why: inconclusive
+    unless most cells are decided (a claim most of whose cells are inconclusive is inconclusive, never 'not
+    supported': 1 supported, 2 not supported, 15 inconclusive → inconclusive); then the decided cells' verdict when
+    they all agree, else inconclusive (mixed)."""
+    decided = [c for c in cells if c != INCONCLUSIVE]
+    if 2 * len(decided) <= len(cells):
+        return INCONCLUSIVE, "most cells inconclusive"
+    if len(set(decided)) > 1:
+        return INCONCLUSIVE, "decided cells disagree"
+    return decided[0], ""
+
+
+def _agg_cell(agg: pd.DataFrame, layout: str, arm: str, metric: str, **where) -> str:
+    g = agg[(agg.layout == layout) & (agg.arm == arm) & (agg.metric == metric)]
+    for k, val in where.items():
+        g = g[np.isclose(g[k].astype(float), val)] if isinstance(val, float) else g[g[k] == val]
+    if g.empty:
+        return "–"
+    r = g.iloc[0]
+    return _fmt(r["mean"], r["low"], r["high"])
+
+
+def _probe(table: pd.DataFrame, layout: str, arm: Arm, sel: pd.DataFrame) -> str:
+    """PCA analysis: held-out linear-probe accuracy of θ by task at l* (vanilla: each seed's selected layer)."""
+    t = table[(table.layout == layout) & (table.arm == arm.name) & (table.metric == "pca_probe")]
+    at = {s: arm.tvp_layer for s in t.seed.unique()} if arm.tvp_layer is not None else dict(zip(sel.seed, sel.layer))
+    vals = np.array([r.value for r in t.itertuples() if at.get(r.seed) == r.layer], dtype=float)
+    return _fmt(*t_ci(vals)) if len(vals) and np.isfinite(vals).all() else "–"
+
+
 def markdown_summary(run_dir: str | Path) -> str:
     """The verdicts and the headline numbers of a comparison run as Markdown tables (what docs/scratch.md
     quotes), computed from the run directory alone. Each cell is ``mean [95% interval over seeds]``."""
     cfg, table = load(run_dir)
     agg = aggregate(table)
     v = verdicts(table, cfg)
+    scale = below_paper_scale(cfg)
     statistic = [statistic_shown(r) for r in v.itertuples()]
     v_rows = pd.DataFrame({"claim": v.claim, "layout": v.layout, "arm": v.arm, "statistic": statistic,
                            "estimate [95% CI]": [_fmt(r.estimate, r.low, r.high) for r in v.itertuples()],
-                           "verdict": ["**" + x + "**" for x in v.verdict]})
-
-    def cell(layout, arm, metric, **where):
-        g = agg[(agg.layout == layout) & (agg.arm == arm) & (agg.metric == metric)]
-        for k, val in where.items():
-            g = g[np.isclose(g[k].astype(float), val)] if isinstance(val, float) else g[g[k] == val]
-        if g.empty:
-            return "–"
-        r = g.iloc[0]
-        return _fmt(r["mean"], r["low"], r["high"])
-
-    def probe(layout, arm, sel):
-        """PCA analysis: held-out linear-probe accuracy of θ by task at l* (vanilla: each seed's selected layer)."""
-        t = table[(table.layout == layout) & (table.arm == arm.name) & (table.metric == "pca_probe")]
-        at = {s: arm.tvp_layer for s in t.seed.unique()} if arm.tvp_layer is not None else \
-            dict(zip(sel.seed, sel.layer))
-        vals = np.array([r.value for r in t.itertuples() if at.get(r.seed) == r.layer], dtype=float)
-        return _fmt(*t_ci(vals)) if len(vals) and np.isfinite(vals).all() else "–"
-
-    rows = []
+                           "verdict": ["**" + verdict_shown(r, scale) + "**" for r in v.itertuples()]})
+    rows, p = [], cfg.rules.noisy_p
     for layout in cfg.layouts:
         for arm in cfg.arms:
             sel = table[(table.layout == layout) & (table.arm == arm.name) & (table.metric == "strength_selected")]
             sel = sel.rename(columns={"layer": "_", "at_layer": "layer"})
-            rows.append({"layout": layout, "arm": arm.name, "ICL(k)": cell(layout, arm.name, "icl"),
-                         "zero-shot": cell(layout, arm.name, "zero_shot"),
+            cell = lambda metric, **where: _agg_cell(agg, layout, arm.name, metric, **where)  # noqa: E731
+            rows.append({"layout": layout, "arm": arm.name, "ICL(k)": cell("icl"), "zero-shot": cell("zero_shot"),
                          "l*": arm.tvp_layer if arm.tvp_layer is not None else "–",
-                         "TVP(l*)": cell(layout, arm.name, "tvp_lstar"),
-                         "S(l*)": cell(layout, arm.name, "strength_lstar"),
+                         "TVP(l*)": cell("tvp_lstar"), "S(l*)": cell("strength_lstar"),
                          "selected layers": ",".join(str(int(x)) for x in sel.sort_values("seed").layer),
-                         "S(selected)": cell(layout, arm.name, "strength_selected"),
-                         "random S": cell(layout, arm.name, "random_strength_lstar" if arm.tvp_layer is not None
+                         "S(selected)": cell("strength_selected"),
+                         "random S": cell("random_strength_lstar" if arm.tvp_layer is not None
                                           else "random_strength_selected"),
-                         f"ICL, {cfg.rules.noisy_p:.0%} noisy": cell(layout, arm.name, "noisy_icl",
-                                                                     p=cfg.rules.noisy_p),
-                         "θ probe acc.": probe(layout, arm, sel)})
+                         f"ICL, {p:.0%} noisy": cell("noisy_icl", p=p),
+                         f"{p:.0%} noisy − clean": cell("noisy_degradation", p=p),
+                         "θ probe acc.": _probe(table, layout, arm, sel)})
     return (_md_table(v_rows) + "\n\n" + _md_table(pd.DataFrame(rows)) + "\n")
 
 
 def verdict_overview(run_dirs: dict[str, str | Path]) -> str:
-    """Every claim's verdict across several comparison runs as one Markdown table: a row per (claim, layout, arm),
-    a column per run (``{"token_offset": "runs/compare_token_offset", ...}``), each cell ``verdict (estimate)``;
-    computed from the run directories alone, like :func:`markdown_summary`."""
-    cells: dict[tuple[str, str, str], dict[str, str]] = {}
+    """Every claim's verdict across several comparison runs as Markdown: a table with a row per (claim, layout, arm,
+    condition) and a column per run (``{"token_offset": "runs/compare_token_offset", ...}``; linear regression's
+    column names its d, :func:`task_label`), each cell ``verdict (estimate)`` (:func:`verdict_shown`); then one row
+    per claim with its cells counted and its overall verdict (:func:`claim_overall`). Computed from the run
+    directories alone, like :func:`markdown_summary`."""
+    cells: dict[tuple[str, str, str, str], dict[str, str]] = {}
+    raw: dict[str, list[str]] = {}
+    labels, scales = {}, []
     for name, run_dir in run_dirs.items():
         cfg, table = load(run_dir)
+        labels[name], scale = _run_label(name, cfg), below_paper_scale(cfg)
+        scales.append(scale)
         for r in verdicts(table, cfg).itertuples():
             est = f"{r.estimate:.2f}" if math.isfinite(r.estimate) else "–"
-            cells.setdefault((r.claim, r.layout, r.arm), {})[name] = f"{r.verdict} ({est})"
-    rows = [{"claim": c, "layout": layout, "arm": arm, **{n: got.get(n, "–") for n in run_dirs}}
-            for (c, layout, arm), got in sorted(cells.items(), key=lambda kv: kv[0][0])]
-    return _md_table(pd.DataFrame(rows)) + "\n"
+            cond = r.condition if isinstance(r.condition, str) else ""
+            cells.setdefault((r.claim, r.layout, r.arm, cond), {})[name] = f"{verdict_shown(r, scale)} ({est})"
+            raw.setdefault(r.claim, []).append(r.verdict)
+    rows = [{"claim": c, "layout": layout, "arm": arm, "condition": cond or "–",
+             **{labels[n]: got.get(n, "–") for n in run_dirs}}
+            for (c, layout, arm, cond), got in sorted(cells.items(), key=lambda kv: kv[0][0])]
+    overall = []
+    for claim, got in sorted(raw.items()):
+        verdict, why = claim_overall(got)
+        if claim == "B1" and verdict == NOT_SUPPORTED and all(scales):
+            verdict = NOT_REPRODUCED
+        overall.append({"claim": claim, "text": CLAIMS[claim], **{x: got.count(x) for x in
+                        (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)}, "overall": f"{verdict} ({why})" if why else verdict})
+    return _md_table(pd.DataFrame(rows)) + "\n\n" + _md_table(pd.DataFrame(overall)) + "\n"
 
 
 def load(run_dir: str | Path) -> tuple[ComparisonConfig, pd.DataFrame]:
@@ -618,4 +787,5 @@ def load(run_dir: str | Path) -> tuple[ComparisonConfig, pd.DataFrame]:
 
 
 __all__ = ["Arm", "ComparisonConfig", "ScratchClaimRules", "CLAIMS", "run_comparison", "seed_table", "aggregate",
-           "verdicts", "load", "markdown_summary", "verdict_overview", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE"]
+           "verdicts", "robustness_rows", "icl_gate", "claim_overall", "below_paper_scale", "task_label", "load",
+           "markdown_summary", "verdict_overview", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE", "NOT_REPRODUCED"]

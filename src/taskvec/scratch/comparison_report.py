@@ -94,15 +94,18 @@ def error_figure(agg: pd.DataFrame, layouts: list[str], arms: list[dict]) -> Fig
 
 
 def noisy_figure(agg: pd.DataFrame, layouts: list[str], arms: list[dict]) -> Figure:
-    """One panel per layout: the model's ICL error against the fraction of noisy demonstration labels."""
+    """One panel per layout: each model's degradation (ICL error − its own clean ICL error on the same prompts,
+    what B4 compares) against the fraction of noisy demonstration labels; the plain ICL error for a run evaluated
+    before the degradation was recorded."""
     fig = Figure(figsize=(3.6 * len(layouts) + 0.6, 3.0), layout="constrained")
     axes = fig.subplots(1, len(layouts), sharey=True, squeeze=False)[0]
+    metric = "noisy_degradation" if (agg.metric == "noisy_degradation").any() else "noisy_icl"
     for ax, layout in zip(axes, layouts):
         for i, arm in enumerate(arms):
-            _band(ax, agg[agg.layout == layout], "noisy_icl", arm["name"], f"C{i}", arm["name"], x="p")
+            _band(ax, agg[agg.layout == layout], metric, arm["name"], f"C{i}", arm["name"], x="p")
         ax.set(title=layout, xlabel="fraction of noisy labels p")
         ax.grid(alpha=0.25)
-    axes[0].set_ylabel("ICL error")
+    axes[0].set_ylabel("ICL error − clean ICL error" if metric == "noisy_degradation" else "ICL error")
     fig.suptitle("ICL under noisy labels (mean over seeds, 95% interval)", fontsize=11)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(arms), fontsize=9, frameon=False)
@@ -117,13 +120,13 @@ def _cell(r) -> str:
 
 def write_comparison_report(run_dir: str | Path) -> Path:
     """``run_dir/report.html`` of a comparison run (also mid-run: what has finished)."""
-    from taskvec.scratch.comparison import aggregate, load, verdicts
+    from taskvec.scratch.comparison import aggregate, load, task_label, verdicts
 
     run_dir = Path(run_dir)
     cfg, table = load(run_dir)
     arms = [a.model_dump() for a in cfg.arms]
     page = Page("taskvec: vanilla vs TVP-loss over seeds", run_dir / "figures")
-    task = cfg.train.get("task", {}).get("name", "linear_regression")
+    task = task_label(cfg)
     n_done = table[table.metric == "icl"][["layout", "arm", "seed"]].drop_duplicates().shape[0]
     page.text(f"Task {task}; arms {', '.join(a['name'] for a in arms)}; layouts {', '.join(cfg.layouts)}; seeds "
               f"{', '.join(map(str, cfg.seeds))}; {n_done} of {len(cfg.runs())} models evaluated. Intervals are "
@@ -138,19 +141,23 @@ def write_comparison_report(run_dir: str | Path) -> Path:
     v = verdicts(table, cfg)
     page.heading("Verdicts")
     shown = v.assign(estimate=[_cell({"mean": r.estimate, "low": r.low, "high": r.high}) for r in v.itertuples()])
-    page.table(shown[["claim", "text", "layout", "arm", "statistic", "estimate", "verdict", "detail"]])
+    page.table(shown[["claim", "text", "layout", "arm", "condition", "statistic", "estimate", "verdict", "detail"]])
     page.heading("Strength, errors, noise")
     figs = [("strength", strength_figure(agg, cfg.layouts, arms, cfg.rules.strong)),
             ("errors", error_figure(agg, cfg.layouts, arms))]
     if (agg.metric == "noisy_icl").any():
         figs.append(("noisy", noisy_figure(agg, cfg.layouts, arms)))
     page.figures(figs)
-    ood = agg[agg.metric.isin(["ood_icl", "ood_tvp"])]
+    ood = agg[agg.metric.isin(["ood_icl", "ood_degradation", "ood_tvp"])]
     if not ood.empty:
         page.heading("Out of distribution")
+        page.text("ICL − clean: each model's ICL error under the shift minus its own clean ICL error on the same "
+                  "prompts (the shift applied to the clean evaluation draw); B5 compares it between arms, per shift.",
+                  cls="note")
+        names = {"ood_icl": "ICL", "ood_degradation": "ICL − clean", "ood_tvp": "TVP at l*"}
         wide = ood.assign(cell=[_cell(r) for _, r in ood.iterrows()]) \
             .pivot_table(index=["layout", "shift"], columns=["arm", "metric"], values="cell", aggfunc="first")
-        wide.columns = [f"{arm}: {'ICL' if m == 'ood_icl' else 'TVP at l*'}" for arm, m in wide.columns]
+        wide.columns = [f"{arm}: {names[m]}" for arm, m in wide.columns]
         page.table(wide.reset_index())
     per_layer = agg[agg.metric.isin(["tvp", "random", "strength", "pca_probe"])]
     with page.collapsed("Per layer: TVP error, random-vector control, S(l), probe accuracy (mean [95% interval])"):

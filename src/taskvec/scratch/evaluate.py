@@ -13,6 +13,10 @@ Error is squared error / E[y²] (``d`` for in-distribution linear regression; pr
 tasks the error is 1 − accuracy. Strength ``S(l) = (err_0shot − err_TVP(l)) / (err_0shot − err_ICL(k))``
 (NaN when ICL does not beat zero-shot by at least 1%: the ratio is then noise).
 
+The noisy-label and OOD analyses run on the clean evaluation's prompts (the ``layers`` analysis's draw; labels
+corrupted, or the draw transformed by the shift: :func:`eval_prompts`) and record the clean ICL error on those
+prompts in every row (``clean_icl``), so a model's degradation is its own shifted − clean error on common prompts.
+
 :func:`run_evaluation` is the experiment (config → units ``LABEL/ANALYSIS`` → :class:`taskvec.runs.RunStore` →
 ``results.json`` + report; resumable); :func:`evaluate_model` runs the same analyses on one model in memory.
 """
@@ -76,7 +80,8 @@ class EvalConfig(ExperimentConfig):
     n_trials: int = Field(500, ge=1, description="prompts per evaluation set (k demonstrations + a query each)")
     k: int = Field(10, ge=1, description="demonstrations per prompt")
     batch_size: int = Field(256, ge=1)
-    seed: int = Field(12345, description="every draw; each analysis has its own generator from (seed, analysis)")
+    seed: int = Field(12345, ge=0, description="every draw; each analysis has its own generator from (seed, "
+                      "analysis)")
     layer: int | None = Field(None, ge=0, description="l* for noisy/OOD/compression (default: trained l* or L/2)")
     analyses: list[Literal["layers", "context", "noisy", "ood", "pca", "compress"]] = Field(
         default_factory=lambda: list(ANALYSES))
@@ -143,7 +148,7 @@ class CompressConfig(ExperimentConfig):
     layer: int | None = Field(None, ge=0, description="l* (default: the model's trained l*, else L/2)")
     n_tasks: int = Field(32, ge=1, description="demonstration sets encoded once each")
     n_queries: int = Field(64, ge=1, description="queries answered per encoded demonstration set")
-    seed: int = 12345
+    seed: int = Field(12345, ge=0)
     device: str = Field("cpu", description="where the model runs: cpu | cuda | cuda:N | auto")
 
     def eval_config(self) -> EvalConfig:
@@ -321,17 +326,27 @@ def _wrong_index(ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
+def icl_errors(model: ScratchModel, task: Task, layout: str, data: dict, batch_size: int = 256) -> torch.Tensor:
+    """Mean ICL error at every slot of ``data``'s prompts, ``[k+1]`` (each demonstration scored against its clean
+    label; the last entry is the query's error with k demonstrations)."""
+    icl = icl_predictions(model, layout, data["xs"], data["ys"], data["xq"], batch_size)
+    targets = torch.cat([data["ys_clean"], data["yq"][:, None]], dim=1)
+    return errors(model, task, icl, targets).mean(0)
+
+
+@torch.no_grad()
 def layer_sweep(model: ScratchModel, task: Task, layout: str, k: int, n: int, gen: torch.Generator,
-                noisy_frac: float = 0.0, batch_size: int = 256) -> dict:
+                noisy_frac: float = 0.0, batch_size: int = 256, data: dict | None = None) -> dict:
     """ICL curve, zero-shot, TVP(l) and the three baselines at every layer, strength S(l).
 
+    ``data``: prompts already drawn (:func:`eval_prompts`, perhaps with :func:`with_noisy_labels`); else ``n``
+    prompts are drawn from ``gen``. ``gen`` then draws the random and wrong-task controls.
     Returns a dict of floats / per-layer lists (see module docstring).
     """
     L = model.n_layers
-    data = draw_eval_set(task, n, k, gen, noisy_frac)
-    icl = icl_predictions(model, layout, data["xs"], data["ys"], data["xq"], batch_size)
-    targets = torch.cat([data["ys_clean"], data["yq"][:, None]], dim=1)
-    icl_curve = errors(model, task, icl, targets).mean(0)  # [k+1]
+    data = draw_eval_set(task, n, k, gen, noisy_frac) if data is None else data
+    n = data["xs"].shape[0]
+    icl_curve = icl_errors(model, task, layout, data, batch_size)  # [k+1]
 
     theta = task_vectors(model, layout, data["xs"], data["ys"], data["xp"], batch_size=batch_size)  # [N, L, D]
     norms = theta.norm(dim=-1, keepdim=True)
@@ -449,8 +464,40 @@ def compressed_inference(model: ScratchModel, task: Task, layout: str, k: int, l
 def analysis_generator(seed: int, analysis: str) -> torch.Generator:
     """The generator of one analysis: a function of (seed, analysis) only, so a subset of the analyses, another
     order or a resumed run draws exactly what an uninterrupted full run draws, and every model of a comparison
-    is evaluated on the same prompts."""
+    is evaluated on the same prompts. The noisy and OOD analyses start from the ``layers`` prompts
+    (:func:`eval_prompts`); ``noisy``'s own generator draws only the label corruption."""
     return torch.Generator().manual_seed(seed + ANALYSES.index(analysis))
+
+
+def eval_prompts(task: Task, cfg: EvalConfig) -> tuple[dict[str, torch.Tensor], torch.Generator]:
+    """The evaluation's prompts, drawn with ``task`` from the ``layers`` analysis's generator, and that generator
+    after the draw (it then draws the random and wrong-task controls).
+
+    With the model's own task these are exactly the prompts of the ``layers`` analysis (the clean evaluation). With
+    an OOD-shifted task they are the same draws transformed: every family draws standard variates and scales them
+    (x = z·σ_x, w = z'·w_scale, amplitudes, token ids by index), and a shift changes only the scales or the table
+    indexed, so x×2 gives the clean prompts' z twice as large, w×2 the same x with w doubled, held-out offsets
+    the same tokens (tested). Noisy labels are corrupted on top of them (:func:`with_noisy_labels`). So each
+    model's degradation (shifted error − clean error) is measured on common prompts, the same for every model
+    evaluated with this seed."""
+    gen = analysis_generator(cfg.seed, "layers")
+    return draw_eval_set(task, cfg.n_trials, cfg.k, gen), gen
+
+
+def with_noisy_labels(task: Task, data: dict[str, torch.Tensor], frac: float,
+                      gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """``data`` with a fraction ``frac`` of its demonstration labels replaced by labels of independent tasks
+    (:func:`~taskvec.scratch.tasks.corrupt_labels`); inputs, queries and clean labels unchanged. A fresh ``gen``
+    of the same seed per fraction makes the corrupted sets nested (every label replaced at p = 0.1 is replaced,
+    by the same label, at p = 0.25)."""
+    return {**data, "ys": corrupt_labels(task, {"id": data["id"]}, data["xs"], data["ys_clean"], frac, gen)}
+
+
+def clean_icl(s: Setup, cfg: EvalConfig) -> float:
+    """The model's ICL error with k demonstrations on the clean evaluation prompts: the ``layers`` analysis's
+    ``icl``, recorded as ``clean_icl`` in every noisy and OOD row (the reference of its degradation)."""
+    data, _ = eval_prompts(s.task, cfg)
+    return float(icl_errors(s.model, s.task, s.layout, data, cfg.batch_size)[-1])
 
 
 @dataclass
@@ -502,6 +549,31 @@ def _summary(r: dict, layer: int) -> dict:
     return {"icl": r["icl"], "zero_shot": r["zero_shot"], "tvp_layer": r["tvp"][layer], "tvp_best": min(r["tvp"])}
 
 
+def noisy_rows(s: Setup, cfg: EvalConfig) -> list[dict]:
+    """The noisy-label analysis: per fraction p, the clean evaluation prompts with that fraction of demonstration
+    labels corrupted; each row also holds ``clean_icl`` (:func:`clean_icl`, the same prompts uncorrupted)."""
+    clean, out = clean_icl(s, cfg), []
+    for p in cfg.noisy_fracs:
+        data, gen = eval_prompts(s.task, cfg)
+        noisy = with_noisy_labels(s.task, data, p, analysis_generator(cfg.seed, "noisy"))
+        r = layer_sweep(s.model, s.task, s.layout, cfg.k, cfg.n_trials, gen, noisy_frac=p,
+                        batch_size=cfg.batch_size, data=noisy)
+        out.append({"p": p, **_summary(r, s.layer), "clean_icl": clean, "best_layer": r["best_layer"]})
+    return out
+
+
+def ood_rows(s: Setup, cfg: EvalConfig) -> list[dict]:
+    """The OOD analysis: per shift (:func:`ood_shifts`, in-distribution first), the clean evaluation prompts
+    transformed by the shift (:func:`eval_prompts`); each row also holds ``clean_icl`` (:func:`clean_icl`)."""
+    clean, out = clean_icl(s, cfg), []
+    for name, update in ood_shifts(s.task_cfg, cfg.ood):
+        shifted = make_task(s.task_cfg.model_copy(update=update))
+        data, gen = eval_prompts(shifted, cfg)
+        r = layer_sweep(s.model, shifted, s.layout, cfg.k, cfg.n_trials, gen, batch_size=cfg.batch_size, data=data)
+        out.append({"shift": name, **_summary(r, s.layer), "clean_icl": clean, "best_layer": r["best_layer"]})
+    return out
+
+
 def run_analysis(s: Setup, cfg: EvalConfig, analysis: str) -> dict | list[dict]:
     """One analysis of one model (a unit of :func:`run_evaluation`): a dict for :data:`ONE_ROW` analyses, else a
     list of rows. Draws from :func:`analysis_generator` only."""
@@ -514,18 +586,9 @@ def run_analysis(s: Setup, cfg: EvalConfig, analysis: str) -> dict | list[dict]:
         return [{"k": k, **_summary(layer_sweep(m, s.task, layout, k, n, gen, batch_size=bs), s.layer)}
                 for k in ks]
     if analysis == "noisy":
-        out = []
-        for p in cfg.noisy_fracs:
-            r = layer_sweep(m, s.task, layout, cfg.k, n, gen, noisy_frac=p, batch_size=bs)
-            out.append({"p": p, **_summary(r, s.layer), "best_layer": r["best_layer"]})
-        return out
+        return noisy_rows(s, cfg)
     if analysis == "ood":
-        out = []
-        for name, update in ood_shifts(s.task_cfg, cfg.ood):
-            shifted = make_task(s.task_cfg.model_copy(update=update))
-            r = layer_sweep(m, shifted, layout, cfg.k, n, gen, batch_size=bs)
-            out.append({"shift": name, **_summary(r, s.layer), "best_layer": r["best_layer"]})
-        return out
+        return ood_rows(s, cfg)
     if analysis == "pca":
         return pca_analysis(m, s.task_cfg, layout, cfg.k, cfg.pca_tasks, cfg.pca_per_task, gen)
     if analysis == "compress":
@@ -575,15 +638,7 @@ def default_labels(paths: list[str | Path], labels: list[str] | None = None) -> 
 
 def _read_records(store) -> dict[str, list[dict]]:
     """``{unit: rows}`` of a run store's finished units."""
-    out: dict[str, list[dict]] = {}
-    if store.results_file.exists():
-        for line in store.results_file.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: that unit was redone
-            out[rec["unit"]] = rec["rows"]
-    return out
+    return {rec["unit"]: rec["rows"] for rec in store._records()}  # a line cut by a kill is skipped: redone
 
 
 def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progress: bool = True,
@@ -621,7 +676,9 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
     RunStore.check(out, cfg.saved(), resume, ADDITIVE)  # a refused resume costs no model load
     hashes = {label: weights_hash(p) for label, p in paths.items()}
     if (out / "config.json").exists():
-        saved = json.loads((out / "config.json").read_text()).get("weights", {})
+        from taskvec.runs import read_saved
+
+        saved = read_saved(out).get("weights", {})
         for label, h in hashes.items():
             if saved.get(label, h) != h:
                 raise ConfigError(f"{out} holds an evaluation of other weights for {label!r} ({paths[label]} "
@@ -629,7 +686,7 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
                                   "--out")
     setups = {label: prepare(ScratchModel.from_pretrained(p), cfg) for label, p in paths.items()}  # before out exists
     store = RunStore(out, cfg.saved(), resume=resume, extra={"kind": cfg.kind, "weights": hashes},
-                     additive=ADDITIVE)
+                     additive=ADDITIVE, writer=True)
     steps = [a for a in ANALYSES if a in cfg.analyses]
     units = [(label, a) for label in setups for a in steps]
     bar = None
