@@ -1,6 +1,8 @@
 """dPCA (SPEC A.6) and claim C8 (A.8): planted axes are recovered, Mahalanobis is sensible, finite and exact in span
 coordinates, the whole marginal subspace is ablated (levels - 1 axes) against random subspaces of equal dimension,
-probes show whether the information is gone, the C8 statistics separate a fading from a constant signal, and the
+probes show whether the information is gone; length nested in class (simple_string) is demixed as class and length
+within class, with the class (not the label word) as the label factor; the C8 statistics use an early window fixed
+before the data, locate the length peak with an honest region, and separate a fading from a constant signal; the
 full analysis runs on smollm2-135m and writes its files."""
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ import pytest
 import torch
 
 from taskvec.analysis.dpca import (TooFewTrialsError, _ledoit_wolf, ablation_dims, ablation_subspaces,
-                                   ablation_summary, analyze_layer, c8_statistics, condition_means, dpca_analysis,
-                                   late_layers_of, mahalanobis_between, marginal_variance, orthonormal, plot_dpca,
-                                   probe_accuracy, project_out, random_subspace, refit_ablation, separability,
-                                   span_coordinates, trial_folds)
+                                   ablation_summary, analyze_layer, answer_factors, c8_statistics, condition_means,
+                                   dpca_analysis, early_window_of, is_nested, late_layers_of, mahalanobis_between,
+                                   marginal_variance, orthonormal, plot_dpca, probe_accuracy, project_out,
+                                   random_subspace, refit_ablation, separability, span_coordinates, trial_folds)
 from taskvec.errors import ConfigError
 
 
@@ -240,71 +242,150 @@ def test_ablation_summary_has_wilson_intervals_and_paired_costs():
 
 
 # ----------------------------------------------------------------------------------------------- C8
-def layered(len_scale, n_trials=40, n_demos=8, n_layers=9, d=60, seed=0, lab_scale=1.5):
-    """States ``[n, n_layers, d]`` with a 6-dim length signal of per-layer scale ``len_scale(l)`` and a constant
-    label signal; trial-level shared noise makes a trial's demonstrations dependent."""
+LEVELS = np.array([2, 3, 4, 8, 9, 10, 11])  # simple_string: short 2-4 (class 0), long 8-11 (class 1)
+
+
+def layered(len_scale, n_trials=40, n_demos=8, n_layers=9, d=60, seed=0, class_scale=1.5, word_scale=lambda l: 0.0):
+    """States ``[n, n_layers, d]`` like simple_string: length nested in class, the class -> word mapping drawn per
+    trial. A within-class length signal of per-layer scale ``len_scale(l)``, a constant class signal, a word
+    signal of scale ``word_scale(l)``; trial-level shared noise makes a trial's demonstrations dependent.
+
+    Returns ``(X, lengths, classes, words, trial)``."""
     rng = np.random.default_rng(seed)
     fixed = np.random.default_rng(100)
-    levels = np.array([2, 3, 4, 8, 9, 10, 11])
     A = fixed.normal(size=(7, d)) * 0.25
-    B = fixed.normal(size=d) * 0.25
+    A[:3] -= A[:3].mean(0)  # length deviations within each class only
+    A[3:] -= A[3:].mean(0)
+    C, Wd = fixed.normal(size=d) * 0.25, fixed.normal(size=d) * 0.25
     n = n_trials * n_demos
     li = rng.integers(0, 7, n)
-    labels = rng.choice(["A", "B"], size=n)
+    cls = (li >= 3).astype(int)
     trial = np.repeat(np.arange(n_trials), n_demos)
+    flip = rng.integers(0, 2, n_trials)  # the random class -> word mapping of each trial
+    word = np.where(cls ^ flip[trial], "B", "A")
     X = np.empty((n, n_layers, d))
     for l in range(n_layers):
         shared = 0.4 * rng.normal(size=(n_trials, d))
-        X[:, l] = (len_scale(l) * A[li] + lab_scale * np.where(labels == "A", 1.0, -1.0)[:, None] * B
+        X[:, l] = (len_scale(l) * A[li] + class_scale * np.where(cls == 1, 1.0, -1.0)[:, None] * C
+                   + word_scale(l) * np.where(word == "A", 1.0, -1.0)[:, None] * Wd
                    + rng.normal(size=(n, d)) + shared[trial])
-    return X, levels[li], labels, trial
+    return X, LEVELS[li], cls, word, trial
 
 
-def test_c8_fading_length_signal():
+def test_nested_design_demixes_class_and_length_within_class():
+    X, lengths, cls, word, trial = layered(lambda l: 2.0, n_layers=1)
+    assert is_nested(lengths, cls) and not is_nested(lengths, word)
+    row, enc = analyze_layer(X[:, 0], lengths, cls, trial=trial, word=word)
+    assert row["dim_length"] == 5 and row["dim_label"] == 1  # 7 lengths in 2 classes: 5 within, 1 class axis
+    assert row["var_interaction"] == 0 and abs(row["var_length"] + row["var_label"] - 1) < 1e-9
+    assert enc["interaction"].shape[1] == 0
+    fixed = np.random.default_rng(100)  # the planted class axis, drawn as in layered()
+    fixed.normal(size=(7, 60))
+    axis = fixed.normal(size=60)
+    assert _cos(enc["label"][:, 0], axis) > 0.95
+    assert row["maha_label_cv"] > 3 and row["maha_length_cv"] > 1 and row["maha_word_cv"] < 0.5  # no word signal
+    assert ablation_dims(7, 2, nested=True) == {"none": 0, "length": 5, "length_1": 1, "label": 1,
+                                                "random_length": 5, "random_label": 1}
+
+
+def test_answer_factors_take_the_class_not_the_word():
+    """The demixed "label" is the class of each demonstration; the word (random per trial) is reported apart."""
+    from taskvec.tasks import get_task
+
+    trials = get_task("simple_string").sample_trials(30, 6, seed=0)
+    length, cls, word = answer_factors(trials, 6)
+    assert cls.tolist() == [c for t in trials for c in t.meta["class"][:6]]
+    assert word.tolist() == [d.output for t in trials for d in t.demos]
+    assert ((length >= 8) == (cls == 1)).all()  # class = long: length is nested in class
+    assert is_nested(length, cls) and not is_nested(length, word)  # the word is crossed with length
+    assert 0.2 < np.mean(word == np.where(cls == 1, "B", "A")) < 0.8  # the mapping varies across trials
+
+
+def test_c8_fixed_early_window_and_fading_length():
     fading = lambda l: 3.0 if l == 2 else (1.5 if l < 6 else 0.3)  # noqa: E731  peak at 2, late = 6, 7, 8
-    X, lengths, labels, trial = layered(fading)
-    c8 = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=200, seed=0)
-    assert c8["late_layers"] == [6, 7, 8] and c8["early_candidates"] == [1, 2, 3, 4, 5]
-    assert c8["early_layer"] == 2  # chosen on the selection half
-    assert c8["n_selection_trials"] + c8["n_evaluation_trials"] == 40
+    X, lengths, cls, word, trial = layered(fading, word_scale=lambda l: 1.0)
+    c8 = c8_statistics(X, lengths, cls, trial, list(range(9)), 9, word=word, n_boot=200, seed=0, task="planted")
+    assert c8["task"] == "planted" and c8["design"] == "nested" and c8["n_layers"] == 9
+    assert c8["early_window"] == [1, 3] and c8["early_layers"] == [1, 2] and c8["late_layers"] == [6, 7, 8]
     r = c8["length_ratio"]
     assert r["estimate"] < 0.5 and r["high"] < 0.5 and r["low"] <= r["estimate"] <= r["high"]
-    assert r["n_boot"] >= 190
-    lab = c8["label_ratio"]
-    assert 0.8 < lab["estimate"] < 1.25 and lab["low"] < 1 < lab["high"]
+    cl = c8["class_ratio"]
+    assert 0.8 < cl["estimate"] < 1.25 and cl["low"] < 1 < cl["high"]
+    assert 0.7 < c8["word_ratio"]["estimate"] < 1.3  # reported, not part of the claim
+    peak = c8["length_peak"]
+    assert peak["layer"] == 2 and peak["region"] == [2, 2] and peak["in_early"] is True
     json.dumps(c8)  # plain types
-    assert c8["ablation_cost"] is None
-    chosen = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=5, seed=0, early_layers=[1, 3])
-    assert chosen["early_candidates"] == [1, 3] and chosen["early_layer"] in (1, 3)
+    assert c8["ablation_cost"] is None and "label_ratio" not in c8
 
 
-def test_c8_constant_length_signal():
-    X, lengths, labels, trial = layered(lambda l: 1.5, seed=1)
-    c8 = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=200, seed=1)
-    r = c8["length_ratio"]
+def test_c8_late_length_peak_is_not_early():
+    """Length peaks at a late layer: the old code took the best *early* candidate as "the peak"."""
+    X, lengths, cls, word, trial = layered(lambda l: 3.0 if l == 7 else 1.0, seed=2)
+    c8 = c8_statistics(X, lengths, cls, trial, list(range(9)), 9, word=word, n_boot=200, seed=2)
+    peak = c8["length_peak"]
+    assert peak["layer"] == 7 and peak["in_early"] is False
+    assert peak["region"][0] >= 3 and 7 in peak["region_layers"]
+    assert c8["length_ratio"]["low"] > 1  # late above early: the claim's "falls" fails
+
+
+def test_c8_class_is_the_class_not_the_word():
+    """A constant class signal and a word signal only in the early layers, with the word mapping random per
+    trial: class separability stays (ratio ~ 1) while the word's vanishes late."""
+    X, lengths, cls, word, trial = layered(lambda l: 1.5, seed=1, word_scale=lambda l: 2.0 if l < 3 else 0.0)
+    c8 = c8_statistics(X, lengths, cls, trial, list(range(9)), 9, word=word, n_boot=200, seed=1)
+    cl = c8["class_ratio"]
+    assert 0.8 < cl["estimate"] < 1.25 and cl["low"] < 1 < cl["high"]
+    assert c8["word_ratio"]["estimate"] < 0.2
+    curves = c8["curves"]
+    late_word = [curves["sep_word"][l] for l in c8["late_layers"]]
+    late_class = [curves["sep_class"][l] for l in c8["late_layers"]]
+    assert np.mean(late_word) < 0.2 * np.mean(late_class)  # crossnobis of no signal: ~0 (noise on d^2)
+    r = c8["length_ratio"]  # a constant length signal: ratio ~ 1 and no peak region inside the early window
     assert 0.8 < r["estimate"] < 1.25 and r["low"] < 1 < r["high"]
+    assert c8["length_peak"]["in_early"] is not True
+
+
+def test_c8_early_window_is_fixed_before_the_data():
+    assert early_window_of(9) == (1, 3) and early_window_of(18) == (1, 6) and early_window_of(10) == (1, 4)
+    assert late_layers_of(18) == 12 and late_layers_of(30) == 20
+    layers = [0, 1, 3, 5, 6, 9, 12, 15, 17]
+    for peak in (1, 9):  # wherever the length signal peaks, the windows are the same
+        X, lengths, cls, word, trial = layered(lambda l, p=peak: 3.0 if l == layers.index(p) else 1.0,
+                                               n_trials=12, n_layers=len(layers), d=30, seed=peak)
+        c8 = c8_statistics(X, lengths, cls, trial, layers, 18, word=word, n_boot=20, seed=0)
+        assert c8["early_window"] == [1, 6] and c8["early_layers"] == [1, 3, 5]
+        assert c8["late_layers"] == [12, 15, 17]
+        sep = dict(zip(c8["curves"]["layers"], c8["curves"]["sep_length"]))
+        expect = np.mean([sep[l] for l in (12, 15, 17)]) / np.mean([sep[l] for l in (1, 3, 5)])
+        assert c8["length_ratio"]["estimate"] == pytest.approx(expect)  # a mean over the window, no argmax
+        assert c8["length_peak"]["layer"] == peak
+    custom = c8_statistics(X, lengths, cls, trial, layers, 18, word=word, n_boot=5, early_window=(3, 7))
+    assert custom["early_window"] == [3, 7] and custom["early_layers"] == [3, 5, 6]
+    with pytest.raises(ConfigError):
+        c8_statistics(X, lengths, cls, trial, layers, 18, n_boot=5, early_window=(3, 14))  # overlaps late
 
 
 def test_c8_ablation_cost_and_guards():
     rows = []
     rng = np.random.default_rng(0)
     for p in range(60):
-        for layer in (0, 3, 5, 7):  # 9 layers: late = 6..8, early = 1..5, layer 0 left out
+        for layer in (0, 1, 2, 5, 7):  # 9 layers: early window [1, 3), late 6..8; layers 0 and 5 in neither
             none = float(rng.random() < 0.9)
-            length = none * float(rng.random() >= (0.6 if layer in (3, 5) else 0.0))
+            length = none * float(rng.random() >= (0.6 if layer in (1, 2, 5) else 0.0))
             rows += [{"prompt": p, "layer": layer, "ablate": "none", "label_correct": none, "correct": none},
                      {"prompt": p, "layer": layer, "ablate": "length", "label_correct": length, "correct": length}]
-    X, lengths, labels, trial = layered(lambda l: 1.0, n_trials=12)
-    c8 = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, ablation=pd.DataFrame(rows), n_boot=200)
+    X, lengths, cls, word, trial = layered(lambda l: 1.0, n_trials=12)
+    c8 = c8_statistics(X, lengths, cls, trial, list(range(9)), 9, ablation=pd.DataFrame(rows), n_boot=200)
     cost = c8["ablation_cost"]
-    assert cost["early_layers"] == [3, 5] and cost["late_layers"] == [7] and cost["n_prompts"] == 60
+    assert cost["early_layers"] == [1, 2] and cost["late_layers"] == [7] and cost["n_prompts"] == 60
     assert cost["late"]["estimate"] == 0 and cost["early"]["low"] > 0.3
     assert cost["late_minus_early"]["high"] < 0  # late costs less, paired over prompts
-    no_late = c8_statistics(X[:, :5], lengths, labels, trial, list(range(5)), 9, n_boot=10)
-    assert no_late["length_ratio"] is None and "need analyzed layers" in no_late["reason"]
+    assert c8["word_ratio"] is None  # no word given
+    no_late = c8_statistics(X[:, :5], lengths, cls, trial, list(range(5)), 9, n_boot=10)
+    assert no_late["length_ratio"] is None and "need analysed layers" in no_late["reason"]
+    assert no_late["length_peak"]["layer"] in range(5)  # the peak is still located
     with pytest.raises(TooFewTrialsError):
-        c8_statistics(X[:16], lengths[:16], labels[:16], trial[:16], list(range(9)), 9)  # 2 trials
-    assert late_layers_of(18) == 12 and late_layers_of(30) == 20
+        c8_statistics(X[:24], lengths[:24], cls[:24], trial[:24], list(range(9)), 9)  # 3 trials, 2 folds
 
 
 # ----------------------------------------------------------------------------------------------- real model
@@ -325,13 +406,13 @@ def test_dpca_run_on_smollm(smol, tmp_path):
     per_layer = pd.read_csv(out / "dpca_per_layer.csv")
     assert list(per_layer.layer) == [3, 12, 22, 26]
     assert np.isfinite(per_layer.drop(columns="layer").to_numpy()).all()
-    assert (per_layer.var_label > 0.5).all()  # the answer token is the label word
-    assert (per_layer.dim_length == 3).all() and (per_layer.dim_label == 1).all()  # levels - 1
+    assert (per_layer.dim_length == 2).all() and (per_layer.dim_label == 1).all()  # 4 lengths nested in 2 classes
+    assert (per_layer.var_interaction == 0).all() and {"maha_word", "maha_word_cv"} <= set(per_layer.columns)
     ablation = pd.read_parquet(out / "dpca_ablation.parquet")
     variants = {"none", "length", "length_1", "label", "random_length", "random_label"}
     assert set(ablation.ablate) == variants and len(ablation) == 6 * 2 * 8
     dims = ablation.groupby("ablate")["dim"].first().to_dict()
-    assert dims == {"none": 0, "length": 3, "length_1": 1, "label": 1, "random_length": 3, "random_label": 1}
+    assert dims == {"none": 0, "length": 2, "length_1": 1, "label": 1, "random_length": 2, "random_label": 1}
     summary = pd.read_csv(out / "dpca_ablation_summary.csv")
     assert len(summary) == 12 and set(summary.ablate) == variants
     assert (summary.low <= summary.accuracy + 1e-12).all() and (summary.accuracy <= summary.high + 1e-12).all()
@@ -342,9 +423,11 @@ def test_dpca_run_on_smollm(smol, tmp_path):
     assert np.allclose(probes.chance[probes.factor == "label"], 1 / 2)
     assert {"accuracy", "majority", "n_folds"} <= set(probes.columns)
     c8 = json.loads((out / "dpca_c8.json").read_text())
-    assert c8["late_layers"] == [22, 26] and c8["early_layer"] in (3, 12)
-    assert c8["n_selection_trials"] == 4 and c8["n_evaluation_trials"] == 4
-    assert set(c8["length_ratio"]) >= {"estimate", "low", "high"} and set(c8["label_ratio"]) >= {"estimate"}
+    assert c8["task"] == "simple_string" and c8["n_layers"] == 30 and c8["design"] == "nested"
+    assert c8["early_window"] == [1, 10] and c8["early_layers"] == [3] and c8["late_layers"] == [22, 26]
+    for key in ("length_ratio", "class_ratio", "word_ratio"):
+        assert set(c8[key]) == {"estimate", "low", "high"}
+    assert c8["length_peak"]["layer"] in (3, 12, 22, 26) and c8["length_peak"]["in_early"] in (True, False, None)
     assert c8["ablation_cost"]["early_layers"] == [3] and c8["ablation_cost"]["late_layers"] == [22]
     baselines = json.loads((out / "dpca_baselines.json").read_text())
     assert 0 <= baselines["icl"] <= 1 and baselines["chance"] == 0.5
@@ -366,20 +449,3 @@ def test_dpca_too_few_trials(smol):
 def test_dpca_needs_length_meta(smol, capital_trials):
     with pytest.raises(ConfigError, match="length"):
         dpca_analysis(smol, capital_trials, ablate_layers=[])
-
-
-def test_c8_selects_on_selection_trials_only():
-    X, lengths, labels, trial = layered(lambda l: 1.0, seed=3)
-    split = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=5, seed=3)["selection_trials"]
-    # the length signal peaks at layer 2 in the selection trials but at layer 4 in the evaluation trials
-    A = np.random.default_rng(7).normal(size=(12, X.shape[2])) * 0.6
-    for l, sel_boost, eval_boost in ((2, 1.0, 0.0), (4, 0.0, 1.0)):
-        boost = np.where(np.isin(trial, split), sel_boost, eval_boost)[:, None]
-        X[:, l] += boost * A[lengths]
-    c8 = c8_statistics(X, lengths, labels, trial, list(range(9)), 9, n_boot=20, seed=3)
-    assert c8["selection_trials"] == split and c8["early_layer"] == 2
-    ev = dict(zip(c8["evaluation"]["layers"], c8["evaluation"]["sep_length"]))
-    sel_curve = dict(zip(c8["selection"]["layers"], c8["selection"]["sep_length"]))
-    assert sel_curve[2] > 1.5 * sel_curve[4]  # the selection half sees the peak at 2 ...
-    assert c8["length_ratio"]["estimate"] > 0.7  # ... but layer 2 is unremarkable on the evaluation half
-    assert ev[2] < 1.5 * min(ev[l] for l in c8["late_layers"])

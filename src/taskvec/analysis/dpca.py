@@ -1,45 +1,54 @@
-"""Demixed PCA of answer-position states by string length and label (docs/spec.md A.6, claim C8; Kobak et al. 2016).
+"""Demixed PCA of answer-position states by string length and class (docs/spec.md A.6, claim C8; Kobak et al. 2016).
 
 For categorization prompts (``simple_string``) the local vector of demonstration ``i`` at layer ``l`` is ``h_l`` at
-its answer position. Each such state is one *sample* with two factors: the **length** of the demonstration's string
-(``trial.meta["length"][i]``) and its **label** word (``demo.output``; the class -> word mapping is random per
-trial, so the two factors are not confounded across trials). Per layer we report:
+its answer position. Each such state is one *sample* with three factors: the **length** of the demonstration's
+string (``trial.meta["length"][i]``), its **class** (``trial.meta["class"][i]``: short / long for
+``simple_string``) and its label **word** (``demo.output``). The class -> word mapping is random per trial, so the
+word is a token identity crossed with the class across trials; it is *not* demixed, only its separability is
+reported (``maha_word*``, C8's ``word_ratio``). In code, tables and ablation names the class factor keeps the name
+``label`` (``var_label``, ``maha_label``, ablation ``label``): it always means the **class**.
 
-* **marginal variance**: the variance of the condition means (length x label cells, each cell weighted equally) split
-  into the ``length``, ``label`` and ``interaction`` marginalizations (fractions summing to 1), and
-  ``between_fraction`` = variance of the cell means / total sample variance;
+Design. When every length has one class (``simple_string``: class = short / long is a function of the length),
+length is **nested** in class (:func:`is_nested`): the cell means (one cell per length, weighted equally) are split
+into ``label`` = the class means and ``length`` = the deviations of each length from its class mean (length
+*within* class); there is no interaction. Otherwise (length crossed with class) the cells are length x class and
+the split is the usual ``length``, ``label``, ``interaction``. Per layer we report:
+
+* **marginal variance**: the variance of the cell means split into the ``length``, ``label`` (class) and
+  ``interaction`` marginalizations (fractions summing to 1), and ``between_fraction`` = variance of the cell means
+  / total sample variance;
 * **dPCA explained variance** of the ablation subspace of each marginalization (reference implementation, PyPI
-  ``dPCA`` 1.0.5, ``labels="sd"``, fixed ridge ``regularizer`` = lambda, applied by dPCA as ``lambda * ||X||^2``).
-  Each marginalization is fitted with as many components as it has dimensions: ``levels - 1`` for length and for
-  label, their product for the interaction;
-* **Mahalanobis distances** between group means, for length groups (mean over pairs of distinct lengths, and
-  short vs long class) and for labels, using the pooled within-group covariance of the samples, regularized by
-  shrinkage towards ``trace/d * I`` (Ledoit-Wolf weight by default) plus a tiny ridge ``1e-6 * trace/d`` so that a
-  singular covariance (e.g. layer 0, where every answer state of one label word is the same embedding) stays
-  invertible: distances are always finite. They are computed exactly in the span of the centred samples (at most
-  ``n`` dimensions instead of ``d``; see :func:`span_coordinates`);
+  ``dPCA`` 1.0.5, fixed ridge ``regularizer`` = lambda, applied by dPCA as ``lambda * ||X||^2``; crossed design:
+  ``labels="sd"``; nested design: the same closed-form solver given the nested marginalizations). Each
+  marginalization is fitted with as many components as it has dimensions (:func:`marginal_ranks`);
+* **Mahalanobis distances** between group means (plug-in, ``maha_*``): for lengths (mean over pairs of lengths of
+  the same class when nested, all pairs when crossed), for classes and for words, using the pooled within-group
+  covariance regularized by shrinkage towards ``trace/d * I`` (Ledoit-Wolf weight by default) plus a tiny ridge
+  ``1e-6 * trace/d`` so that a singular covariance (e.g. layer 0, where every answer state of one word is the same
+  embedding) stays invertible. They are computed exactly in the span of the centred samples (at most ``n``
+  dimensions instead of ``d``; see :func:`span_coordinates`). ``maha_*_cv``: the cross-validated distance of
+  :func:`crossnobis` (2 folds of trials, one noise covariance for all factors);
 * **subspace ablation** (:data:`ABLATIONS`): a subspace is projected out of every local vector of one layer around
   the layer's grand mean, ``v' = v - Q Q^T (v - mean)`` (``Q`` orthonormal), and local patching (ICL local vectors
   into dummy prompts with random answers, at the answer positions, one layer at a time) is re-measured, with 95%
-  Wilson intervals. By default the **whole** marginal subspace is removed: ``length`` = the ``n_lengths - 1``
-  length axes, ``label`` = the ``n_labels - 1`` label axes; ``length_1`` = the top length axis only (to compare with
-  a one-axis label subspace at equal dimension); ``random_length`` / ``random_label`` = seeded random subspaces of
-  the same dimension as ``length`` / ``label``. ``k`` (a sweep) takes the top ``min(k, levels - 1)`` axes of both;
+  Wilson intervals. By default the **whole** marginal subspace is removed: ``length`` = all length axes,
+  ``label`` = all class axes; ``length_1`` = the top length axis only; ``random_length`` / ``random_label`` =
+  seeded random subspaces of the same dimension. ``k`` (a sweep) takes the top ``min(k, rank)`` axes of both;
 * **linear probes** (:func:`probe_accuracy`): cross-validated (stratified, grouped by trial, seeded) logistic
-  regression accuracy of length and of label from the (ablated) answer-position states at each ablated layer, with
-  chance levels, which shows whether an ablation removed the information;
-* **C8** (:func:`c8_statistics`): late/early separability ratios and the late-vs-early length-ablation cost, with
-  selection (of the early peak layer) on one half of the trials and evaluation on the other, bootstrap intervals.
+  regression accuracy of length and of class from the (ablated) answer-position states at each ablated layer;
+* **C8** (:func:`c8_statistics`): with the early window fixed by depth before the data (layers ``[1, ceil(L/3))``)
+  and the late window the last third, late/early separability ratios of length, class and word, where the length
+  separability peaks (with a bootstrap region), and the late-vs-early length-ablation cost.
 
 Example::
 
     task = get_task("simple_string")
     trials = task.sample_trials(40, 16, seed=0)
     result = dpca_analysis(lm, trials, task=task, ablate_layers=[3, 9, 15])
-    result.per_layer            # layer, var_length, var_label, ..., maha_length, maha_label, dim_length, dim_label
+    result.per_layer            # layer, var_length, var_label (class), ..., maha_length, maha_label, maha_word, ...
     result.ablation_summary()   # layer, ablate, dim, accuracy, low, high, cost, cost_low, cost_high
-    result.probes               # layer, ablate, dim, factor, accuracy, chance, majority, ...
-    result.c8                   # length_ratio, label_ratio, ablation_cost (see c8_statistics)
+    result.probes               # layer, ablate, dim, factor (length | label = class), accuracy, chance, ...
+    result.c8                   # length_ratio, class_ratio, word_ratio, length_peak, ablation_cost, ...
 """
 from __future__ import annotations
 
@@ -61,7 +70,9 @@ MARGINALIZATIONS = ("length", "label", "interaction")
 _DPCA_KEYS = {"length": "s", "label": "d", "interaction": "sd"}
 #: the ablation variants, in table order (``length_1`` is left out when the length subspace has one axis anyway)
 ABLATIONS = ("none", "length", "length_1", "label", "random_length", "random_label")
-FACTORS = ("length", "label")
+FACTORS = ("length", "label")  # the demixed factors; "label" is the class
+#: the factors whose separability C8 reports, in the column order of its curves
+C8_FACTORS = ("length", "class", "word")
 
 
 @contextmanager
@@ -102,13 +113,13 @@ def condition_means(X: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.nda
             else:
                 means[:, i, j] = X[sel].mean(0)
     if empty:
-        raise TooFewTrialsError(f"no sample for condition(s) {empty[:4]} (length, label): use more trials")
+        raise TooFewTrialsError(f"no sample for condition(s) {empty[:4]} (length, class): use more trials")
     return means, la, lb
 
 
 def marginal_variance(means: np.ndarray) -> dict[str, float]:
-    """Split the variance of cell means ``[d, n_a, n_b]`` into the ``length`` (a), ``label`` (b) and
-    ``interaction`` marginalizations; fractions sum to 1 (all 0 if the means do not vary)."""
+    """Split the variance of cell means ``[d, n_a, n_b]`` (crossed design) into the ``length`` (a), ``label``
+    (b, the class) and ``interaction`` marginalizations; fractions sum to 1 (all 0 if the means do not vary)."""
     Xc = means - means.mean(axis=(1, 2), keepdims=True)
     ma = Xc.mean(2, keepdims=True)
     mb = Xc.mean(1, keepdims=True)
@@ -131,10 +142,49 @@ def _dpca_class():
     return dPCA
 
 
-def marginal_ranks(n_length: int, n_label: int) -> dict[str, int]:
-    """Dimension of each marginal subspace of ``n_length x n_label`` cell means: ``levels - 1`` for the two
-    factors, ``(n_length - 1)(n_label - 1)`` for their interaction."""
+def marginal_ranks(n_length: int, n_label: int, nested: bool = False) -> dict[str, int]:
+    """Dimension of each marginal subspace. Crossed (``n_length x n_label`` cells): ``levels - 1`` for the two
+    factors, ``(n_length - 1)(n_label - 1)`` for their interaction. Nested (``n_length`` cells, each length in one
+    of ``n_label`` classes): ``n_label - 1`` for the class, ``n_length - n_label`` for length within class, 0 for
+    the interaction."""
+    if nested:
+        return {"length": n_length - n_label, "label": n_label - 1, "interaction": 0}
     return {"length": n_length - 1, "label": n_label - 1, "interaction": (n_length - 1) * (n_label - 1)}
+
+
+def is_nested(length: np.ndarray, cls: np.ndarray) -> bool:
+    """Whether length is nested in class: every length occurs with one class only (``simple_string``, where the
+    class short / long is a function of the length). Then the two factors cannot be crossed; they are demixed as
+    class and length within class."""
+    pairs = set(zip(np.asarray(length).tolist(), np.asarray(cls).tolist()))
+    return len(pairs) == len({a for a, _ in pairs})
+
+
+def nested_means(X: np.ndarray, length: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+    """Cell means when length is nested in class: ``(means [d, n_lengths], lengths, class_of [n_lengths])``, one
+    cell per length (sorted), ``class_of`` its class."""
+    levels = sorted(set(np.asarray(length).tolist()))
+    means = np.stack([X[length == v].mean(0) for v in levels], 1)
+    class_of = np.array([np.asarray(cls)[length == v][0] for v in levels])
+    return means, levels, class_of
+
+
+def nested_parts(means: np.ndarray, class_of: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Nested marginalizations of cell means ``[d, n_cells]`` (cells weighted equally): ``(Xc, parts)`` with
+    ``Xc`` the centred means and ``parts["label"]`` = each cell's class mean, ``parts["length"]`` = the cell's
+    deviation from it, ``parts["interaction"]`` = 0; each ``[d, n_cells]``, summing to ``Xc``."""
+    Xc = means - means.mean(1, keepdims=True)
+    class_mean = np.stack([Xc[:, class_of == c].mean(1) for c in class_of], 1)
+    return Xc, {"length": Xc - class_mean, "label": class_mean, "interaction": np.zeros_like(Xc)}
+
+
+def nested_variance(means: np.ndarray, class_of: np.ndarray) -> dict[str, float]:
+    """:func:`marginal_variance` of the nested design: fractions of the cell-mean variance ``[d, n_cells]`` in
+    ``label`` (between classes), ``length`` (within class) and ``interaction`` (0)."""
+    _, parts = nested_parts(means, class_of)
+    ss = {k: float((v ** 2).sum()) for k, v in parts.items()}
+    total = sum(ss.values())
+    return {k: (v / total if total > 0 else 0.0) for k, v in ss.items()}
 
 
 def fit_dpca(means: np.ndarray, n_components: int | None = None, regularizer: float = 1e-4,
@@ -169,6 +219,85 @@ def fit_dpca(means: np.ndarray, n_components: int | None = None, regularizer: fl
         ev = [float(x) for x in model.explained_variance_ratio_[key]]
         explained[name] = [x if np.isfinite(x) else 0.0 for x in ev]
     return encoders, explained
+
+
+def fit_dpca_nested(means: np.ndarray, class_of: np.ndarray, n_components: int | None = None,
+                    regularizer: float = 1e-4, seed: int = 0) -> tuple[dict, dict]:
+    """:func:`fit_dpca` for the nested design: cell means ``[d, n_lengths]``, ``class_of`` ``[n_lengths]``.
+
+    The reference dPCA cannot marginalize a nested design itself (a length x class grid has empty cells), so its
+    closed-form solver (``dPCA._fit`` with precomputed marginalizations ``mXs``, the same ridge ``lambda *
+    ||X||^2``) is given :func:`nested_parts`. Explained variance of component ``k`` of ``m``:
+    ``||D_m[:, k]^T Xc||^2 / ||Xc||^2``, as dPCA's ``transform`` computes it. The interaction is empty
+    (``[d, 0]``)."""
+    d, n = means.shape
+    Xc, parts = nested_parts(means, class_of)
+    ranks = marginal_ranks(n, len(set(class_of.tolist())), nested=True)
+    comps = {m: int(max(1, min(r if n_components is None else min(r, n_components), d)))
+             for m, r in ranks.items() if r > 0}
+    model = _dpca_class()(labels="s", regularizer=float(regularizer) if regularizer else None, n_components=comps)
+    model.protect = None
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        model._fit(Xc.astype(np.float64), mXs={m: parts[m] for m in comps}, optimize=False)
+    finally:
+        np.random.set_state(state)
+    total = float((Xc ** 2).sum())
+    encoders, explained = {}, {}
+    for m in MARGINALIZATIONS:
+        if m not in comps:
+            encoders[m], explained[m] = np.zeros((d, 0)), []
+            continue
+        encoders[m] = np.nan_to_num(np.asarray(model.P[m], dtype=np.float64))
+        proj = np.asarray(model.D[m], dtype=np.float64).T @ Xc  # [k, n]
+        explained[m] = [float((row ** 2).sum() / total) if total > 0 else 0.0 for row in proj]
+    return encoders, explained
+
+
+@dataclass
+class Demixed:
+    """One layer demixed by :func:`demix`: ``design`` (``"nested"`` or ``"crossed"``), ``n_length`` and
+    ``n_label`` (levels of length and class), ``variance`` (fractions per marginalization), ``ranks``,
+    ``encoders`` (``{m: [d, k_m]}``), ``explained`` (``{m: [k_m]}``) and ``between`` (mean squared norm of the
+    centred cell means)."""
+
+    design: str
+    n_length: int
+    n_label: int
+    variance: dict
+    ranks: dict
+    encoders: dict
+    explained: dict
+    between: float
+
+
+def demix(X: np.ndarray, length: np.ndarray, cls: np.ndarray, n_components: int | None = None,
+          regularizer: float = 1e-4, seed: int = 0) -> Demixed:
+    """Cell means of ``X`` ``[n, d]`` by length and class (nested or crossed, :func:`is_nested`), their variance
+    split and dPCA. Raises :class:`TooFewTrialsError` with fewer than two classes, fewer than two lengths (within a
+    class, when nested) or an empty cell (crossed)."""
+    length, cls = np.asarray(length), np.asarray(cls)
+    if is_nested(length, cls):
+        means, lengths, class_of = nested_means(X, length, cls)
+        n_a, n_b = len(lengths), len(set(class_of.tolist()))
+        if n_b < 2 or n_a <= n_b:
+            raise TooFewTrialsError(f"need two classes and two lengths within a class, got {n_b} classes and "
+                                    f"{n_a} lengths")
+        variance = nested_variance(means, class_of)
+        encoders, explained = fit_dpca_nested(means, class_of, n_components, regularizer, seed)
+        design, flat = "nested", means
+    else:
+        means, la, lb = condition_means(X, length, cls)
+        n_a, n_b = len(la), len(lb)
+        if n_a < 2 or n_b < 2:
+            raise TooFewTrialsError(f"need at least two lengths and two classes, got {n_a} and {n_b}")
+        variance = marginal_variance(means)
+        encoders, explained = fit_dpca(means, n_components, regularizer, seed)
+        design, flat = "crossed", means.reshape(means.shape[0], -1)
+    between = float(((flat - flat.mean(1, keepdims=True)) ** 2).sum(0).mean())
+    return Demixed(design, n_a, n_b, variance, marginal_ranks(n_a, n_b, design == "nested"), encoders, explained,
+                   between)
 
 
 def span_coordinates(X: np.ndarray) -> tuple[np.ndarray, int]:
@@ -280,13 +409,99 @@ def trial_folds(trial: np.ndarray, n_folds: int = 2, seed=0) -> np.ndarray:
     return np.array([fold_of[t] for t in trial.tolist()])
 
 
-def separability(X: np.ndarray, groups: np.ndarray, folds: np.ndarray | None = None,
-                 shrinkage: float | str = "auto", n_features: int | None = None) -> tuple[float, float]:
-    """Plug-in and cross-validated Mahalanobis separability of groups, as root mean squares over the pairs of
-    distinct groups.
+def cell_ids(*factors: np.ndarray) -> np.ndarray:
+    """One integer id ``[n]`` per distinct combination of the factors (each ``[n]``, any hashable values)."""
+    codes = np.stack([np.unique(np.asarray(f), return_inverse=True)[1].ravel() for f in factors], 1)
+    return np.unique(codes, axis=0, return_inverse=True)[1].ravel()
 
-    Both use ``S``, the shrunk pooled within-cell covariance of all samples (:func:`pooled_covariance`; cells =
-    group x fold when ``folds`` are given, so that ``S`` is independent of the fold means). The
+
+def whiten(X: np.ndarray, cells: np.ndarray, shrinkage: float | str = "auto",
+           n_features: int | None = None) -> np.ndarray:
+    """Samples ``X`` ``[n, r]`` whitened by ``S``, the regularized pooled within-cell covariance of ``cells``
+    ``[n]`` (:func:`pooled_covariance`): rows ``w = L^-1 x`` (``S = L L^T``), so ``w_a^T w_b = x_a^T S^-1 x_b``.
+    Returns ``[n, r]``."""
+    from scipy.linalg import solve_triangular
+
+    X = np.asarray(X, dtype=np.float64)
+    L = np.linalg.cholesky(pooled_covariance(X, cells, shrinkage, n_features))
+    return solve_triangular(L, X.T, lower=True).T
+
+
+def unit_sums(W: np.ndarray, groups: np.ndarray, unit: np.ndarray,
+              n_units: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sums of the rows of ``W`` ``[n, r]`` per (unit, group): ``(sums [n_units, n_levels, r], counts [n_units,
+    n_levels], levels)``; ``unit`` ``[n]`` in ``0..n_units-1`` (e.g. the trial of each sample)."""
+    levels, gi = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.zeros((n_units, len(levels), W.shape[1]))
+    counts = np.zeros((n_units, len(levels)))
+    np.add.at(sums, (unit, gi.ravel()), W)
+    np.add.at(counts, (unit, gi.ravel()), 1.0)
+    return sums, counts, levels
+
+
+def crossnobis(sums: np.ndarray, counts: np.ndarray, fold: np.ndarray, weights: np.ndarray | None = None,
+               pairs: Sequence[tuple[int, int]] | None = None) -> tuple[float, float]:
+    """Plug-in and cross-validated separability of groups from per-unit sums of whitened samples
+    (:func:`unit_sums`), as root mean squares over pairs of groups.
+
+    Args:
+        sums: ``[n_units, n_levels, r]``; counts: ``[n_units, n_levels]``; fold: ``[n_units]`` fold of each unit.
+        weights: ``[n_units]`` multiplicity of each unit (a bootstrap resample; default 1 each).
+        pairs: pairs of level indices (default all pairs).
+
+    Returns:
+        ``(plug_in, cross_validated)``: plug-in = RMS over pairs of ``||m_a - m_b||`` (means of all samples);
+        cross-validated = ``sqrt(max(0, mean over pairs of the mean over pairs of folds i != j of (m_a - m_b)_i .
+        (m_a - m_b)_j))`` with fold means. ``nan`` where no pair (in two folds) is defined.
+    """
+    w = np.ones(len(fold)) if weights is None else np.asarray(weights, dtype=np.float64)
+    pairs = list(itertools.combinations(range(counts.shape[1]), 2)) if pairs is None else list(pairs)
+
+    def means(wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = wt @ counts
+        return np.tensordot(wt, sums, 1) / np.maximum(n, 1e-300)[:, None], n > 0
+
+    m, ok = means(w)
+    plug = [float(((m[a] - m[b]) ** 2).sum()) for a, b in pairs if ok[a] and ok[b]]
+    per_fold = [means(w * (fold == f)) for f in np.unique(fold)]
+    terms = []
+    for a, b in pairs:
+        diffs = [mf[a] - mf[b] for mf, okf in per_fold if okf[a] and okf[b]]
+        cross = [float(u @ v) for u, v in itertools.combinations(diffs, 2)]
+        if cross:
+            terms.append(np.mean(cross))
+    return (math.sqrt(np.mean(plug)) if plug else float("nan"),
+            math.sqrt(max(0.0, float(np.mean(terms)))) if terms else float("nan"))
+
+
+def pair_index(levels: Sequence, pairs: Sequence[tuple] | None) -> list[tuple[int, int]] | None:
+    """Pairs of level values -> pairs of indices into ``levels`` (pairs with an absent level dropped)."""
+    if pairs is None:
+        return None
+    at = {v: i for i, v in enumerate(np.asarray(levels).tolist())}
+    return [(at[a], at[b]) for a, b in pairs if a in at and b in at]
+
+
+def length_pairs(length: np.ndarray, cls: np.ndarray) -> list[tuple] | None:
+    """The pairs of lengths whose distances measure length: pairs of distinct lengths of the same class when
+    length is nested in class (pairs across classes would measure the class), ``None`` (all pairs) when crossed."""
+    if not is_nested(length, cls):
+        return None
+    class_of = dict(zip(np.asarray(length).tolist(), np.asarray(cls).tolist()))
+    return [(a, b) for a, b in itertools.combinations(sorted(class_of), 2) if class_of[a] == class_of[b]]
+
+
+def separability(X: np.ndarray, groups: np.ndarray, folds: np.ndarray | None = None,
+                 shrinkage: float | str = "auto", n_features: int | None = None,
+                 pairs: Sequence[tuple] | None = None, cells: np.ndarray | None = None) -> tuple[float, float]:
+    """Plug-in and cross-validated Mahalanobis separability of groups, as root mean squares over the pairs of
+    distinct groups (:func:`crossnobis` on :func:`whiten`-ed samples).
+
+    Both use ``S``, the shrunk pooled within-cell covariance of all samples (:func:`pooled_covariance`); cells =
+    ``cells`` if given (e.g. all factors x fold, one noise covariance for several factors), else group x fold
+    (group without ``folds``) — with folds, cells must include the fold so that ``S`` is independent of the fold
+    means: residuals around all-fold means contain (fold mean A - fold mean B) / 2, and with n < d the directions
+    ``S`` leaves to the shrinkage target would then correlate the two folds' mean noise (a positive bias). The
     plug-in squared distance of a pair is ``dm^T S^-1 dm`` with the group means of all samples: it is biased upwards
     by the noise in the means (a noise floor of roughly ``sqrt(tr(S^-1 Sigma) (1/n_1 + 1/n_2))`` even when the
     groups do not differ). The **cross-validated** ("crossnobis", Walther et al. 2016) squared distance is the mean
@@ -297,47 +512,22 @@ def separability(X: np.ndarray, groups: np.ndarray, folds: np.ndarray | None = N
     Args:
         X: ``[n, r]`` samples (or span coordinates, with ``n_features=d``); groups: ``[n]``;
         folds: ``[n]`` fold ids (e.g. :func:`trial_folds`); ``None`` skips the cross-validated value (``nan``).
+        pairs: pairs of group values to average over (default all pairs; e.g. :func:`length_pairs`).
 
     Returns:
         ``(plug_in, cross_validated)``; ``nan`` where fewer than two groups (in at least two folds) exist.
     """
     groups = np.asarray(groups)
-    levels = np.unique(groups)
-    if len(levels) < 2:
+    if len(np.unique(groups)) < 2:
         return float("nan"), float("nan")
-    X = np.asarray(X, dtype=np.float64)
-    # with folds, S comes from residuals around the fold x group cell means: residuals around the all-fold means
-    # would contain (fold mean A - fold mean B) / 2, and with n < d the directions S leaves to the shrinkage target
-    # would then correlate the two folds' mean noise (a positive bias of the cross-validated distance)
-    cells = groups if folds is None else np.array([f"{g}|{f}" for g, f in zip(groups.tolist(), np.asarray(folds).tolist())])
-    L = np.linalg.cholesky(pooled_covariance(X, cells, shrinkage, n_features))
-    from scipy.linalg import solve_triangular
-
-    white = lambda M: solve_triangular(L, M.T, lower=True).T  # noqa: E731  rows whitened: u^T u = m^T S^-1 m
-    pairs = list(itertools.combinations(range(len(levels)), 2))
-    W = white(np.stack([X[groups == g].mean(0) for g in levels]))
-    plug = float(np.mean([((W[a] - W[b]) ** 2).sum() for a, b in pairs]))
-    cv = float("nan")
-    if folds is not None:
-        folds = np.asarray(folds)
-        fold_ids = np.unique(folds)
-        Wf, present = [], []
-        for f in fold_ids:
-            sel = folds == f
-            have = np.array([bool((groups[sel] == g).any()) for g in levels])
-            M = np.stack([X[sel & (groups == g)].mean(0) if h else np.zeros(X.shape[1])
-                          for g, h in zip(levels, have)])
-            Wf.append(white(M))
-            present.append(have)
-        terms = []
-        for a, b in pairs:
-            diffs = [Wf[i][a] - Wf[i][b] for i in range(len(fold_ids)) if present[i][a] and present[i][b]]
-            cross = [float(u @ v) for u, v in itertools.combinations(diffs, 2)]
-            if cross:
-                terms.append(np.mean(cross))
-        if terms:
-            cv = math.sqrt(max(0.0, float(np.mean(terms))))
-    return math.sqrt(plug), cv
+    fold = np.zeros(len(groups), dtype=int) if folds is None else np.asarray(folds)
+    if cells is None:
+        cells = groups if folds is None else cell_ids(groups, fold)
+    W = whiten(X, cells, shrinkage, n_features)
+    fold_ids, unit = np.unique(fold, return_inverse=True)
+    sums, counts, levels = unit_sums(W, groups, unit.ravel(), len(fold_ids))
+    plug, cv = crossnobis(sums, counts, np.arange(len(fold_ids)), pairs=pair_index(levels, pairs))
+    return plug, (cv if folds is not None else float("nan"))
 
 
 def orthonormal(basis: np.ndarray) -> np.ndarray:
@@ -367,15 +557,16 @@ def project_out(vectors: torch.Tensor, basis: np.ndarray, center: torch.Tensor |
 
 
 # ----------------------------------------------------------------------------------------------- ablation subspaces
-def ablation_dims(n_length: int, n_label: int, k: int | None = None) -> dict[str, int]:
+def ablation_dims(n_length: int, n_label: int, k: int | None = None, nested: bool = False) -> dict[str, int]:
     """Dimension of each ablation subspace (:data:`ABLATIONS`; ``none`` is 0).
 
-    ``length`` / ``label``: the whole marginal subspace (``levels - 1``), or the top ``min(k, levels - 1)`` axes
-    when ``k`` is given (the same ``k`` for both); ``length_1``: one length axis (left out when ``length`` has one
-    axis); the random controls have the dimension of the subspace they control for."""
+    ``length`` / ``label`` (class): the whole marginal subspace (:func:`marginal_ranks`: ``levels - 1``, or
+    ``n_length - n_label`` for length within class when ``nested``), or its top ``min(k, rank)`` axes when ``k`` is
+    given (the same ``k`` for both); ``length_1``: one length axis (left out when ``length`` has one axis); the
+    random controls have the dimension of the subspace they control for."""
     if k is not None and k < 1:
         raise ConfigError(f"k must be >= 1 (or None for the whole marginal subspace), got {k}")
-    ranks = marginal_ranks(n_length, n_label)
+    ranks = marginal_ranks(n_length, n_label, nested)
     cap = (lambda r: r) if k is None else (lambda r: min(k, r))
     dims = {"none": 0, "length": cap(ranks["length"])}
     if dims["length"] > 1:
@@ -403,16 +594,19 @@ def ablation_subspaces(encoders: dict, dims: dict[str, int], d: int, seed=0) -> 
 # ----------------------------------------------------------------------------------------------- probes
 def _fold_fitter(X: np.ndarray, length: np.ndarray, label: np.ndarray, regularizer: float, seed: int,
                  fallback: dict | None):
-    """``fit(train) -> (encoders, center)``: dPCA on ``X[train]``'s cell means (all marginalizations), cached per
-    training set; ``fallback`` encoders when a training fold has an empty cell."""
+    """``fit(train) -> (encoders, center)``: dPCA (:func:`demix`) on ``X[train]``'s cell means by length and
+    class (``label``), cached per training set; ``fallback`` encoders when a training fold has an empty cell or
+    misses a length or class."""
     cache: dict = {}
+    n_levels = (len(np.unique(length)), len(np.unique(label)))
 
     def fit(train: np.ndarray):
         key = np.asarray(train).tobytes()
         if key not in cache:
             try:
-                means, _, _ = condition_means(X[train], length[train], label[train])
-                enc = fit_dpca(means, None, regularizer, seed)[0]
+                if (len(np.unique(length[train])), len(np.unique(label[train]))) != n_levels:
+                    raise TooFewTrialsError("a training fold misses a length or a class")
+                enc = demix(X[train], length[train], label[train], None, regularizer, seed).encoders
             except TooFewTrialsError:
                 if fallback is None:
                     raise
@@ -427,9 +621,9 @@ def refit_ablation(X: np.ndarray, length: np.ndarray, label: np.ndarray, margina
                    regularizer: float = 1e-4, seed: int = 0, fallback: dict | None = None, _fit=None):
     """An ``ablate`` callable for :func:`probe_accuracy` that re-fits a dPCA ablation subspace on the training
     samples only: ``ablate(train) -> (axes [d, dim], center [d])``, the top ``dim`` dPCA axes of
-    ``marginalization`` fitted on ``X[train]``'s cell means, centred at ``X[train]``'s mean. A training fold with
-    an empty (length, label) cell uses the ``fallback`` encoders (e.g. the full-sample ones) if given. Fits are
-    cached per training set."""
+    ``marginalization`` fitted on ``X[train]``'s cell means (``label`` = the class), centred at ``X[train]``'s
+    mean. A training fold with an empty (length, class) cell uses the ``fallback`` encoders (e.g. the full-sample
+    ones) if given. Fits are cached per training set."""
     fit = _fit or _fold_fitter(np.asarray(X, dtype=np.float64), np.asarray(length), np.asarray(label), regularizer,
                                seed, fallback)
 
@@ -506,51 +700,78 @@ def probe_accuracy(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = Non
 # ----------------------------------------------------------------------------------------------- per layer
 def analyze_layer(X: np.ndarray, length: np.ndarray, label: np.ndarray, k: int | None = None,
                   n_components: int | None = None, regularizer: float = 1e-4, shrinkage: float | str = "auto",
-                  length_class: np.ndarray | None = None, seed: int = 0,
-                  trial: np.ndarray | None = None) -> tuple[dict, dict]:
+                  length_class: np.ndarray | None = None, seed: int = 0, trial: np.ndarray | None = None,
+                  word: np.ndarray | None = None) -> tuple[dict, dict]:
     """All statistics of one layer's samples.
 
     Args:
-        X: ``[n, d]`` states; length, label: ``[n]`` factor values; length_class: ``[n]`` short/long class.
+        X: ``[n, d]`` states; length: ``[n]``; label: ``[n]`` the **class** of each sample (the demixed factor);
+            length_class: ``[n]`` an optional short/long grouping of lengths (``maha_length_class``; redundant
+            when length is nested in class).
         k: axes per marginalization in the ablation subspaces (default: the whole marginal subspace).
         n_components: cap on the dPCA components fitted per marginalization (default: none).
-        trial: ``[n]`` trial ids; when given, adds ``maha_length_cv`` / ``maha_label_cv``, the cross-validated
-            separability of :func:`separability` (2 folds of trials, RMS over pairs; no noise floor).
+        trial: ``[n]`` trial ids; when given, adds ``maha_length_cv`` / ``maha_label_cv`` (and ``maha_word_cv``),
+            the cross-validated separability of :func:`crossnobis` (2 folds of trials, one noise covariance from
+            the residuals around the length x class x word x fold cells, RMS over pairs; no noise floor).
+        word: ``[n]`` the label word of each sample (token identity): only its separability is reported
+            (``maha_word``, ``maha_word_cv``), it is not demixed.
 
     Returns:
         ``(row, encoders)``: a dict of scalar statistics (``dpca_<m>`` = explained variance of the ablation
-        subspace of ``m``, ``dim_length`` / ``dim_label`` its dimension) and ``{marginalization: [d, k_m]}`` axes.
+        subspace of ``m``, ``dim_length`` / ``dim_label`` its dimension; ``maha_length*`` over the pairs of
+        :func:`length_pairs`) and ``{marginalization: [d, k_m]}`` axes.
     """
     with _single_thread():
-        return _analyze_layer(np.asarray(X, dtype=np.float64), length, label, k, n_components, regularizer,
-                              shrinkage, length_class, seed, trial)
+        return _analyze_layer(np.asarray(X, dtype=np.float64), np.asarray(length), np.asarray(label), k,
+                              n_components, regularizer, shrinkage, length_class, seed, trial, word)
 
 
-def _analyze_layer(X, length, label, k, n_components, regularizer, shrinkage, length_class, seed, trial):
+def _analyze_layer(X, length, label, k, n_components, regularizer, shrinkage, length_class, seed, trial, word):
     if not np.isfinite(X).all():
         raise NonFiniteError("hidden states contain NaN or inf")
-    means, la, lb = condition_means(X, length, label)
-    if len(la) < 2 or len(lb) < 2:
-        raise TooFewTrialsError(f"need at least two lengths and two labels, got {len(la)} and {len(lb)}")
-    row: dict = {f"var_{m}": v for m, v in marginal_variance(means).items()}
+    dm = demix(X, length, label, n_components, regularizer, seed)
+    row: dict = {f"var_{m}": v for m, v in dm.variance.items()}
     total = float(((X - X.mean(0)) ** 2).sum(1).mean())
-    cell = float(((means - means.mean(axis=(1, 2), keepdims=True)) ** 2).sum(0).mean())
-    row["between_fraction"] = cell / total if total > 0 else 0.0
-    encoders, explained = fit_dpca(means, n_components, regularizer, seed)
-    dims = ablation_dims(len(la), len(lb), k)
+    row["between_fraction"] = dm.between / total if total > 0 else 0.0
+    dims = ablation_dims(dm.n_length, dm.n_label, k, dm.design == "nested")
     for m in MARGINALIZATIONS:
-        row[f"dpca_{m}"] = float(sum(explained[m][:dims.get(m, len(explained[m]))]))
+        row[f"dpca_{m}"] = float(sum(dm.explained[m][:dims.get(m, len(dm.explained[m]))]))
     row["dim_length"], row["dim_label"] = dims["length"], dims["label"]
     Z, p = span_coordinates(X)
-    row["maha_length"] = mean_mahalanobis(Z, length, shrinkage, p)
+    pairs = length_pairs(length, label)
+    row["maha_length"] = float(np.mean(list(mahalanobis_between(Z, length, shrinkage, pairs, p).values())))
     row["maha_label"] = mean_mahalanobis(Z, label, shrinkage, p)
+    if word is not None:
+        row["maha_word"] = mean_mahalanobis(Z, np.asarray(word), shrinkage, p)
     if length_class is not None and len(set(length_class.tolist())) == 2:
         row["maha_length_class"] = mean_mahalanobis(Z, length_class, shrinkage, p)
     if trial is not None and len(np.unique(trial)) >= 2:
-        folds = trial_folds(trial, 2, seed)
-        row["maha_length_cv"] = separability(Z, length, folds, shrinkage, p)[1]
-        row["maha_label_cv"] = separability(Z, label, folds, shrinkage, p)[1]
-    return row, encoders
+        factors = {"length": length, "label": label, **({} if word is None else {"word": np.asarray(word)})}
+        units, unit = np.unique(trial, return_inverse=True)
+        sums, fold = factor_sums(Z, p, factors, unit.ravel(), trial_folds(units, 2, seed), shrinkage)
+        for name, (s, c, levels) in sums.items():
+            prs = pair_index(levels, pairs) if name == "length" else None
+            row[f"maha_{name}_cv"] = crossnobis(s, c, fold, pairs=prs)[1]
+    return row, dm.encoders
+
+
+def factor_sums(Z: np.ndarray, n_features: int, factors: dict[str, np.ndarray], unit: np.ndarray,
+                fold_of_unit: np.ndarray, shrinkage: float | str = "auto") -> tuple[dict, np.ndarray]:
+    """Whitened per-unit group sums of one layer's samples for several factors, with **one** noise covariance.
+
+    Args:
+        Z: ``[n, r]`` samples (span coordinates of ``n_features`` dimensions); factors: ``{name: [n] values}``;
+        unit: ``[n]`` unit (trial) index ``0..n_units-1``; fold_of_unit: ``[n_units]`` fold of each unit.
+
+    Returns:
+        ``({name: (sums [n_units, n_levels, r], counts [n_units, n_levels], levels)}, fold_of_unit)`` for
+        :func:`crossnobis`; ``S`` = the pooled covariance of the residuals around the cells of all factors x
+        fold (:func:`whiten`).
+    """
+    cells = cell_ids(*factors.values(), fold_of_unit[unit])
+    W = whiten(Z, cells, shrinkage, n_features)
+    n_units = len(fold_of_unit)
+    return {name: unit_sums(W, g, unit, n_units) for name, g in factors.items()}, np.asarray(fold_of_unit)
 
 
 # ----------------------------------------------------------------------------------------------- summaries
@@ -577,7 +798,7 @@ def ablation_summary(ablation: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
         :func:`taskvec.stats.mean_ci`), ``full_accuracy`` (full-vocabulary argmax) and ``cost, cost_low,
         cost_high``: accuracy without ablation minus with it, paired percentile bootstrap over prompts.
     """
-    from taskvec.stats import mean_ci
+    from taskvec.stats import mean_ci, or_nan
 
     if ablation.empty:
         return pd.DataFrame()
@@ -590,7 +811,7 @@ def ablation_summary(ablation: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
         order = [a for a in ABLATIONS if a in wide.columns] + [a for a in wide.columns if a not in ABLATIONS]
         for name in order:
             gg = g[g.ablate == name]
-            acc, lo, hi = mean_ci(gg[metric])
+            acc, lo, hi = or_nan(mean_ci, gg[metric])
             row = {"layer": int(layer), "ablate": name,
                    "dim": int(gg["dim"].iloc[0]) if "dim" in gg and gg["dim"].notna().any() else None,
                    "n": int(gg[metric].notna().sum()), "metric": metric, "accuracy": acc, "low": lo, "high": hi,
@@ -612,6 +833,12 @@ def late_layers_of(n_layers: int, late_fraction: float = 1 / 3) -> int:
     return int(math.ceil(n_layers * (1 - late_fraction) - 1e-9))
 
 
+def early_window_of(n_layers: int, early_fraction: float = 1 / 3, min_layer: int = 1) -> tuple[int, int]:
+    """The early window ``[min_layer, ceil(n_layers * early_fraction))``, fixed by depth before any data (layer 0,
+    the token embedding, left out): 18 layers: ``[1, 6)``; 9 layers: ``[1, 3)``; 10 layers: ``[1, 4)``."""
+    return int(min_layer), int(math.ceil(n_layers * early_fraction - 1e-9))
+
+
 def c8_statistics(
     states: np.ndarray,
     length: np.ndarray,
@@ -621,156 +848,143 @@ def c8_statistics(
     n_layers: int,
     ablation: pd.DataFrame | None = None,
     shrinkage: float | str = "auto",
+    *,
+    word: np.ndarray | None = None,
+    early_window: Sequence[int] | None = None,
     late_fraction: float = 1 / 3,
-    min_layer: int = 1,
-    selection_fraction: float = 0.5,
     n_folds: int = 2,
     n_boot: int = 200,
     seed: int = 0,
-    early_layers: Sequence[int] | None = None,
+    task: str | None = None,
 ) -> dict:
-    """Statistics for claim C8 (docs/spec.md A.8), with the early-peak layer selected on one half of the trials and every
-    reported number evaluated on the other half (or on prompts, for layer sets fixed by depth alone).
+    """Statistics for claim C8 (docs/spec.md A.8), with every layer set fixed by depth before the data.
 
     Procedure:
 
-    1. Trials are split at random (``seed``) into a **selection** part (``selection_fraction``) and an
-       **evaluation** part. Late layers = analyzed layers ``>= late_layers_of(n_layers, late_fraction)`` (the
-       last third); early candidates = analyzed layers in ``[min_layer, late start)`` (layer 0, the token
-       embedding, carries only the label word at an answer position and is left out by default), or the
-       analyzed layers among ``early_layers`` when given (e.g. only the first third).
-    2. Separability of a factor at a layer = the **cross-validated** Mahalanobis distance of :func:`separability`
-       (RMS over pairs of groups; folds = trials dealt into ``n_folds`` folds), which has no noise floor: the
-       plug-in distance of a factor that is absent is not 0 but about ``sqrt(2 d_eff / n_per_group)``, which
-       would pull every late/early ratio towards 1. (The per-layer table's ``maha_*`` columns are plug-in;
-       ``maha_*_cv`` are this statistic on all trials.)
-    3. On the selection part, the length separability of each early candidate; the **early layer** is its argmax.
-    4. On the evaluation part: ``length_ratio = mean_{late l} sep_length(l) / sep_length(early)`` and
-       ``label_ratio`` the same for labels (at the same early layer). Distances are exact, computed in the span of
-       the evaluation samples of each layer.
-    5. 95% intervals: percentile bootstrap, ``n_boot`` resamples of evaluation trials (a trial's demonstrations
-       together; the copies of a trial share a fold), recomputing both separabilities at every needed layer (the
-       early layer stays fixed). A resample whose early-layer separability is 0 gives no ratio; ``n_boot`` counts
-       the valid ones, and with fewer than half valid the interval is ``None`` (as in
-       :func:`taskvec.stats.bootstrap_ci`): the data cannot bound the ratio. ``plug_in`` reports the same ratio with plug-in distances, for comparison only: on
-       data with the noise floor it is pulled towards 1 (on a planted 0.2 it reads about 0.6).
-    6. If ``ablation`` (per-prompt rows ``prompt, layer, ablate, label_correct|correct``) has ``none`` and
-       ``length`` rows: per prompt, the cost of ablating the length subspace ``none - length`` averaged over the
-       ablated layers of the late part (``late``) and over the ablated early candidates (``early``);
-       ``late_minus_early`` is their paired difference; percentile intervals by a paired bootstrap over prompts.
-       All prompts are used: these layer sets depend on depth only, not on any data.
+    1. Windows: **early** = ``early_window`` ``[lo, hi)``, default ``[1, ceil(L/3))`` (:func:`early_window_of`);
+       **late** = layers ``>= ceil(2L/3)`` (:func:`late_layers_of`). Each uses the analysed layers inside it.
+    2. Separability of a factor at a layer = the **cross-validated** Mahalanobis distance of :func:`crossnobis`
+       (trials dealt into ``n_folds`` folds; one noise covariance per layer from the residuals around the length x
+       class x word x fold cells), RMS over pairs of groups: for **length** over pairs of lengths of the same class
+       when length is nested in class (:func:`length_pairs`), for the **class** (``label``, the demixed factor)
+       and for the label **word** (token identity, reported only). Cross-validation removes the noise floor
+       that would pull every late/early ratio towards 1.
+    3. ``length_ratio`` = mean over late layers of the length separability / its mean over the early window;
+       ``class_ratio`` and ``word_ratio`` the same for class and word.
+    4. ``length_peak``: ``layer`` = argmax of the length separability over all analysed layers; ``region`` =
+       ``[min, max]`` of the layers whose separability is not significantly below the peak's (paired bootstrap of
+       ``sep(l) - sep(peak)``, upper bound ``>= 0``, or undefined); ``in_early`` = true if the region lies inside
+       the early window, false if wholly outside, else ``None``.
+    5. Intervals: 95% percentile bootstrap over trials (:func:`taskvec.stats.bootstrap_ci`, ``n_boot``
+       resamples, the same resamples for every statistic; a trial keeps its fold and its demonstrations stay
+       together). The noise covariance is estimated once per layer on all trials.
+    6. ``ablation_cost`` (:func:`_ablation_cost`): per prompt, ``none - length`` ablation accuracy averaged over
+       the ablated layers in the early window (``early``) and in the late window (``late``), and their paired
+       difference ``late_minus_early``; bootstrap over prompts.
 
     Args:
-        states: ``[n_samples, len(layers), d]`` answer-position states; length, label, trial: ``[n_samples]``.
-        layers: the model layers of ``states``' second axis; n_layers: the model's number of layers.
+        states: ``[n_samples, len(layers), d]`` answer-position states; length, label (class), trial, word:
+            ``[n_samples]``. layers: the model layers of ``states``' second axis; n_layers: the model's layers.
 
     Returns:
-        a JSON-ready dict: ``length_ratio`` and ``label_ratio`` (``{estimate, low, high, plug_in, n_boot}``;
-        ``None`` with a ``reason`` when there are no late layers, no early candidates or no length separability at
-        the early layer), ``early_layer``, ``late_layers``, ``early_candidates``, ``selection`` (``{layers,
-        sep_length}``: the curve the early layer was chosen on), ``evaluation`` (``{layers, sep_length, sep_label,
-        plug_in_length, plug_in_label}``), ``ablation_cost`` (``{metric, early_layers, late_layers, n_prompts,
-        early, late, late_minus_early}``, each ``{estimate, low, high}``, or ``None``), ``n_selection_trials``,
-        ``n_evaluation_trials``, ``selection_trials`` (their ids; the split depends on ``seed`` and the trial ids
-        only, never on the data), ``reason`` and ``params``.
+        a JSON-ready dict: ``task``, ``n_layers``, ``layers``, ``design``, ``early_window`` ``[lo, hi)``,
+        ``early_layers``, ``late_layers``, ``curves`` (``{layers, sep_length, sep_class, sep_word}``),
+        ``length_ratio``, ``class_ratio``, ``word_ratio`` (each ``{estimate, low, high}`` or ``None``),
+        ``length_peak`` (``{layer, region, region_layers, in_early}``), ``ablation_cost``, ``n_trials``,
+        ``reason`` (why a statistic is ``None``) and ``params``.
     """
     states = np.asarray(states, dtype=np.float64)
     length, label, trial = np.asarray(length), np.asarray(label), np.asarray(trial)
     layers = [int(l) for l in layers]
     if states.ndim != 3 or states.shape[1] != len(layers) or states.shape[0] != len(length):
         raise ConfigError(f"states must be [n_samples={len(length)}, n_layers={len(layers)}, d], got {states.shape}")
-    if not 0 < selection_fraction < 1:
-        raise ConfigError(f"selection_fraction must be in (0, 1), got {selection_fraction}")
-    rng = np.random.default_rng(seed)
-    units = np.unique(trial)
-    n_sel = int(round(selection_fraction * len(units)))
-    if n_sel < n_folds or len(units) - n_sel < n_folds:
-        raise TooFewTrialsError(f"{len(units)} trials: C8 needs at least {n_folds} for selection and {n_folds} for "
-                                "evaluation")
-    perm = rng.permutation(units)
-    sel_units, eval_units = np.sort(perm[:n_sel]), np.sort(perm[n_sel:])
-    sel = np.isin(trial, sel_units)
+    lo, hi = early_window_of(n_layers) if early_window is None else (int(early_window[0]), int(early_window[1]))
     late_start = late_layers_of(n_layers, late_fraction)
-    late = [l for l in layers if l >= late_start]
-    in_early = ((lambda l: min_layer <= l < late_start) if early_layers is None
-                else (lambda l, e=set(int(x) for x in early_layers): l in e and l < late_start))
-    candidates = [l for l in layers if in_early(l)]
-    col = {l: i for i, l in enumerate(layers)}
+    if not 0 <= lo < hi <= late_start:
+        raise ConfigError(f"early window [{lo}, {hi}) must be non-empty and end before the late layers "
+                          f"({late_start})")
+    units, unit = np.unique(trial, return_inverse=True)
+    if len(units) < 2 * n_folds:
+        raise TooFewTrialsError(f"{len(units)} trials: C8 needs at least {2 * n_folds} ({n_folds} folds of two)")
+    early, late = [l for l in layers if lo <= l < hi], [l for l in layers if l >= late_start]
+    factors = {"length": length, "class": label, **({} if word is None else {"word": np.asarray(word)})}
     out: dict = {
-        "n_layers": int(n_layers), "layers": layers, "late_layers": late, "early_candidates": candidates,
-        "early_layer": None, "n_selection_trials": int(n_sel), "n_evaluation_trials": int(len(eval_units)),
-        "selection_trials": sel_units.tolist(),
-        "selection": None, "evaluation": None, "length_ratio": None, "label_ratio": None, "ablation_cost": None,
+        "task": task, "n_layers": int(n_layers), "layers": layers,
+        "design": "nested" if is_nested(length, label) else "crossed", "early_window": [lo, hi],
+        "early_layers": early, "late_layers": late, "n_trials": int(len(units)), "curves": None,
+        "length_ratio": None, "class_ratio": None, "word_ratio": None, "length_peak": None, "ablation_cost": None,
         "reason": None,
-        "params": {"late_fraction": late_fraction, "min_layer": min_layer, "selection_fraction": selection_fraction,
-                   "n_folds": n_folds, "n_boot": n_boot, "seed": seed, "shrinkage": shrinkage,
-                   "early_layers": None if early_layers is None else [int(x) for x in early_layers],
-                   "separability": "cross-validated Mahalanobis, RMS over pairs of groups"},
+        "params": {"late_fraction": late_fraction, "n_folds": n_folds, "n_boot": n_boot, "seed": seed,
+                   "shrinkage": shrinkage, "separability": "cross-validated Mahalanobis, RMS over pairs of groups",
+                   "length_pairs": "within class" if is_nested(length, label) else "all"},
     }
     with _single_thread():
-        if not late or not candidates:
-            out["reason"] = (f"need analyzed layers both in [{min_layer}, {late_start}) and in [{late_start}, "
-                             f"{n_layers}); got {layers}")
+        matrix, ci = _c8_bootstrap(states, factors, length_pairs(length, label), unit.ravel(),
+                                   trial_folds(units, n_folds, seed), shrinkage, n_boot, seed)
+        M = matrix(np.arange(len(units)))  # [n_layers, n_factors] on all trials
+        out["curves"] = {"layers": layers, **{f"sep_{f}": M[:, j].tolist() for j, f in enumerate(factors)}}
+        out["length_peak"] = _length_peak(M[:, 0], layers, ci, (lo, hi))
+        if early and late:
+            rows_e, rows_l = [layers.index(l) for l in early], [layers.index(l) for l in late]
+            for j, f in enumerate(factors):
+                out[f"{f}_ratio"] = ci(lambda m, j=j: _ratio(m[rows_l, j], m[rows_e, j]))
+                if out[f"{f}_ratio"]["estimate"] is None or not np.isfinite(out[f"{f}_ratio"]["estimate"]):
+                    out["reason"] = out["reason"] or f"{f}: no separability in the early window"
         else:
-            sel_folds = trial_folds(trial[sel], n_folds, rng.integers(2 ** 32))
-            curve = []
-            for l in candidates:
-                Z, p = span_coordinates(states[sel, col[l]])
-                curve.append(separability(Z, length[sel], sel_folds, shrinkage, p)[1])
-            early = candidates[int(np.nanargmax(curve))] if np.isfinite(curve).any() else None
-            out["early_layer"] = early
-            out["selection"] = {"layers": candidates, "sep_length": curve}
-            if early is None:
-                out["reason"] = "no finite length separability on the selection trials"
-        if out["early_layer"] is not None:
-            early = out["early_layer"]
-            ev = ~sel
-            ev_trial, ev_len, ev_lab = trial[ev], length[ev], label[ev]
-            need = late + ([early] if early not in late else [])
-            Zs = {l: span_coordinates(states[ev, col[l]]) for l in need}
-
-            def ratios(rows, folds) -> tuple[dict, dict]:
-                sep = {l: (separability(Zs[l][0][rows], ev_len[rows], folds, shrinkage, Zs[l][1]),
-                           separability(Zs[l][0][rows], ev_lab[rows], folds, shrinkage, Zs[l][1])) for l in need}
-                r = {}
-                for j, key in enumerate(("length_ratio", "label_ratio")):
-                    for which, name in ((1, "cv"), (0, "plug_in")):
-                        den = sep[early][j][which]
-                        num = float(np.mean([sep[l][j][which] for l in late]))
-                        r[(key, name)] = num / den if den > 0 else float("nan")
-                return r, sep
-
-            all_rows = np.arange(int(ev.sum()))
-            point, sep = ratios(all_rows, trial_folds(ev_trial, n_folds, rng.integers(2 ** 32)))
-            out["evaluation"] = {"layers": need, "sep_length": [sep[l][0][1] for l in need],
-                                 "sep_label": [sep[l][1][1] for l in need],
-                                 "plug_in_length": [sep[l][0][0] for l in need],
-                                 "plug_in_label": [sep[l][1][0] for l in need]}
-            rows_of = [np.flatnonzero(ev_trial == u) for u in eval_units]
-            boot = np.full((n_boot, 2), np.nan)
-            for b in range(n_boot):
-                pick = rng.integers(0, len(rows_of), len(rows_of))
-                rows = np.concatenate([rows_of[i] for i in pick])
-                copy_of = np.concatenate([np.full(len(rows_of[i]), i) for i in pick])  # copies share a fold
-                if len(np.unique(pick)) < n_folds:
-                    continue
-                try:
-                    r, _ = ratios(rows, trial_folds(copy_of, n_folds, rng.integers(2 ** 32)))
-                except np.linalg.LinAlgError:
-                    continue
-                boot[b] = r[("length_ratio", "cv")], r[("label_ratio", "cv")]
-            for j, key in enumerate(("length_ratio", "label_ratio")):
-                est, plug = point[(key, "cv")], point[(key, "plug_in")]
-                if not np.isfinite(est):
-                    out["reason"] = out["reason"] or f"{key}: no separability at the early layer on the evaluation trials"
-                    continue
-                valid = int(np.isfinite(boot[:, j]).sum())
-                lo, hi = _percentile_ci(boot[:, j]) if valid >= n_boot / 2 else (float("nan"), float("nan"))
-                out[key] = {"estimate": float(est), "low": lo, "high": hi, "plug_in": float(plug),
-                            "n_boot": valid}
+            out["reason"] = f"need analysed layers both in [{lo}, {hi}) and in [{late_start}, {n_layers}); got {layers}"
     if ablation is not None and not ablation.empty and {"none", "length"} <= set(ablation["ablate"]):
-        out["ablation_cost"] = _ablation_cost(ablation, late_start, in_early, n_boot, rng)
+        out["ablation_cost"] = _ablation_cost(ablation, (lo, hi), late_start, n_boot, seed)
     return _jsonable(out)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> float:
+    """``mean(num) / mean(den)``; ``nan`` when the denominator is not positive (or either is undefined)."""
+    d = float(np.mean(den))
+    return float(np.mean(num)) / d if d > 0 else float("nan")
+
+
+def _c8_bootstrap(states: np.ndarray, factors: dict, pairs: list | None, unit: np.ndarray, fold_of_unit: np.ndarray,
+                  shrinkage, n_boot: int, seed: int):
+    """``(matrix, ci)``: ``matrix(idx)`` = the cross-validated separabilities ``[n_layers, n_factors]`` of the
+    trials ``idx`` (resampled unit indices; cached), ``ci(stat)`` = ``{estimate, low, high}`` of ``stat(matrix)``
+    by :func:`taskvec.stats.bootstrap_ci` over trials (the same resamples for every ``stat``)."""
+    from taskvec.stats import bootstrap_ci
+
+    per_layer = []
+    for i in range(states.shape[1]):
+        Z, p = span_coordinates(states[:, i])
+        per_layer.append(factor_sums(Z, p, factors, unit, fold_of_unit, shrinkage)[0])
+    n_units, cache = len(fold_of_unit), {}
+
+    def matrix(idx: np.ndarray) -> np.ndarray:
+        key = np.asarray(idx).tobytes()
+        if key not in cache:
+            w = np.bincount(idx, minlength=n_units).astype(np.float64)
+            cache[key] = np.array([[crossnobis(s, c, fold_of_unit, w, pair_index(lv, pairs) if f == "length"
+                                               else None)[1] for f, (s, c, lv) in sums.items()]
+                                   for sums in per_layer])
+        return cache[key]
+
+    def ci(stat) -> dict:
+        est, lo, hi = bootstrap_ci(lambda idx: stat(matrix(idx)), [np.arange(n_units)], resamples=n_boot, seed=seed)
+        return {"estimate": est, "low": lo, "high": hi}
+
+    return matrix, ci
+
+
+def _length_peak(curve: np.ndarray, layers: list[int], ci, window: tuple[int, int]) -> dict | None:
+    """Peak layer of the length-separability ``curve`` ``[n_layers]`` and the region of layers not significantly
+    below it (upper bound of the paired bootstrap of ``sep(l) - sep(peak)`` ``>= 0`` or undefined), with
+    ``in_early`` = region inside ``window`` (true), wholly outside (false) or neither (``None``)."""
+    if not np.isfinite(curve).any():
+        return None
+    p = int(np.nanargmax(curve))
+    region = [l for i, l in enumerate(layers)
+              if i == p or not ci(lambda m, i=i: m[i, 0] - m[p, 0])["high"] < 0]
+    r_lo, r_hi = min(region), max(region)
+    inside, outside = window[0] <= r_lo and r_hi < window[1], r_hi < window[0] or r_lo >= window[1]
+    return {"layer": layers[p], "region": [r_lo, r_hi], "region_layers": region,
+            "in_early": True if inside else (False if outside else None)}
 
 
 def _jsonable(obj):
@@ -788,17 +1002,21 @@ def _jsonable(obj):
     return obj
 
 
-def _ablation_cost(ablation: pd.DataFrame, late_start: int, in_early, n_boot: int, rng) -> dict | None:
+def _ablation_cost(ablation: pd.DataFrame, window: tuple[int, int], late_start: int, n_boot: int,
+                   seed: int) -> dict:
+    """Length-ablation cost per prompt (``accuracy(none) - accuracy(length)``), averaged over the ablated layers in
+    the early ``window`` and over those ``>= late_start``; ``late_minus_early`` paired per prompt. Each
+    ``{estimate, low, high}`` (:func:`taskvec.stats.bootstrap_ci` over prompts) or ``None``."""
+    from taskvec.stats import bootstrap_ci
+
     metric = _metric(ablation)
     a = ablation[ablation.ablate.isin(["none", "length"])]
     wide = a.pivot_table(index="prompt", columns=["ablate", "layer"], values=metric, aggfunc="mean")
     abl_layers = sorted({int(l) for l in a.layer})
     late_l = [l for l in abl_layers if l >= late_start]
-    early_l = [l for l in abl_layers if in_early(l)]
+    early_l = [l for l in abl_layers if window[0] <= l < window[1]]
     res = {"metric": metric, "early_layers": early_l, "late_layers": late_l, "n_prompts": int(len(wide)),
            "early": None, "late": None, "late_minus_early": None}
-    if not late_l and not early_l:
-        return res
     cost = {l: (wide[("none", l)] - wide[("length", l)]).to_numpy() for l in abl_layers}
     per = {}
     if early_l:
@@ -807,10 +1025,9 @@ def _ablation_cost(ablation: pd.DataFrame, late_start: int, in_early, n_boot: in
         per["late"] = np.mean([cost[l] for l in late_l], axis=0)
     if early_l and late_l:
         per["late_minus_early"] = per["late"] - per["early"]
-    idx = rng.integers(0, len(wide), size=(n_boot, len(wide)))
     for key, v in per.items():
-        lo, hi = _percentile_ci(np.nanmean(v[idx], axis=1))
-        res[key] = {"estimate": float(np.nanmean(v)), "low": lo, "high": hi}
+        est, lo, hi = bootstrap_ci(lambda x: float(np.nanmean(x)), [v], resamples=n_boot, seed=seed)
+        res[key] = {"estimate": est, "low": lo, "high": hi}
     return res
 
 
@@ -821,12 +1038,13 @@ class DPCAResult:
 
     Attributes:
         per_layer: one row per layer: ``layer, var_length, var_label, var_interaction, between_fraction,
-            dpca_length, dpca_label, dpca_interaction, dim_length, dim_label, maha_length, maha_label[,
-            maha_length_class]``.
+            dpca_length, dpca_label, dpca_interaction, dim_length, dim_label, maha_length, maha_label, maha_word,
+            maha_length_cv, maha_label_cv, maha_word_cv`` (``label`` = the class; ``word`` = the label word).
         ablation: one row per (prompt, layer, ablate) with ``ablate`` in :data:`ABLATIONS`: ``dim, correct,
             label_correct, target_logprob`` (empty when no ablation was run).
         baselines: ``{"icl": acc, "dummy": acc, "chance": 1/n_labels}`` label-restricted accuracies.
-        probes: one row per (ablated layer, ablate, factor): ``layer, ablate, dim, factor, accuracy, accuracy_sd,
+        probes: one row per (ablated layer, ablate, factor), ``factor`` in ``length`` / ``label`` (the class):
+            ``layer, ablate, dim, factor, accuracy, accuracy_sd,
             n_folds, n_samples, n_levels, chance, majority`` (:func:`probe_accuracy`).
         c8: :func:`c8_statistics` (empty when not computed).
         encoders: ``{layer: {marginalization: [d, k_m]}}`` dPCA axes.
@@ -854,16 +1072,21 @@ class DPCAResult:
 
 
 def answer_factors(trials: Sequence, n_answers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per (trial, demo) factors, flattened trial-major: ``length`` (``meta["length"]``), ``label`` (the demo's
-    output word) and ``class`` (``meta["class"]``). Each ``[n_trials * n_answers]``."""
-    lengths, labels, classes = [], [], []
+    """Per (trial, demo) factors, flattened trial-major: ``length`` (``meta["length"]``), ``class``
+    (``meta["class"]``, else the demo's ``label``: the class the trial's random class -> word mapping maps to a
+    word) and ``word`` (the demo's output word). Each ``[n_trials * n_answers]``."""
+    lengths, classes, words = [], [], []
     for t, trial in enumerate(trials):
         if "length" not in trial.meta:
             raise ConfigError(f"trial {t} has no meta['length']: dPCA needs a simple_string-style task")
+        demos = trial.demos[:n_answers]
+        cls = list(trial.meta["class"][:n_answers]) if "class" in trial.meta else [d.label for d in demos]
+        if any(c is None for c in cls):
+            raise ConfigError(f"trial {t} has no class per demonstration: dPCA needs a categorization task")
         lengths += list(trial.meta["length"][:n_answers])
-        labels += [d.output for d in trial.demos[:n_answers]]
-        classes += list(trial.meta.get("class", [0] * n_answers)[:n_answers])
-    return np.asarray(lengths), np.asarray(labels), np.asarray(classes)
+        classes += cls
+        words += [d.output for d in demos]
+    return np.asarray(lengths), np.asarray(classes), np.asarray(words)
 
 
 def dpca_analysis(
@@ -892,12 +1115,13 @@ def dpca_analysis(
     Args:
         lm: the model.
         trials: categorization trials with ``meta["length"]`` (``simple_string``); at least as many trials as
-            (length x label) conditions.
+            conditions (lengths when length is nested in class, as in ``simple_string``; length x class cells
+            otherwise).
         task: the task (its ``answer_pool`` draws the dummy prompts' random answers; default: each trial's labels).
         template: a :class:`~taskvec.prompts.Template` (default ``"{x} is {y}"``).
         layers: layers to analyze (default all).
         k: axes per marginalization in the ablation subspaces; ``None`` (default) = the whole marginal subspace
-            (``levels - 1``); an int takes ``min(k, levels - 1)`` for length and for label alike.
+            (:func:`marginal_ranks`); an int takes ``min(k, rank)`` for length and for class alike.
         n_components: cap on the dPCA components fitted per marginalization (default: their full dimension).
         regularizer: dPCA's ridge lambda (fixed; see module docstring).
         shrinkage: covariance shrinkage for Mahalanobis (``"auto"`` = Ledoit-Wolf, or a weight in [0, 1]).
@@ -907,7 +1131,7 @@ def dpca_analysis(
         batch_size: prompts per forward pass when reading states.
         probe_folds, probe_C: folds and inverse L2 strength of :func:`probe_accuracy`.
         c8: compute :func:`c8_statistics` (``n_boot`` resamples; ``c8_options`` are further keyword arguments,
-            e.g. ``{"early_layers": [1, 2, 3, 4, 5]}``).
+            e.g. ``{"early_window": [1, 4]}``).
 
     Returns:
         a :class:`DPCAResult`.
@@ -926,15 +1150,16 @@ def dpca_analysis(
     if len(n_answers) != 1:
         raise ConfigError(f"all trials need the same number of demonstrations, got {sorted(n_answers)}")
     K = n_answers.pop()
-    length, label, cls = answer_factors(trials, K)
+    length, label, word = answer_factors(trials, K)  # label = the class of each demonstration
     trial_id = np.repeat(np.arange(len(trials)), K)
+    nested = is_nested(length, label)
     n_len, n_lab = len(set(length.tolist())), len(set(label.tolist()))
-    n_conditions = n_len * n_lab
+    n_conditions = n_len if nested else n_len * n_lab
     if len(trials) < n_conditions:
         raise TooFewTrialsError(
-            f"{len(trials)} trials for {n_conditions} (length x label) conditions: dPCA needs at least as many "
-            "trials as conditions")
-    dims = ablation_dims(n_len, n_lab, k)
+            f"{len(trials)} trials for {n_conditions} ({'length' if nested else 'length x class'}) conditions: "
+            "dPCA needs at least as many trials as conditions")
+    dims = ablation_dims(n_len, n_lab, k, nested)
     positions = torch.tensor([p.answer_positions for p in prompts])
     states = read_states(lm, [p.ids for p in prompts], positions, batch_size=batch_size)  # [P, L, K, d]
     flat = lambda t, layer: t[:, layer].reshape(-1, lm.d_model)  # noqa: E731  [P * K, d], trial-major
@@ -943,7 +1168,7 @@ def dpca_analysis(
 
     for layer in tqdm(layers, disable=not progress, desc="dpca", leave=False):
         row, enc = analyze_layer(flat(states, layer).numpy(), length, label, k, n_components, regularizer,
-                                 shrinkage, cls, seed, trial_id)
+                                 shrinkage, None, seed, trial_id, word)
         rows.append({"layer": layer, **row})
         encoders[layer] = enc
     per_layer = pd.DataFrame(rows)
@@ -959,7 +1184,7 @@ def dpca_analysis(
         for layer in tqdm(ablate_layers, disable=not progress, desc="ablate/probe", leave=False):
             if layer not in encoders:
                 encoders[layer] = analyze_layer(flat(states, layer).numpy(), length, label, k, n_components,
-                                                regularizer, shrinkage, cls, seed)[1]
+                                                regularizer, shrinkage, None, seed)[1]
             center = flat(states, layer).mean(0)
             with _single_thread():
                 bases = ablation_subspaces(encoders[layer], dims, lm.d_model, seed=[seed, layer])
@@ -986,14 +1211,15 @@ def dpca_analysis(
         X_all = states[:, layers].permute(0, 2, 1, 3).reshape(len(prompts) * K, len(layers), lm.d_model).numpy()
         try:
             c8_stats = c8_statistics(X_all, length, label, trial_id, layers, lm.n_layers,
-                                     ablation if not ablation.empty else None, shrinkage, n_boot=n_boot, seed=seed,
-                                     **(c8_options or {}))
+                                     ablation if not ablation.empty else None, shrinkage, word=word, n_boot=n_boot,
+                                     seed=seed, task=getattr(task, "name", None), **(c8_options or {}))
         except TooFewTrialsError as err:
-            c8_stats = {"reason": str(err), "length_ratio": None, "label_ratio": None, "ablation_cost": None}
+            c8_stats = {"task": getattr(task, "name", None), "reason": str(err), "length_ratio": None,
+                        "class_ratio": None, "word_ratio": None, "length_peak": None, "ablation_cost": None}
     config = {"k": k, "ablation_dims": dims, "n_components": n_components, "regularizer": regularizer,
               "shrinkage": shrinkage, "layers": layers, "ablate_layers": list(ablate_layers), "seed": seed,
               "n_trials": len(trials), "n_demos": K, "n_conditions": n_conditions, "n_lengths": n_len,
-              "n_labels": n_lab, "probe_folds": probe_folds, "probe_C": probe_C, "n_boot": n_boot,
+              "n_labels": n_lab, "label_factor": "class", "design": "nested" if nested else "crossed", "probe_folds": probe_folds, "probe_C": probe_C, "n_boot": n_boot,
               "separator": template.separator}
     return DPCAResult(per_layer, ablation, baselines, encoders, config, probes, c8_stats)
 
@@ -1089,10 +1315,42 @@ def _interval_bars(ax, items: list[tuple[str, dict | None]], color: str) -> None
         ax.text(x, y, f"{y:.2f}", ha="center", va="bottom", fontsize=8)
 
 
+def _separability_panels(a_len, a_lab, df: pd.DataFrame, c8: dict) -> None:
+    """Length separability per layer (plug-in and cross-validated; C8's early window and length-peak region
+    shaded) and class separability, with the word's (token identity) for comparison."""
+    for col, lab, style in (("maha_length", "pairs of lengths (plug-in)", "-"),
+                            ("maha_length_cv", "pairs of lengths (cross-validated)", "--"),
+                            ("maha_length_class", "short vs long (plug-in)", ":")):
+        if col in df:
+            a_len.plot(df["layer"], df[col], marker="o", ms=3, ls=style, label=lab)
+    if c8.get("early_window"):
+        a_len.axvspan(c8["early_window"][0] - 0.5, c8["early_window"][1] - 0.5, color="tab:green", alpha=0.1,
+                      label="early window")
+    peak = c8.get("length_peak") or {}
+    if peak.get("region"):
+        a_len.axvspan(peak["region"][0] - 0.3, peak["region"][1] + 0.3, color="tab:orange", alpha=0.15,
+                      label=f"peak L{peak['layer']}, region (in early: {peak.get('in_early')})")
+    a_len.set(xlabel="layer", ylabel="Mahalanobis distance")
+    a_len.set_title("length separability (within class when nested)", fontsize=10)
+    a_len.legend(fontsize=7)
+    for col, lab, style, color in (("maha_label", "class (plug-in)", "-", "tab:red"),
+                                   ("maha_label_cv", "class (cross-validated)", "--", "darkred"),
+                                   ("maha_word_cv", "word (cross-validated)", ":", "grey")):
+        if col in df:
+            a_lab.plot(df["layer"], df[col], marker="o", ms=3, ls=style, color=color, label=lab)
+    a_lab.legend(fontsize=8)
+    vals = df[[c for c in ("maha_label", "maha_label_cv", "maha_word_cv") if c in df]].to_numpy(dtype=float)
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    if vals.size and vals.max() / vals.min() > 30:
+        a_lab.set_yscale("log")
+    a_lab.set(xlabel="layer", ylabel="Mahalanobis distance")
+    a_lab.set_title("class separability (word: token identity)", fontsize=10)
+
+
 def plot_dpca(result: DPCAResult, path: str | Path, title: str = "dPCA") -> list[Path]:
-    """Eight panels, one idea each: variance per marginalization; length Mahalanobis; label Mahalanobis; C8
-    separability ratios late/early; local-patching accuracy per ablation (95% Wilson); length probe; label probe;
-    C8 length-ablation cost (early, late, late - early). Writes ``path.png`` and ``path.svg``; returns them.
+    """Eight panels, one idea each: variance per marginalization; length Mahalanobis (with C8's early window and
+    length-peak region); class (and word) Mahalanobis; C8 separability ratios late/early; local-patching accuracy
+    per ablation (95% Wilson); length probe; class probe; C8 length-ablation cost (early, late, late - early). Writes ``path.png`` and ``path.svg``; returns them.
     Uses a bare :class:`matplotlib.figure.Figure` (no pyplot): the matplotlib backend is left alone."""
     from matplotlib.figure import Figure
 
@@ -1103,40 +1361,23 @@ def plot_dpca(result: DPCAResult, path: str | Path, title: str = "dPCA") -> list
     axes = fig.subplots(2, 4)
     (a_var, a_len, a_lab, a_ratio), (a_acc, a_plen, a_plab, a_cost) = axes
     for m in MARGINALIZATIONS:
-        a_var.plot(df["layer"], df[f"var_{m}"], marker="o", ms=3, label=m)
+        a_var.plot(df["layer"], df[f"var_{m}"], marker="o", ms=3, label="class" if m == "label" else m)
     a_var.set(xlabel="layer", ylabel="fraction of cell-mean variance", ylim=(0, 1.02))
     a_var.set_title("variance per marginalization", fontsize=10)
     a_var.legend(fontsize=8)
-    for col, lab, style in (("maha_length", "pairs of lengths (plug-in)", "-"),
-                            ("maha_length_cv", "pairs of lengths (cross-validated)", "--"),
-                            ("maha_length_class", "short vs long (plug-in)", ":")):
-        if col in df:
-            a_len.plot(df["layer"], df[col], marker="o", ms=3, ls=style, label=lab)
-    a_len.set(xlabel="layer", ylabel="Mahalanobis distance")
-    a_len.set_title("length separability", fontsize=10)
-    a_len.legend(fontsize=8)
-    a_lab.plot(df["layer"], df["maha_label"], marker="o", ms=3, color="tab:red", label="plug-in")
-    if "maha_label_cv" in df:
-        a_lab.plot(df["layer"], df["maha_label_cv"], marker="o", ms=3, ls="--", color="darkred",
-                   label="cross-validated")
-    a_lab.legend(fontsize=8)
-    vals = df[[c for c in ("maha_label", "maha_label_cv") if c in df]].to_numpy(dtype=float)
-    vals = vals[np.isfinite(vals) & (vals > 0)]
-    if vals.size and vals.max() / vals.min() > 30:
-        a_lab.set_yscale("log")
-    a_lab.set(xlabel="layer", ylabel="Mahalanobis distance")
-    a_lab.set_title("label separability", fontsize=10)
-
     c8 = result.c8 or {}
-    if c8.get("length_ratio"):
-        _interval_bars(a_ratio, [("length", c8["length_ratio"]), ("label", c8["label_ratio"])], "tab:purple")
+    _separability_panels(a_len, a_lab, df, c8)
+    if c8.get("length_ratio") and c8.get("early_window"):  # (a C8 of the old format has no early window)
+        _interval_bars(a_ratio, [("length", c8["length_ratio"]), ("class", c8.get("class_ratio")),
+                                 ("word", c8.get("word_ratio"))], "tab:purple")
         a_ratio.axhline(0.5, ls="--", color="tab:blue", lw=1)
         a_ratio.text(-0.45, 0.5, "length < 0.5", color="tab:blue", fontsize=7, va="bottom")
         a_ratio.axhline(0.8, ls=":", color="tab:red", lw=1)
-        a_ratio.text(1.45, 0.8, "label > 0.8", color="tab:red", fontsize=7, va="bottom", ha="right")
+        a_ratio.text(1.45, 0.8, "class > 0.8", color="tab:red", fontsize=7, va="bottom", ha="right")
         a_ratio.axhline(1.0, color="grey", lw=0.5)
-        a_ratio.set_ylabel("late mean / early layer (eval. half)")
-        a_ratio.set_title(f"C8 separability late/early (early = L{c8['early_layer']}, "
+        a_ratio.set_ylabel("late mean / early-window mean (cross-validated)")
+        lo, hi = c8["early_window"]
+        a_ratio.set_title(f"C8 separability late/early (early = L{lo}-{hi - 1}, "
                           f"late = L{c8['late_layers'][0]}-{c8['late_layers'][-1]})", fontsize=10)
     else:
         _blank(a_ratio, "C8 separability late/early", c8.get("reason") or "not computed")
@@ -1156,6 +1397,7 @@ def plot_dpca(result: DPCAResult, path: str | Path, title: str = "dPCA") -> list
     probes = result.probes
     for ax, factor in ((a_plen, "length"), (a_plab, "label")):
         p = probes[probes["factor"] == factor] if not probes.empty else pd.DataFrame()
+        factor = "class" if factor == "label" else factor
         if p.empty:
             _blank(ax, f"{factor} decodability (probe)", "no probes run")
             continue
