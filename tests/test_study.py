@@ -16,7 +16,8 @@ import torch
 
 from taskvec.errors import ConfigError
 from taskvec.runs import RunStore
-from taskvec.study import StudyConfig, _TaskRun, convergence_rows, mapping_trial_avg, run_study, select_layer
+from taskvec.study import (StudyConfig, _TaskRun, by_mapping, convergence_rows, mapping_trial_avg, run_study,
+                           select_layer, select_local_layer)
 from taskvec.vectors import load_vectors
 
 from conftest import SMALL_STUDY as SMALL  # noqa: E402
@@ -32,8 +33,8 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
     L = smol.n_layers
     for task in ("antonyms", "simple_string"):
         tt = t[t.task == task]
-        for exp, vectors, n_sel in [("global", ["global", "local_as_global"], 4),
-                                    ("local", ["local", "pos_avg", "trial_avg"], 3)]:
+        for exp, vectors, n_sel in [("global", ["global", "demo_separators"], 4),
+                                    ("local", ["local", "token_control", "pos_avg", "trial_avg"], 3)]:
             for vec in vectors:
                 for span in ("single", "from"):
                     sel = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span) & (tt.split == "select")]
@@ -41,10 +42,13 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
                     assert sel.groupby("layer").size().eq(n_sel).all()
                     ev = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span) & (tt.split == "eval")]
                     assert ev.layer.nunique() == 1, (task, vec)
-                    chooser = "global" if vec == "local_as_global" else vec  # compared at the global's layer
+                    # controls are compared at the layer of the vector they control
+                    chooser = {"demo_separators": "global", "token_control": "local"}.get(vec, vec)
                     chosen = tt[(tt.experiment == exp) & (tt.vector == chooser) & (tt.span == span)
                                 & (tt.split == "select") & (tt.layer >= (1 if exp == "local" else 0))]
-                    assert int(ev.layer.iloc[0]) == select_layer(chosen)  # chosen on selection, not evaluation
+                    expected = (select_local_layer(tt[tt.experiment == "local"].to_dict("records"), span, 1)
+                                if chooser == "local" else select_layer(chosen))
+                    assert int(ev.layer.iloc[0]) == expected  # chosen on selection, not evaluation
                     if exp == "local":
                         assert int(ev.layer.iloc[0]) >= 1  # layer 0 would restore the ICL prompt itself
                     assert len(ev) == (6 if exp == "global" else 4)
@@ -52,10 +56,14 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
         layer = {(e, v): int(g.layer.iloc[0]) for (e, v), g in ev.groupby(["experiment", "vector"]) if v != "dummy"}
         # every control is evaluated at the layer of the vector it controls, never selected on its own
         assert layer[("global", "random")] == layer[("global", "other_task")] == layer[("global", "global")]
-        assert layer[("local", "random")] == layer[("local", "other_task")] == layer[("local", "local")]
+        assert (layer[("local", "token_control")] == layer[("local", "shuffled_slots")] == layer[("local", "slot_mean")]
+                == layer[("local", "other_task")] == layer[("local", "local")])
+        assert ("local", "random") not in layer  # a norm-matched random vector destroys the prompt: not a null
+        assert layer[("mediation", "mediated")] == layer[("mediation", "dummy_query")] == layer[("global", "global")]
         assert set(tt[tt.experiment == "icl"].n_demos) == {0, 2, 4}
         assert len(tt[(tt.experiment == "local") & (tt.vector == "dummy")]) == 4
-        assert set(tt[tt.experiment == "kofn"].k) == set(range(5))
+        kofn = tt[tt.experiment == "kofn"]
+        assert set(kofn.k) == set(range(5)) and set(kofn.fill) == {"wrong", "mean"}
         assert len(tt[tt.experiment == "convergence"]) == L * 4
         assert t[t.task == task].score.dropna().between(0, 1).all()
     cat = t[t.task == "simple_string"]
@@ -89,12 +97,16 @@ def test_kofn_endpoints_equal_the_dummy_and_the_full_local_patch(small_run):
                    & (tt.split == "eval")].set_index("prompt").sort_index()
         assert int(local.layer.iloc[0]) == layer
         dummy = tt[(tt.experiment == "local") & (tt.vector == "dummy")].set_index("prompt").sort_index()
-        k0 = kofn[kofn.k == 0].set_index("prompt").sort_index()
-        kn = kofn[kofn.k == n].set_index("prompt").sort_index()
-        assert torch.allclose(torch.tensor(k0.target_logprob.values), torch.tensor(dummy.target_logprob.values),
-                              atol=1e-4), task
-        assert torch.allclose(torch.tensor(kn.target_logprob.values), torch.tensor(local.target_logprob.values),
-                              atol=1e-4), task
+        slot_mean = tt[(tt.experiment == "local") & (tt.vector == "slot_mean") & (tt.span == "single")
+                       & (tt.split == "eval")].set_index("prompt").sort_index()
+        for fill, k0_equals in (("wrong", dummy), ("mean", slot_mean)):  # k = 0: nothing patched / all mean-ablated
+            kf = kofn[kofn.fill == fill]
+            k0 = kf[kf.k == 0].set_index("prompt").sort_index()
+            kn = kf[kf.k == n].set_index("prompt").sort_index()
+            assert torch.allclose(torch.tensor(k0.target_logprob.values),
+                                  torch.tensor(k0_equals.target_logprob.values), atol=1e-4), (task, fill)
+            assert torch.allclose(torch.tensor(kn.target_logprob.values), torch.tensor(local.target_logprob.values),
+                                  atol=1e-4), (task, fill)
 
 
 def test_local_patching_at_layer_0_is_the_icl_prompt_itself(smol):
@@ -150,26 +162,107 @@ def test_trial_avg_averages_within_one_label_mapping(smol):
     assert mixed.abs().max() < 1.0  # the mapping-mixed version mixes +1 and -1
 
 
-def test_convergence_is_centred():
-    """Defect 4: raw cosines are dominated by the residual stream's shared direction. With a large common offset
-    and unrelated local/global directions, raw cosines are ~1 and centred cosines ~0; aligned vectors give ~1."""
+def test_convergence_compares_states_of_the_same_role_centred():
+    """Defect 1: answer states (which predict the token after an answer) were compared with the query state (which
+    predicts the answer). The geometry now compares the demonstrations' separator states and held-out query states
+    with the global vector, and local vectors only with each other, all centred: with a large common offset,
+    unrelated directions give ~0 and aligned ones ~1."""
     gen = torch.Generator().manual_seed(0)
     P, L, n, d = 8, 2, 5, 256
     offset = 50 * torch.ones(d)
-    local = offset + torch.randn(P, L, n, d, generator=gen)
     g = offset + torch.randn(L, d, generator=gen)
-    local[:, 1] = offset + (g[1] - offset) * 3 + 0.1 * torch.randn(P, n, d, generator=gen)  # layer 1: converged
-    rows = pd.DataFrame(convergence_rows(local, g, offset[None].expand(L, d)))
+    separators = offset + torch.randn(P, L, n, d, generator=gen)
+    separators[:, 1] = offset + (g[1] - offset) * 3 + 0.1 * torch.randn(P, n, d, generator=gen)  # layer 1: same job
+    local = offset + torch.randn(P, L, n, d, generator=gen)
+    query = offset + torch.randn(P, L, d, generator=gen)
+    rows = pd.DataFrame(convergence_rows(local, separators, query, g, offset[None].expand(L, d)))
     by = rows.groupby("layer").mean(numeric_only=True)
-    assert by.raw_local_global[0] > 0.95  # what the old raw measure reported
-    assert abs(by.centred_local_global[0]) < 0.1 and by.centred_local_global[1] > 0.95
+    assert abs(by.centred_separator_global[0]) < 0.1 and by.centred_separator_global[1] > 0.95
+    assert abs(by.centred_local_local[0]) < 0.1 and abs(by.centred_query_global[0]) < 0.1
+    assert not any("local_global" in c for c in rows.columns)  # never answer states against the query's
 
 
 def test_convergence_rows_from_the_run_are_cosines(small_run):
     _, t = small_run
     conv = t[t.experiment == "convergence"]
-    for col in ("centred_local_global", "centred_local_local", "raw_local_global"):
+    for col in ("centred_separator_global", "centred_query_global", "centred_local_local"):
         assert conv[col].between(-1.0001, 1.0001).all()
+    assert "local_as_global" not in set(t.vector.dropna())
+
+
+def test_mediation_is_the_locally_patched_dummys_query_state(smol):
+    """Defect 1, the mediation test: the dummy's query state read at the global layer after local patching at the
+    local layer. Patching at layer 0 turns the dummy into its ICL prompt (single-token labels), so the mediated
+    state equals the ICL prompt's own query state; a patch at or above the read layer cannot reach it."""
+    from taskvec.intervene import Edits, read_states
+    from taskvec.vectors import read_role_states
+
+    tr = _TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    icl, dummy = tr.dummy_eval
+    own, plain = read_role_states(smol, icl), read_role_states(smol, dummy)
+    n, d = len(dummy[0].answer_positions), smol.d_model
+
+    def mediated(layer: int, read_at: int) -> torch.Tensor:
+        edits = Edits.at(rows=[p for p in range(len(dummy)) for _ in range(n)], layers=[layer] * (len(dummy) * n),
+                         positions=[a for p in dummy for a in p.answer_positions],
+                         vectors=own["answers"][:, layer].reshape(-1, d))
+        return read_states(smol, [p.ids for p in dummy], [[p.query_position] for p in dummy], [read_at],
+                           edits=edits)[:, 0, 0]
+
+    assert torch.allclose(mediated(0, 9), own["query"][:, 9], atol=1e-3)
+    assert torch.allclose(mediated(9, 9), plain["query"][:, 9], atol=1e-5)
+
+
+def test_mediation_rows_pair_every_zero_shot_prompt(small_run):
+    _, t = small_run
+    med = t[t.experiment == "mediation"]
+    assert set(med.vector) == {"mediated", "dummy_query"} and (med.split == "eval").all()
+    for task, m in med.groupby("task"):
+        assert m.groupby("vector").prompt.nunique().eq(6).all()  # every zero-shot evaluation prompt, paired
+
+
+def test_token_identity_control_is_the_same_word_from_another_prompt(smol):
+    """Defect 2: local vectors at the selected layers were the answer token's identity. The control fills each
+    slot with the same answer word's state from a *different* prompt, preferring the same slot."""
+    from taskvec.study import token_control
+
+    tr = _TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    P, L, n, d = 3, 2, 4, 1
+    ids = lambda k: torch.arange(k * L * n, dtype=torch.float).reshape(k, L, n, d)  # noqa: E731
+    src = {"local": 1000 + ids(len(tr.source))}
+    states = {"local_select": 2000 + ids(P), "local_eval": 3000 + ids(4), "dummy_select": -ids(P)}
+    control, coverage = token_control(tr, src, states, "select")
+    assert coverage == 1.0  # two label words: always found
+    donors = {"source": (tr.source, src["local"]), "select": (tr.select, states["local_select"]),
+              "eval": (tr.eval, states["local_eval"])}
+    for p in range(P):
+        for i, demo in enumerate(tr.select[p].demos):
+            value = float(control[p, 0, i, 0])
+            found = [(name, q, j) for name, (trials, tensor) in donors.items() for q in range(len(tensor))
+                     for j in range(n) if float(tensor[q, 0, j, 0]) == value]
+            assert len(found) == 1
+            name, q, j = found[0]
+            assert (name, q) != ("select", p)  # another prompt
+            assert donors[name][0][q].demos[j].output == demo.output  # the same answer word
+
+
+def test_local_layers_are_selected_only_where_local_beats_its_token():
+    rows = [dict(split="select", span="single", layer=l, vector=v, prompt=p, score=s, target_logprob=-1.0)
+            for l, own, ctl in ((1, 1.0, 1.0), (2, 0.9, 0.5), (3, 0.8, 0.4), (4, 0.95, 0.95))
+            for v, s in (("local", own), ("token_control", ctl)) for p in range(4)]
+    assert select_local_layer(rows, "single", 1) == 2  # layers 1 and 4 score higher, but only as their tokens
+    tied = [dict(r, score=1.0) for r in rows]
+    assert select_local_layer(tied, "single", 1) == 1  # nowhere above the token: the closest layer (ties: lowest)
+
+
+def test_global_vector_is_built_within_each_label_mapping(smol):
+    """Defect 6: the global vector of a categorization task averaged over label mappings."""
+    tr = _TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), smol)
+    sign = torch.tensor([1.0 if t.label_words == ("A", "B") else -1.0 for t in tr.source])
+    per_prompt = sign[:, None, None] * torch.ones(40, 2, 3)  # [P, L, d]
+    g = by_mapping(tr, per_prompt, tr.eval)
+    for t, v in zip(tr.eval, g):
+        assert torch.allclose(v, torch.full_like(v, 1.0 if t.label_words == ("A", "B") else -1.0))
 
 
 def test_report_verdicts_and_tables_are_written_from_the_run(small_run, smol):

@@ -12,7 +12,7 @@ Three disjoint sets of trials per task, so that **selection is never evaluation*
   vector it controls.
 
 Units per task: ``{task}/icl``, ``{task}/vectors``, ``{task}/patch_states``, ``{task}/global``, ``{task}/local``,
-``{task}/kofn``, ``{task}/convergence``, ``{task}/chance``. Every row carries ``split`` (``select``/``eval``) and
+``{task}/kofn``, ``{task}/mediation``, ``{task}/convergence``, ``{task}/chance``. Every row carries ``split`` (``select``/``eval``) and
 ``prompt`` (the index within its split; eval prompt ``i`` is the same query in every experiment, so differences
 are paired).
 
@@ -40,14 +40,15 @@ from taskvec.claims import ClaimRules
 from taskvec.distributed import World, world
 from taskvec.errors import ConfigError
 from taskvec.experiment import ModelExperimentConfig, open_store
+from taskvec.intervene import Edits, read_states
 from taskvec.models.devices import batch_token_budget
 from taskvec.prompts import Template, build_prompts, check_aligned, dummy_trials, zero_shot
 from taskvec.runs import RunStore, versions
 from taskvec.scoring import main_column
 from taskvec.sweep import Variant, layer_variants, score_variants
 from taskvec.tasks import first_token_id, list_tasks, task_for
-from taskvec.vectors import (load_vectors, mean_state, norm_matched_random, pos_avg, read_icl_states, save_vectors,
-                             trial_avg, trial_avg_by_mapping)
+from taskvec.vectors import (load_vectors, mean_state, norm_matched_random, pos_avg, read_role_states, save_vectors,
+                             trial_avg)
 
 KNOWLEDGE_TASKS = ["country_capital", "antonyms", "english_french", "present_past", "lowercase_uppercase"]
 CATEGORIZATION_TASKS = ["simple_string", "digit", "two_d", "animal_object", "food_body", "color_number"]
@@ -55,22 +56,25 @@ ADDITIVE = ("with_analyses",)  # config keys a resume may change: they only add 
 QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, demo_counts=[0, 2])  # --quick
 
 
+MAX_TRIALS = 10_000  # per set of trials and task (a bound that keeps a typo from filling the memory)
+
+
 class StudyConfig(ModelExperimentConfig):
     """Everything that decides the study's numbers (the effective config is saved with the run)."""
 
     kind: ClassVar[str] = "study"
     tasks: list[str] = Field(default_factory=lambda: ["all"])
-    seed: int = 0
-    n_trials: int = Field(50, ge=2, description="source ICL prompts per task (global vector, Trial Avg, convergence)")
-    n_select: int = Field(24, ge=2, description="selection trials per task: layers are chosen on these")
-    n_eval: int = Field(50, ge=2, description="evaluation trials per task: every reported accuracy and verdict")
-    n_local_select: int = Field(12, ge=2, description="dummy prompts (of the selection trials) for local layer choice")
-    n_local_eval: int = Field(32, ge=2, description="dummy prompts (of the evaluation trials) for local patching")
+    seed: int = Field(0, ge=0, description="seed of every draw")
+    n_trials: int = Field(50, ge=2, le=MAX_TRIALS, description="source ICL prompts per task (global vector, Trial Avg, convergence)")
+    n_select: int = Field(24, ge=2, le=MAX_TRIALS, description="selection trials per task: layers are chosen on these")
+    n_eval: int = Field(50, ge=2, le=MAX_TRIALS, description="evaluation trials per task: every reported accuracy and verdict")
+    n_local_select: int = Field(12, ge=2, le=MAX_TRIALS, description="dummy prompts (of the selection trials) for local layer choice")
+    n_local_eval: int = Field(32, ge=2, le=MAX_TRIALS, description="dummy prompts (of the evaluation trials) for local patching")
     n_demos: int | None = Field(None, ge=1, le=64, description="demonstrations per prompt (default: the task's)")
     separator: str = "is"
     joiner: str = "\n"
     task_params: dict[str, dict] = Field(default_factory=dict, description="per-task parameters, e.g. labels")
-    demo_counts: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8], description="ICL vs #demos")
+    demo_counts: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8], min_length=1, description="ICL vs #demos")
     spans: list[Literal["single", "from"]] = Field(default_factory=lambda: ["single"])
     min_local_layer: int = Field(1, ge=0, description="lowest layer local vectors may be selected at: at layer 0 "
                                  "h_0 at an answer is the answer token's embedding, so patching it restores the ICL "
@@ -91,6 +95,31 @@ class StudyConfig(ModelExperimentConfig):
         if not v:
             raise ValueError("give at least one task")
         return v
+
+    @field_validator("demo_counts")
+    @classmethod
+    def _demo_counts(cls, v: list[int]) -> list[int]:
+        bad = [k for k in v if not 0 <= k <= 64]
+        if bad:
+            raise ValueError(f"demo_counts: {bad[0]} is out of range: each count of demonstrations is in 0..64")
+        if len(set(v)) != len(v):
+            raise ValueError(f"demo_counts {v} repeats a count: give each once")
+        return v
+
+    @field_validator("separator")
+    @classmethod
+    def _separator(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(f"separator {v!r} is empty: give the word between input and answer, e.g. 'is' or '->'")
+        return v
+
+    @model_validator(mode="after")
+    def _task_params_name_tasks_of_the_run(self) -> "StudyConfig":
+        unknown = sorted(set(self.task_params) - set(self.resolved_tasks()) - {self.control_task})
+        if unknown:
+            raise ValueError(f"task_params names {unknown[0]!r}, which is not a task of this run "
+                             f"({', '.join(self.resolved_tasks())}): fix the name or add it to tasks")
+        return self
 
     @model_validator(mode="after")
     def _sizes(self) -> "StudyConfig":
@@ -261,8 +290,10 @@ def source_vectors(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
     unit = f"{tr.name}/vectors"
     start = time.perf_counter()
     if not path.exists():
-        g, local = read_icl_states(tr.lm, tr.source_prompts)
-        _save_once(path, {"global_per_prompt": g, "global": g.mean(0), "local": local, "trial_avg": trial_avg(local)},
+        s = read_role_states(tr.lm, tr.source_prompts)
+        g, local = s["query"], s["answers"]
+        _save_once(path, {"global_per_prompt": g, "global": g.mean(0), "local": local, "trial_avg": trial_avg(local),
+                          "separators_mean": s["separators"].mean(2)},
                    {"model": tr.cfg.model, "task": tr.name, "shape_local": "[P, L, n, d]", "seed": tr.cfg.seed,
                     "separator": tr.cfg.separator})
     if not store.done(unit):
@@ -271,16 +302,23 @@ def source_vectors(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
 
 
 def patch_states(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
-    """Local states of the selection and evaluation ICL prompts (their own local vectors) and the reference mean
-    state over every token of the evaluation prompts (for centred convergence)."""
+    """States of the selection and evaluation prompts that local patching uses, per split ``s``: ``local_s``
+    (the ICL prompts' own local vectors), ``dummy_s`` (the dummy prompts' unpatched answer states: slot means, and
+    the no-op fill of the token-identity control), ``dummy_query_s`` (the unpatched dummy's query state: the
+    mediation test's null); for the evaluation ICL prompts also ``separators_eval`` and ``query_eval`` (role-matched
+    convergence geometry), and the reference mean state over every token of the evaluation prompts (centring)."""
     path = store.path / "vectors" / f"{tr.file}.patch.safetensors"
     unit = f"{tr.name}/patch_states"
     start = time.perf_counter()
     if not path.exists():
         tensors = {}
         for split in ("select", "eval"):
-            icl, _ = tr.dummy_select if split == "select" else tr.dummy_eval
-            tensors[f"local_{split}"] = read_icl_states(tr.lm, icl)[1]
+            icl, dummy = tr.dummy_select if split == "select" else tr.dummy_eval
+            own, plain = read_role_states(tr.lm, icl), read_role_states(tr.lm, dummy)
+            tensors[f"local_{split}"] = own["answers"]
+            tensors[f"dummy_{split}"], tensors[f"dummy_query_{split}"] = plain["answers"], plain["query"]
+            if split == "eval":
+                tensors["separators_eval"], tensors["query_eval"] = own["separators"], own["query"]
         tensors["reference_mean"] = mean_state(tr.lm, tr.eval_prompts)
         _save_once(path, tensors, {"model": tr.cfg.model, "task": tr.name})
     if not store.done(unit):
@@ -288,15 +326,74 @@ def patch_states(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
     return load_vectors(path)[0]
 
 
-def mapping_trial_avg(tr: _TaskRun, source: dict, trials) -> torch.Tensor:
-    """``[P, L, n, d]``: for each target trial, Trial Avg over the source prompts that share its class -> word
-    mapping (knowledge tasks: every source prompt)."""
-    key = (lambda t: t.label_words) if tr.categorization else (lambda t: None)
-    groups = trial_avg_by_mapping(source["local"], [key(t) for t in tr.source])
-    missing = {key(t) for t in trials} - set(groups)
+def _mapping(tr: _TaskRun, trial) -> tuple | None:
+    return trial.label_words if tr.categorization else None
+
+
+def by_mapping(tr: _TaskRun, per_source: torch.Tensor, trials) -> torch.Tensor:
+    """``[T, ...]``: for each target trial, the mean of ``per_source`` (``[P_source, ...]``) over the source prompts
+    that share its class -> word mapping (knowledge tasks: every source prompt). Averaging across mappings erases
+    the mapping (docs/spec.md A.3), so the global vector, Trial Avg and the separator states are built this way."""
+    groups: dict = {}
+    for p, t in enumerate(tr.source):
+        groups.setdefault(_mapping(tr, t), []).append(p)
+    missing = {_mapping(tr, t) for t in trials} - set(groups)
     if missing:
         raise ConfigError(f"{tr.name}: no source prompt has the label mapping {sorted(missing)[0]}; raise --n-trials")
-    return torch.stack([groups[key(t)] for t in trials])
+    means = {k: per_source[idx].mean(0) for k, idx in groups.items()}
+    return torch.stack([means[_mapping(tr, t)] for t in trials])
+
+
+def mapping_trial_avg(tr: _TaskRun, source: dict, trials) -> torch.Tensor:
+    """``[P, L, n, d]``: for each target trial, Trial Avg over the source prompts that share its mapping."""
+    return by_mapping(tr, source["local"], trials)
+
+
+def token_control(tr: _TaskRun, src: dict, states: dict, split: str) -> tuple[torch.Tensor, float]:
+    """The **token-identity control** of local patching (docs/spec.md A.4): ``[P, L, n, d]``, each slot of each
+    ``split`` prompt filled, at every layer, with the state of the **same answer word** at an answer position of a
+    *different* prompt (source prompts, or ICL prompts of either split; other inputs — for categorization the
+    mapping may differ), preferring the same slot index. A local vector carries more than its token only where
+    its own state beats this one. A word found in no other prompt keeps the dummy's own state there (a no-op
+    write); the returned fraction of slots filled is reported beside the control."""
+    n_split = len(states[f"local_{split}"])
+    trials = (tr.select if split == "select" else tr.eval)[:n_split]
+    donors = {"source": (tr.source, src["local"]), "select": (tr.select, states["local_select"]),
+              "eval": (tr.eval, states["local_eval"])}
+    bank: dict[str, list[tuple[str, int, int]]] = {}
+    for name, (dtrials, tensor) in donors.items():
+        for q, trial in enumerate(dtrials[:len(tensor)]):
+            for j, demo in enumerate(trial.demos):
+                bank.setdefault(demo.output, []).append((name, q, j))
+    rng = random.Random(f"{tr.cfg.seed}/{tr.name}/{split}/token-control")
+    out = states[f"dummy_{split}"].clone()
+    filled = total = 0
+    for p, trial in enumerate(trials):
+        for i, demo in enumerate(trial.demos):
+            total += 1
+            cands = [c for c in bank.get(demo.output, []) if not (c[0] == split and c[1] == p)]
+            if cands:
+                name, q, j = rng.choice([c for c in cands if c[2] == i] or cands)
+                out[p, :, i] = donors[name][1][q, :, j]
+                filled += 1
+    return out, filled / max(total, 1)
+
+
+def shuffled_slots(local: torch.Tensor, seed: int) -> torch.Tensor:
+    """Null control ``[P, L, n, d]``: each prompt's own local vectors moved to other slots (a seeded derangement
+    per prompt, the same at every layer): the right states, each at the wrong demonstration."""
+    P, _, n, _ = local.shape
+    if n < 2:
+        return local.clone()
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty_like(local)
+    for p in range(P):
+        while True:
+            perm = torch.randperm(n, generator=gen)
+            if not (perm == torch.arange(n)).any():
+                break
+        out[p] = local[p][:, perm]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- units
@@ -341,48 +438,82 @@ def _selected(rows: list[dict], vector: str, span: str, min_layer: int = 0) -> i
 
 
 def unit_global(tr: _TaskRun, src: dict, control: dict) -> list[dict]:
-    """Global vector (and the local vectors rebuilt as a global one) into zero-shot prompts: every layer on the
-    selection split; on the evaluation split at the global vector's selected layer, with the controls there."""
+    """Global vector (built within each trial's label mapping) into zero-shot prompts: every layer on the
+    selection split; on the evaluation split at the global vector's selected layer, with the controls there.
+
+    Beside it, the **role-matched positive control** of convergence: the demonstrations' own separator states
+    (the token before each answer, the state with the query's job), averaged like the global vector. The answer
+    states are never patched at the query: they predict the token after an answer, not the answer."""
     L = tr.lm.n_layers
-    g = src["global"]
-    rebuilt = src["local"].mean((0, 2))  # [L, d]: local vectors averaged into one vector per layer
-    vectors = {"global": g, "local_as_global": rebuilt}
+
+    def vectors(trials) -> dict[str, torch.Tensor]:  # [P, L, 1, d] per prompt, within its mapping
+        return {"global": by_mapping(tr, src["global_per_prompt"], trials)[:, :, None],
+                "demo_separators": by_mapping(tr, src["separators_mean"], trials)[:, :, None]}
+
     rows = []
     for span in tr.cfg.spans:
-        sel = _layer_rows(tr, tr.zero_shot("select"), vectors, "query", {k: list(range(L)) for k in vectors}, span,
-                          "global", "select")
+        sel_vectors = vectors(tr.select)
+        sel = _layer_rows(tr, tr.zero_shot("select"), sel_vectors, "query", {k: list(range(L)) for k in sel_vectors},
+                          span, "global", "select")
         layer = _selected(sel, "global", span)
-        evals = {**vectors, "random": norm_matched_random(g, tr.cfg.seed), "other_task": control["global"]}
+        evals = {**vectors(tr.eval), "random": norm_matched_random(src["global"], tr.cfg.seed),
+                 "other_task": control["global"]}
         rows += sel + _layer_rows(tr, tr.zero_shot("eval"), evals, "query", {k: [layer] for k in evals}, span,
                                   "global", "eval")
     return rows
 
 
+def select_local_layer(rows: list[dict], span: str, min_layer: int) -> int:
+    """The local vector's layer, chosen on the selection split **only among layers where it carries more than its
+    answer token** (own − token-identity control > 0); among those, :func:`select_layer`. Where no layer does, the
+    layer where it comes closest (the verdicts then show local − control ≤ 0)."""
+    df = pd.DataFrame(rows)
+    df = df[(df.split == "select") & (df.span == span) & (df.layer >= min_layer)]
+    own = df[df.vector == "local"].groupby("layer").score.mean()
+    margin = own - df[df.vector == "token_control"].groupby("layer").score.mean()
+    above = margin[margin > 0].index
+    if len(above):
+        return select_layer(df[(df.vector == "local") & df.layer.isin(above)])
+    g = pd.DataFrame({"margin": margin, "own": own}).reset_index()
+    return int(g.sort_values(["margin", "own", "layer"], ascending=[False, False, True]).layer.iloc[0])
+
+
 def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dict]:
-    """Local vectors (own, Pos Avg, Trial Avg within a mapping) into dummy prompts: every layer on the selection
-    split; on the evaluation split each at its own selected layer, controls at the layer of the vector they
-    control, and the unpatched dummy."""
+    """Local vectors (own, Pos Avg, Trial Avg within a mapping) into dummy prompts, with the token-identity control
+    at every layer: every layer on the selection split; on the evaluation split each vector at its own selected
+    layer, the controls at the local vector's layer, and the unpatched dummy.
+
+    Null controls keep the prompt in distribution (a norm-matched random vector destroys it: 0.00, below the
+    dummy): the token-identity control, the own vectors in shuffled slots, the dummy's slot means, another task's
+    local vectors; on categorization also Trial Avg across mappings."""
     L = tr.lm.n_layers
     _, dummy_s = tr.dummy_select
     _, dummy_e = tr.dummy_eval
     rows = tr.clean(dummy_e, experiment="local", vector="dummy", span="none", split="eval", layer=-1)
+    control_s, cover_s = token_control(tr, src, states, "select")
+    control_e, cover_e = token_control(tr, src, states, "eval")
     for span in tr.cfg.spans:
         local_s = states["local_select"]
-        sel_vectors = {"local": local_s, "pos_avg": pos_avg(local_s),
+        sel_vectors = {"local": local_s, "token_control": control_s, "pos_avg": pos_avg(local_s),
                        "trial_avg": mapping_trial_avg(tr, src, tr.select[:len(dummy_s)])}
         sel = _layer_rows(tr, dummy_s, sel_vectors, "answers", {k: list(range(L)) for k in sel_vectors}, span,
                           "local", "select")
-        layer = {k: _selected(sel, k, span, tr.cfg.min_local_layer) for k in sel_vectors}
+        layer = {k: _selected(sel, k, span, tr.cfg.min_local_layer) for k in ("pos_avg", "trial_avg")}
+        layer["local"] = select_local_layer(sel, span, tr.cfg.min_local_layer)
         local_e = states["local_eval"]
-        trials_e = tr.eval[:len(dummy_e)]
-        evals = {"local": local_e, "pos_avg": pos_avg(local_e), "trial_avg": mapping_trial_avg(tr, src, trials_e),
-                 "random": norm_matched_random(local_e, tr.cfg.seed),
+        evals = {"local": local_e, "token_control": control_e, "pos_avg": pos_avg(local_e),
+                 "trial_avg": mapping_trial_avg(tr, src, tr.eval[:len(dummy_e)]),
+                 "shuffled_slots": shuffled_slots(local_e, tr.cfg.seed),
+                 "slot_mean": states["dummy_eval"].mean(0).expand_as(local_e),
                  "other_task": control["local"].mean((0, 2))[None, :, None, :].expand_as(local_e)}
-        at = {k: layer[k] for k in sel_vectors} | {"random": layer["local"], "other_task": layer["local"]}
+        at = {k: layer.get(k, layer["local"]) for k in evals}
         if tr.categorization:  # the mapping-mixed average carries no mapping: a null control
             evals["trial_avg_mixed"] = src["trial_avg"]
             at["trial_avg_mixed"] = layer["trial_avg"]
         rows += sel + _layer_rows(tr, dummy_e, evals, "answers", {k: [at[k]] for k in evals}, span, "local", "eval")
+    for r in rows:
+        if r.get("vector") == "token_control":
+            r["coverage"] = cover_s if r["split"] == "select" else cover_e
     return rows
 
 
@@ -396,55 +527,121 @@ def kofn_values(n: int, which: str = "grid") -> list[int]:
 
 def unit_kofn(tr: _TaskRun, states: dict, layer: int) -> list[dict]:
     """Only k of the n answer positions of each evaluation dummy prompt patched (local vectors, at the local
-    vector's selected layer), k in :func:`kofn_values`, ``kofn_subsets`` random subsets per k."""
+    vector's selected layer), k in :func:`kofn_values`, ``kofn_subsets`` random subsets per k, with the n − k
+    other slots filled two ways on the same subsets: ``fill="wrong"`` leaves the dummy's random answers there
+    (they contradict the task), ``fill="mean"`` mean-ablates them (the dummy's slot mean over prompts; only at the
+    k the C5 rules read: 0, 1, 2, n/2, n)."""
     _, dummy = tr.dummy_eval
     local = states["local_eval"][:, layer]  # [P, n, d]
+    slot_mean = states["dummy_eval"][:, layer].mean(0)  # [n, d]
     n = local.shape[1]
+    mean_ks = {0, 1, 2, n // 2}  # what C5 reads; k = n is the same variant under both fills (copied, not rerun)
     rng = random.Random(tr.cfg.seed)
     variants, meta = [], []
     for p in range(len(dummy)):
+        answers = torch.tensor(dummy[p].answer_positions, dtype=torch.long)
         for k in kofn_values(n, tr.cfg.kofn_ks):
             for s in range(tr.cfg.kofn_subsets if 0 < k < n else 1):
                 slots = sorted(rng.sample(range(n), k))
-                pos = torch.tensor([dummy[p].answer_positions[i] for i in slots], dtype=torch.long)
-                variants.append(Variant(p, torch.full((k,), layer, dtype=torch.long), pos, local[p, slots]))
-                meta.append(dict(experiment="kofn", split="eval", prompt=p, k=k, n=n, subset=s, layer=layer))
-    return tr.run(dummy, variants, meta, "k-of-n")
+                rest = [i for i in range(n) if i not in slots]
+                fills = {"wrong": (slots, local[p, slots])}
+                if k in mean_ks and k < n:
+                    fills["mean"] = (slots + rest, torch.cat([local[p, slots], slot_mean[rest]]))
+                for fill, (where, vecs) in fills.items():
+                    variants.append(Variant(p, torch.full((len(where),), layer, dtype=torch.long), answers[where],
+                                            vecs))
+                    meta.append(dict(experiment="kofn", split="eval", prompt=p, k=k, n=n, subset=s, layer=layer,
+                                     fill=fill))
+    rows = tr.run(dummy, variants, meta, "k-of-n")
+    return rows + [dict(r, fill="mean") for r in rows if r["k"] == n]
+
+
+def loo_group_means(vectors: torch.Tensor, keys: list, target_keys: list) -> dict[int, torch.Tensor]:
+    """``{t: [d]}``: for target ``t``, the mean of ``vectors`` (``[P, d]``) over the rows with its key, leaving row
+    ``t`` out when ``t < P`` (target ``t`` and row ``t`` share a query: a vector must not carry its own answer). A
+    target with no other row of its key is left out."""
+    out = {}
+    for t, key in enumerate(target_keys):
+        idx = [p for p, k in enumerate(keys) if k == key and p != t]
+        if idx:
+            out[t] = vectors[idx].mean(0)
+    return out
+
+
+def unit_mediation(tr: _TaskRun, states: dict, local_layer: int, global_layer: int) -> list[dict]:
+    """The **mediation test** of convergence (docs/spec.md A.4): patch the local vectors into the evaluation
+    dummy prompts at the local layer, read each dummy's query state at the global layer, and patch their
+    (leave-one-out, within-mapping) mean into the zero-shot evaluation prompts like a global vector; beside it the
+    same built from the unpatched dummies' query states (the null). Convergence = the local vectors build a
+    working global vector. Where the local layer is not below the global one, the patch cannot reach the read
+    state and the two are equal by construction. A zero-shot prompt whose mapping no other dummy prompt shares is
+    left out (no rows: C6 then says so)."""
+    _, dummy = tr.dummy_eval
+    P, d = len(dummy), tr.lm.d_model
+    local = states["local_eval"][:, local_layer]  # [P, n, d]
+    n = local.shape[1]
+    edits = Edits.at(rows=[p for p in range(P) for _ in range(n)], layers=[local_layer] * (P * n),
+                     positions=[a for prompt in dummy for a in prompt.answer_positions],
+                     vectors=local.reshape(-1, d))
+    mediated = read_states(tr.lm, [p.ids for p in dummy], [[p.query_position] for p in dummy], [global_layer],
+                           edits=edits)[:, 0, 0]
+    plain = states["dummy_query_eval"][:, global_layer]
+    keys = [_mapping(tr, t) for t in tr.eval[:P]]
+    targets = [_mapping(tr, t) for t in tr.eval]
+    zero = tr.zero_shot("eval")
+    variants, meta = [], []
+    for name, states_at_query in (("mediated", mediated), ("dummy_query", plain)):
+        vecs = loo_group_means(states_at_query, keys, targets)
+        for i, prompt in enumerate(zero):
+            if i not in vecs:
+                continue
+            variants.append(Variant(i, torch.tensor([global_layer]), torch.tensor([prompt.query_position]),
+                                    vecs[i][None]))
+            meta.append(dict(experiment="mediation", vector=name, split="eval", span="single", prompt=i,
+                             layer=global_layer, local_layer=local_layer))
+    return tr.run(zero, variants, meta, "mediation") if variants else []
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1)
 
 
-def convergence_rows(local: torch.Tensor, g: torch.Tensor, mu: torch.Tensor) -> list[dict]:
-    """Per prompt and layer: the mean over slots of the **centred** cosine between each local vector and the global
-    vector, the mean centred cosine between the prompt's local vectors, and the raw cosine (for comparison).
+def convergence_rows(local: torch.Tensor, separators: torch.Tensor, query: torch.Tensor, g: torch.Tensor,
+                     mu: torch.Tensor) -> list[dict]:
+    """Role-matched geometry per prompt and layer, every state centred on ``mu``: the mean centred cosine between
+    a prompt's local vectors across slots (local–local), between each demonstration's separator state and the
+    global vector (the same job: both predict an answer), and between the prompt's own query state and the global
+    vector (the positive reference). Answer states are never compared with query states (different jobs).
 
     Args:
-        local: ``[P, L, n, d]`` local vectors; g: ``[L, d]`` global vector; mu: ``[L, d]`` reference mean state
-            (from prompts other than the ones compared). Centring removes the residual stream's shared mean
-            direction, which makes raw cosines ~0.9+ at every layer whatever the vectors encode.
+        local, separators: ``[P, L, n, d]`` answer and separator states of held-out ICL prompts;
+        query: ``[P, L, d]`` their query states; g: ``[P, L, d]`` (or ``[L, d]``) the global vector each prompt is
+        compared with (built from other prompts); mu: ``[L, d]`` reference mean state.
     """
     P, L, n, _ = local.shape
+    g = g.expand(P, *g.shape[-2:]) if g.dim() == 2 else g
     iu = torch.triu_indices(n, n, 1)
     rows = []
     for layer in range(L):
-        lc = local[:, layer] - mu[layer]  # [P, n, d]
-        to_global = _cos(lc, (g[layer] - mu[layer])[None, None]).mean(-1)  # [P]
-        raw = _cos(local[:, layer], g[layer][None, None]).mean(-1)
-        unit = torch.nn.functional.normalize(lc, dim=-1)
+        gc = (g[:, layer] - mu[layer])[:, None]  # [P, 1, d]
+        sep = _cos(separators[:, layer] - mu[layer], gc).mean(-1)  # [P]
+        own = _cos(query[:, layer] - mu[layer], gc[:, 0])
+        unit = torch.nn.functional.normalize(local[:, layer] - mu[layer], dim=-1)
         pair = (unit @ unit.transpose(1, 2))[:, iu[0], iu[1]].mean(-1) if n > 1 else torch.full((P,), float("nan"))
         for p in range(P):
-            rows.append(dict(experiment="convergence", split="source", prompt=p, layer=layer,
-                             centred_local_global=float(to_global[p]), centred_local_local=float(pair[p]),
-                             raw_local_global=float(raw[p])))
+            rows.append(dict(experiment="convergence", split="eval", prompt=p, layer=layer,
+                             centred_separator_global=float(sep[p]), centred_query_global=float(own[p]),
+                             centred_local_local=float(pair[p])))
     return rows
 
 
 def unit_convergence(tr: _TaskRun, src: dict, states: dict) -> list[dict]:
-    """Convergence of the source prompts' local vectors into the global vector, centred on the mean state over
-    every token of the evaluation prompts (:func:`convergence_rows`)."""
-    return convergence_rows(src["local"], src["global"], states["reference_mean"])
+    """Role-matched convergence geometry (:func:`convergence_rows`) on the evaluation ICL prompts, against the
+    global vector of the source prompts (within each prompt's mapping), centred on the mean state over every
+    token of the evaluation prompts."""
+    local = states["local_eval"]
+    g = by_mapping(tr, src["global_per_prompt"], tr.eval[:len(local)])
+    return convergence_rows(local, states["separators_eval"], states["query_eval"], g, states["reference_mean"])
 
 
 def run_analyses(lm, out: Path, names: list[str], cfg: StudyConfig, w: World = World()) -> None:
@@ -465,6 +662,14 @@ def run_analyses(lm, out: Path, names: list[str], cfg: StudyConfig, w: World = W
                               resume=True, lm=lm)]
     for job in w.share(jobs):
         job()
+
+
+def _selected_layers(store: RunStore, task: str) -> tuple[int, int]:
+    """The local and the global vector's selected layers (single-layer span), as recorded by their units."""
+    t = store.table()
+    ev = t[(t.task == task) & (t.span == "single") & (t.split == "eval")]
+    pick = lambda exp, vec: int(ev[(ev.experiment == exp) & (ev.vector == vec)].layer.iloc[0])  # noqa: E731
+    return pick("local", "local"), pick("global", "global")
 
 
 def check_tasks(names: list[str]) -> None:
@@ -522,19 +727,17 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
             tag["labels"] = "/".join(tr.task.labels)
         with_tags = lambda rows: [dict(r, **tag) for r in rows]  # noqa: E731
         store.run_unit(f"{name}/icl", lambda: with_tags(unit_icl(tr)))
-        units = [f"{name}/{u}" for u in ("global", "local", "kofn", "convergence")]
+        units = [f"{name}/{u}" for u in ("global", "local", "kofn", "mediation", "convergence")]
         if not all(store.done(u) for u in units):
             src = source_vectors(store, tr)
             states = patch_states(store, tr)
             control = source_vectors(store, task_run(_control_task(name, eff)))
             store.run_unit(f"{name}/global", lambda: with_tags(unit_global(tr, src, control)))
             store.run_unit(f"{name}/local", lambda: with_tags(unit_local(tr, src, states, control)))
-            if not store.done(f"{name}/kofn"):
-                t = store.table()
-                chosen = t[(t.task == name) & (t.experiment == "local") & (t.vector == "local")
-                           & (t.span == "single") & (t.split == "eval")]
-                layer = int(chosen.layer.iloc[0])  # the local vector's selected layer
-                store.run_unit(f"{name}/kofn", lambda: with_tags(unit_kofn(tr, states, layer)))
+            local_layer, global_layer = _selected_layers(store, name)
+            store.run_unit(f"{name}/kofn", lambda: with_tags(unit_kofn(tr, states, local_layer)))
+            store.run_unit(f"{name}/mediation",
+                           lambda: with_tags(unit_mediation(tr, states, local_layer, global_layer)))
             store.run_unit(f"{name}/convergence", lambda: with_tags(unit_convergence(tr, src, states)))
         if not store.done(f"{name}/chance"):
             store.append(f"{name}/chance", [dict(experiment="chance", score=chance_level(tr), **tag)])

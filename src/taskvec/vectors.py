@@ -9,6 +9,8 @@ Shapes: ``P`` prompts, ``L`` layers, ``n`` demonstrations, ``d`` = d_model.
   answer position); :func:`trial_avg` — ``[L, n, d]``: slot ``i`` averaged over prompts;
   :func:`trial_avg_by_mapping` — the same within each class -> word mapping of a categorization task (averaging
   across mappings erases the mapping: that version is only a null control).
+* :func:`read_role_states` — query, answer and demonstration-separator states of ICL prompts in one pass (states
+  compared for convergence must have the same role: an answer state predicts what follows an answer).
 * :func:`mean_state` — ``[L, d]``: ``h_l`` averaged over every token of a reference set of prompts (centring).
 """
 from __future__ import annotations
@@ -44,6 +46,20 @@ def read_icl_states(lm, prompts: Sequence, batch_size: int = 16) -> tuple[torch.
     pos = [p.answer_positions + [p.query_position] for p in prompts]
     states = read_states(lm, [p.ids for p in prompts], pos, batch_size=batch_size)
     return states[:, :, -1], states[:, :, :-1]
+
+
+def read_role_states(lm, prompts: Sequence, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """The states of every role of ICL prompts in one pass: ``query`` ``[P, L, d]`` (the final separator),
+    ``answers`` ``[P, L, n, d]`` (each demonstration's answer position: the local vectors) and ``separators``
+    ``[P, L, n, d]`` (the token before each answer: the demonstration's own separator, the state with the query's
+    job — it predicts the answer)."""
+    n = {len(p.answer_positions) for p in prompts}
+    if len(n) != 1:
+        raise AlignmentError(f"prompts have different numbers of demonstrations: {sorted(n)}")
+    k = n.pop()
+    pos = [p.answer_positions + [a - 1 for a in p.answer_positions] + [p.query_position] for p in prompts]
+    states = read_states(lm, [p.ids for p in prompts], pos, batch_size=batch_size)
+    return {"query": states[:, :, -1], "answers": states[:, :, :k], "separators": states[:, :, k:2 * k]}
 
 
 def local_vectors(lm, prompts: Sequence, batch_size: int = 16) -> torch.Tensor:
@@ -120,11 +136,15 @@ def save_vectors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
 def load_vectors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Load what :func:`save_vectors` wrote: ``(tensors, metadata)``."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise TaskvecError(f"no vector file at {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("taskvec", "{}"))
-    return load_file(str(path)), meta
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("taskvec", "{}"))
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as err:
+        raise TaskvecError(f"{path} is not a vector file saved by taskvec ({str(err).splitlines()[0]}): "
+                           "delete it (a resumed study rewrites it) or restore it") from None

@@ -7,7 +7,6 @@ from the disjoint **evaluation** split, at the selected layers (drawn as points 
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 
@@ -15,25 +14,29 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from taskvec.claims import ClaimRules, convergence_summary, verdicts
+from taskvec.claims import ClaimRules, geometry_summary, verdicts
 from taskvec.errors import ConfigError
 from taskvec.report.html import Page, anchor
-from taskvec.runs import RunStore
-from taskvec.stats import mean_ci, summarize
+from taskvec.runs import RunStore, read_saved
+from taskvec.stats import mean_ci, summarize, welch_ci
 from taskvec.study import slug
 
 EVAL_VECTORS = [  # (experiment, vector, what it is)
     ("global", "global", "global vector → zero-shot"),
-    ("global", "local_as_global", "local vectors averaged → zero-shot (convergence)"),
+    ("global", "demo_separators", "demonstrations' separator states → zero-shot (role-matched)"),
     ("global", "random", "control: norm-matched random → zero-shot"),
     ("global", "other_task", "control: other task's global vector → zero-shot"),
     ("local", "local", "local vectors → dummy prompt"),
+    ("local", "token_control", "token-identity control: same answer word, other prompt"),
     ("local", "pos_avg", "Pos Avg → dummy prompt"),
     ("local", "trial_avg", "Trial Avg (same label mapping) → dummy prompt"),
     ("local", "trial_avg_mixed", "null control: Trial Avg across mappings"),
-    ("local", "random", "control: norm-matched random → dummy prompt"),
-    ("local", "other_task", "control: other task's local vector → dummy prompt"),
+    ("local", "shuffled_slots", "null control: own local vectors in shuffled slots"),
+    ("local", "slot_mean", "null control: the dummy's slot means"),
+    ("local", "other_task", "null control: other task's local vectors"),
     ("local", "dummy", "dummy prompt unpatched"),
+    ("mediation", "mediated", "mediation: query state of the locally patched dummy → zero-shot"),
+    ("mediation", "dummy_query", "mediation null: query state of the unpatched dummy → zero-shot"),
 ]
 
 
@@ -85,19 +88,20 @@ def _has(t: pd.DataFrame, exp: str, vec: str, span: str) -> bool:
     return bool(((t.experiment == exp) & (t.vector == vec) & (t.span == span)).any())
 
 
-def _curve(ax, t: pd.DataFrame, exp: str, vec: str, color: str = "C0", span: str = "single") -> None:
+def _curve(ax, t: pd.DataFrame, exp: str, vec: str, color: str = "C0", span: str = "single",
+           label: str = "patched") -> None:
     """One vector's patching curve: the selection split per layer (mean, 95% band), and the evaluation split at
     the selected layer (a point with its interval)."""
     sel = t[(t.experiment == exp) & (t.vector == vec) & (t.split == "select") & (t.span == span)]
     if not sel.empty:
         s = summarize(sel, ["layer"], "score")
-        ax.plot(s.layer, s["mean"], color=color, lw=1.8, label="patched: selection split, 95% band")
+        ax.plot(s.layer, s["mean"], color=color, lw=1.8, label=f"{label}: selection split, 95% band")
         ax.fill_between(s.layer, s.low, s.high, color=color, alpha=0.18, lw=0)
     point = _eval_point(t, exp, vec, span)
     if point is not None:
         layer, m, lo, hi = point
         ax.errorbar([layer], [m], yerr=[[max(m - lo, 0.0)], [max(hi - m, 0.0)]], fmt="o", color=color, capsize=4,
-                    ms=7, markeredgecolor="k", label="patched: evaluation split, selected layer")
+                    ms=7, markeredgecolor="k", label=f"{label}: evaluation split, selected layer")
 
 
 BASELINE_STYLE = {"ICL": ("k", "-."), "zero-shot": ("grey", "--"), "chance": ("red", ":"),
@@ -125,38 +129,46 @@ def _legend_below(fig: Figure, ax, ncol: int = 3) -> None:
 
 
 def _small_multiples(task: str, t: pd.DataFrame, exp: str, panels: list[tuple[str, str]], baselines: list[str],
-                     title: str, xlabel: str, span: str, panel_width: float = 3.0) -> Figure:
-    """One panel per vector (one curve each, the same baselines in every panel), y shared."""
+                     title: str, xlabel: str, span: str, panel_width: float = 3.0,
+                     control: tuple[str, str] | None = None) -> Figure:
+    """One panel per vector (one curve each, the same baselines in every panel), y shared; ``control`` =
+    ``(vector, label)`` is drawn beside the first panel's curve (the control that vector must beat)."""
     present = [(v, label) for v, label in panels if _has(t, exp, v, span)] or panels[:1]
     n = len(present)
     fig = Figure(figsize=(panel_width * n + 0.6, 3.2), layout="constrained")
     axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
-    for ax, (vec, label) in zip(axes, present):
+    for i, (ax, (vec, label)) in enumerate(zip(axes, present)):
         _curve(ax, t, exp, vec, "C0", span)
+        if i == 0 and control and _has(t, exp, control[0], span):
+            _curve(ax, t, exp, control[0], "C3", span, label=control[1])
         _lines(ax, t, baselines)
         ax.set_title(label, fontsize=10)
         ax.set(ylim=(-0.02, 1.02), xlabel=xlabel)
         ax.grid(alpha=0.25)
     axes[0].set_ylabel("accuracy")
     fig.suptitle(title + (" — vector patched from layer l on" if span == "from" else ""), fontsize=11)
-    _legend_below(fig, axes[0], ncol=3 if n > 2 else 2)
+    _legend_below(fig, axes[0], ncol=3)
     return fig
 
 
 def global_figure(task: str, t: pd.DataFrame, span: str = "single") -> Figure:
-    """Global patching into zero-shot prompts: one panel per vector (global; local vectors averaged)."""
+    """Global patching into zero-shot prompts: one panel per vector (the global vector; the demonstrations' own
+    separator states averaged alike, the role-matched positive control of convergence)."""
     return _small_multiples(task, t, "global", [("global", "global vector"),
-                                                ("local_as_global", "local vectors, averaged")],
+                                                ("demo_separators", "demonstrations' separator states")],
                             ["ICL", "zero-shot", "chance"], f"{task}: global patching into zero-shot prompts",
                             "layer l (replaced at the query)", span)
 
 
 def local_figure(task: str, t: pd.DataFrame, span: str = "single") -> Figure:
-    """Local patching into dummy prompts: one panel per vector (own local vectors, Pos Avg, Trial Avg)."""
+    """Local patching into dummy prompts: one panel per vector (own local vectors with their token-identity
+    control, Pos Avg, Trial Avg). A local vector carries more than its answer token only where its curve lies
+    above the control's."""
     return _small_multiples(task, t, "local", [("local", "local vectors (own)"), ("pos_avg", "Pos Avg"),
                                                ("trial_avg", "Trial Avg")],
                             ["ICL", "dummy", "chance"], f"{task}: local patching into dummy prompts",
-                            "layer l (replaced at every answer)", span, panel_width=3.5)
+                            "layer l (replaced at every answer)", span, panel_width=3.5,
+                            control=("token_control", "token identity"))
 
 
 def _axes(title: str) -> tuple[Figure, object]:
@@ -171,10 +183,14 @@ def kofn_figure(task: str, t: pd.DataFrame) -> Figure:
     """k of n answer positions patched with local vectors, next to ICL with k demonstrations."""
     fig, ax = _axes(f"{task}: k of n answers patched")
     k = t[t.experiment == "kofn"]
-    if not k.empty:
-        s = summarize(k.groupby(["prompt", "k"]).score.mean().reset_index(), ["k"], "score")
-        ax.plot(s.k, s["mean"], "o-", color="C1", label=f"k local vectors patched (layer {int(k.layer.iloc[0])})")
-        ax.fill_between(s.k, s.low, s.high, color="C1", alpha=0.18, lw=0)
+    fills = k.fill.fillna("wrong") if "fill" in k else pd.Series("wrong", index=k.index)
+    for fill, color, what in (("mean", "C1", "others mean-ablated"), ("wrong", "C4", "others: wrong answers")):
+        kf = k[fills == fill]
+        if kf.empty:
+            continue
+        s = summarize(kf.groupby(["prompt", "k"]).score.mean().reset_index(), ["k"], "score")
+        ax.plot(s.k, s["mean"], "o-", color=color, label=f"k local vectors (layer {int(kf.layer.iloc[0])}), {what}")
+        ax.fill_between(s.k, s.low, s.high, color=color, alpha=0.15, lw=0)
     icl = t[t.experiment == "icl"]
     if not icl.empty:
         s = summarize(icl, ["n_demos"], "score")
@@ -187,23 +203,44 @@ def kofn_figure(task: str, t: pd.DataFrame) -> Figure:
 
 
 def convergence_figure(task: str, t: pd.DataFrame, rules: ClaimRules, n_layers: int) -> Figure:
-    """Centred cosine of local vectors to the global vector (and to each other) per layer."""
-    fig, ax = _axes(f"{task}: do local vectors converge to global?")
+    """Role-matched geometry per layer (centred cosines): the demonstrations' separator states and held-out query
+    states against the global vector, local vectors against each other; the late layers shaded."""
+    fig, ax = _axes(f"{task}: states of the same role")
     c = t[t.experiment == "convergence"]
-    for col, label, style in (("centred_local_global", "centred cos(local, global)", dict(color="C0", lw=2)),
-                              ("centred_local_local", "centred cos(local, local)", dict(color="C1")),
-                              ("raw_local_global", "raw cos(local, global): anisotropy", dict(color="grey", ls=":"))):
+    for col, label, style in (("centred_separator_global", "demo separator ↔ global", dict(color="C0", lw=2)),
+                              ("centred_query_global", "held-out query ↔ global", dict(color="k", ls="--")),
+                              ("centred_local_local", "local ↔ local (slots)", dict(color="C1"))):
         if col in c and c[col].notna().any():
             s = summarize(c, ["layer"], col)
             ax.plot(s.layer, s["mean"], label=label, **style)
             ax.fill_between(s.layer, s.low, s.high, color=style["color"], alpha=0.12, lw=0)
-    ax.axhline(rules.convergence_threshold, color="k", lw=0.7, ls="--", label="convergence threshold")
-    summary = convergence_summary(t, rules, n_layers)
-    if summary and summary["layer"] is not None:
-        ax.axvline(summary["layer"], color="C0", lw=0.8, ls="--")
-    ax.set(xlabel="layer", ylabel="cosine (source prompts)", ylim=(-1.02, 1.02))
+    summary = geometry_summary(t, rules, n_layers)
+    if summary:
+        ax.axvspan(summary["late_from"] - 0.5, n_layers - 0.5, color="grey", alpha=0.08, lw=0)
+    ax.set(xlabel="layer", ylabel="centred cosine (held-out prompts)", ylim=(-1.02, 1.02))
     _legend_below(fig, ax, ncol=2)
     return fig
+
+
+def geometry_table(table: pd.DataFrame, rules: ClaimRules, n_layers: int) -> tuple[pd.DataFrame, str]:
+    """Per task, the late-layer role-matched centred cosines (:func:`~taskvec.claims.geometry_summary`), and the
+    knowledge − categorization contrast of the separator ↔ global cosine **with tasks as the unit** (Welch
+    interval over the task means; prompts of different tasks are not independent draws of one population)."""
+    rows = []
+    for task, t in table.groupby("task", sort=False):
+        g = geometry_summary(t, rules, n_layers)
+        if g:
+            rows.append(dict(task=task, kind=t.kind.iloc[0], late_from=g["late_from"], **g["late"]))
+    geo = pd.DataFrame(rows)
+    if geo.empty or "centred_separator_global" not in geo:
+        return geo, ""
+    col = geo.centred_separator_global
+    know, cat = col[geo.kind == "knowledge"], col[geo.kind == "categorization"]
+    if len(know) < 2 or len(cat) < 2:
+        return geo, "needs two tasks of each kind for a contrast with tasks as the unit"
+    d, lo, hi = welch_ci(know, cat)
+    return geo, (f"separator ↔ global, knowledge − categorization: {_fmt_ci(d, lo, hi)} (Welch over "
+                 f"{len(know)} + {len(cat)} tasks)")
 
 
 def _fmt_ci(m: float, lo: float, hi: float) -> str:
@@ -232,7 +269,11 @@ def _verdict_html(v: pd.DataFrame) -> str:
                 continue
             cls = str(r.verdict).replace(" ", "-")
             stat = _fmt_ci(r.estimate, r.low, r.high) if math.isfinite(r.estimate) else ""
-            tip = f"{r.statistic} (threshold {r.threshold}): {r.detail}"
+            adjusted = getattr(r, "verdict_adjusted", r.verdict)
+            if adjusted != r.verdict:
+                stat += f" · {adjusted} after {getattr(r, 'multiplicity', 'Holm')}"
+            tip = (f"{r.statistic} (threshold {r.threshold}): {r.detail} | positive control: "
+                   f"{getattr(r, 'positive_control', '')} | null: {getattr(r, 'null_control', '')}")
             row.append(f'<td class="left {html.escape(cls)}" title="{html.escape(tip)}">'
                        f'<b>{html.escape(str(r.verdict))}</b><span class="stat">{html.escape(stat)}</span></td>')
         body.append("<tr>" + "".join(row) + "</tr>")
@@ -240,10 +281,11 @@ def _verdict_html(v: pd.DataFrame) -> str:
 
 
 OVERVIEW = [("ICL", "ICL"), ("zero-shot", "zero-shot"), ("global vector → zero-shot", "global"),
-            ("local vectors averaged → zero-shot (convergence)", "local → global"),
             ("dummy prompt unpatched", "dummy"), ("local vectors → dummy prompt", "local"),
+            ("token-identity control: same answer word, other prompt", "token control"),
             ("Pos Avg → dummy prompt", "Pos Avg"), ("Trial Avg (same label mapping) → dummy prompt", "Trial Avg"),
-            ("control: norm-matched random → dummy prompt", "random (local)"), ("chance", "chance")]
+            ("mediation: query state of the locally patched dummy → zero-shot", "mediated"),
+            ("mediation null: query state of the unpatched dummy → zero-shot", "dummy query"), ("chance", "chance")]
 
 
 def _overview_html(evaluation: pd.DataFrame) -> str:
@@ -268,13 +310,16 @@ def _overview_html(evaluation: pd.DataFrame) -> str:
 
 def _figure_captions() -> dict[str, str]:
     return {
-        "local": "Local patching: each dummy-prompt answer's state at layer l is replaced by the source prompts' "
-                 "vectors. Curve: selection split per layer; point: evaluation split at the selected layer.",
+        "local": "Local patching: each dummy-prompt answer's state at layer l is replaced by the ICL prompt's local "
+                 "vectors (blue) or, as the token-identity control, by the same answer word's state from another "
+                 "prompt (red). Curve: selection split per layer; point: evaluation split at the selected layer.",
         "global": "Global patching: the zero-shot query's state at layer l is replaced by the global vector (left) "
-                  "or by the local vectors averaged (right).",
-        "kofn": "How many answer positions must carry a local vector: k of n patched, next to ICL with k "
-                "demonstrations.",
-        "convergence": "Centred cosine similarity of the local vectors to the global vector, per layer.",
+                  "or by the demonstrations' own separator states averaged alike (right: the state with the query's "
+                  "job, the role-matched positive control).",
+        "kofn": "How many answer positions must carry a local vector: k of n patched (the others mean-ablated, or "
+                "left with the dummy's wrong answers), next to ICL with k demonstrations.",
+        "convergence": "Role-matched geometry: centred cosines of the demonstrations' separator states and of held-out "
+                       "query states to the global vector, and of local vectors across slots (late layers shaded).",
     }
 
 
@@ -282,7 +327,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` (+ ``figures/``, ``summary.csv`` = the verdicts, ``evaluation.csv``,
     ``results.parquet``) for a study run directory."""
     run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = read_saved(run_dir)
     table = RunStore(run_dir, saved["config"], resume=True).table()
     if table.empty:
         raise ConfigError(f"{run_dir} has no results yet")
@@ -310,10 +355,14 @@ def write_report(run_dir: str | Path) -> Path:
     page.text("Each cell: the verdict, then the statistic with its 95% interval (hover for how it was reached; "
               "rules in docs/spec.md, A.8). Layers are chosen on the selection split; every statistic uses the "
               "disjoint evaluation split. 'inconclusive' also means the task tests nothing (ICL not above chance / "
-              f"zero-shot) or the claim's data was not run. Thresholds: {thresholds}.", cls="note")
-    with page.collapsed("How each verdict was reached (table)"):
-        page.table(v[["claim", "task", "statistic", "estimate", "low", "high", "threshold", "verdict", "detail"]],
-                   tall=True)
+              "zero-shot), the claim's positive control did not pass, or its data was not run. The verdicts form one "
+              f"family of {int(v.family.iloc[0]) if len(v) else 0} tests; a cell notes where the "
+              f"{rules.multiplicity.upper() if rules.multiplicity == 'bh' else 'Holm'}-adjusted verdict differs. "
+              f"Thresholds: {thresholds}.", cls="note")
+    with page.collapsed("How each verdict was reached: statistic, positive control, null controls, unit and n"):
+        page.table(v[["claim", "task", "statistic", "estimate", "low", "high", "threshold", "verdict",
+                      "verdict_adjusted", "p", "p_adjusted", "positive_control", "null_control", "unit", "n",
+                      "detail"]], tall=True)
     page.heading("Evaluation-split accuracy (selected layers, 95% Wilson intervals)", id="accuracy")
     page.raw(_overview_html(evaluation))
     page.text("Accuracy on the evaluation split, [95% interval] and @ the layer selected on the selection split. "
@@ -321,6 +370,13 @@ def write_report(run_dir: str | Path) -> Path:
               "(categorization). Controls are evaluated at the layer of the vector they control.", cls="note")
     with page.collapsed("Every condition, including the controls (table)"):
         page.table(evaluation, tall=True)
+    geo, contrast = geometry_table(table, rules, n_layers)
+    if not geo.empty:
+        with page.collapsed("Convergence geometry between states of the same role (late layers, per task)"):
+            page.table(geo, floatfmt="{:.2f}")
+            page.text("Centred cosines on held-out ICL prompts: each demonstration's separator state and the query "
+                      "state against the global vector (both predict an answer), local vectors across slots. "
+                      f"Answer states are never compared with query states. {contrast}", cls="note")
     tasks = list(dict.fromkeys(table.task))
     page.toc([(t, anchor(t)) for t in tasks], label="Figures per task")
     captions = _figure_captions()
@@ -356,18 +412,24 @@ def markdown_summary(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     v = pd.read_csv(run_dir / "summary.csv")
     ev = pd.read_csv(run_dir / "evaluation.csv")
-    grid = v.pivot_table(index="claim", columns="task", values="verdict", aggfunc="first", sort=False).fillna("")
+    short = {"supported": "**yes**", "not supported": "no", "inconclusive": "?", "": ""}
+    adjusted = v.verdict_adjusted if "verdict_adjusted" in v else v.verdict
+    v = v.assign(cell=[short[a] + ("" if a == b else f" ({short[b].strip('*')} adj.)")
+                       for a, b in zip(v.verdict.fillna(""), adjusted.fillna(""))])
+    grid = v.pivot_table(index="claim", columns="task", values="cell", aggfunc="first", sort=False).fillna("")
     tasks = list(dict.fromkeys(ev.task))
     lines = ["| claim | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    short = {"supported": "**yes**", "not supported": "no", "inconclusive": "?", "": ""}
     for claim, row in grid.iterrows():
-        lines.append(f"| {claim} | " + " | ".join(short[str(row.get(t, ''))] for t in tasks) + " |")
+        lines.append(f"| {claim} | " + " | ".join(str(row.get(t, "")) for t in tasks) + " |")
     cols = [("ICL", "ICL"), ("zero-shot", "zero-shot"), ("dummy prompt unpatched", "dummy"),
-            ("global vector → zero-shot", "global"), ("local vectors → dummy prompt", "local"),
+            ("global vector → zero-shot", "global"),
+            ("demonstrations' separator states → zero-shot (role-matched)", "demo sep."),
+            ("local vectors → dummy prompt", "local"),
+            ("token-identity control: same answer word, other prompt", "token ctrl"),
             ("Pos Avg → dummy prompt", "Pos Avg"), ("Trial Avg (same label mapping) → dummy prompt", "Trial Avg"),
-            ("local vectors averaged → zero-shot (convergence)", "local→global"),
-            ("control: norm-matched random → dummy prompt", "random (local)"),
-            ("null control: Trial Avg across mappings", "Trial Avg mixed")]
+            ("null control: own local vectors in shuffled slots", "shuffled"),
+            ("mediation: query state of the locally patched dummy → zero-shot", "mediated"),
+            ("mediation null: query state of the unpatched dummy → zero-shot", "dummy query")]
     table = ["| task | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for task in tasks:
         t = ev[ev.task == task].set_index("what")
