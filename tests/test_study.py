@@ -46,7 +46,7 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
                     chooser = {"demo_separators": "global", "token_control": "local"}.get(vec, vec)
                     chosen = tt[(tt.experiment == exp) & (tt.vector == chooser) & (tt.span == span)
                                 & (tt.split == "select") & (tt.layer >= (1 if exp == "local" else 0))]
-                    expected = (select_local_layer(tt[tt.experiment == "local"].to_dict("records"), span, 1)
+                    expected = (select_local_layer(tt[tt.experiment == "local"].to_dict("records"), span, 1)[0]
                                 if chooser == "local" else select_layer(chosen))
                     assert int(ev.layer.iloc[0]) == expected  # chosen on selection, not evaluation
                     if exp == "local":
@@ -247,12 +247,16 @@ def test_token_identity_control_is_the_same_word_from_another_prompt(smol):
 
 
 def test_local_layers_are_selected_only_where_local_beats_its_token():
-    rows = [dict(split="select", span="single", layer=l, vector=v, prompt=p, score=s, target_logprob=-1.0)
-            for l, own, ctl in ((1, 1.0, 1.0), (2, 0.9, 0.5), (3, 0.8, 0.4), (4, 0.95, 0.95))
-            for v, s in (("local", own), ("token_control", ctl)) for p in range(4)]
-    assert select_local_layer(rows, "single", 1) == 2  # layers 1 and 4 score higher, but only as their tokens
-    tied = [dict(r, score=1.0) for r in rows]
-    assert select_local_layer(tied, "single", 1) == 1  # nowhere above the token: the closest layer (ties: lowest)
+    """Defect 2: layers where the local vector is only its answer token are not selected; where it is its token at
+    every layer (knowledge tasks: the control is the same answer in another context), the best own layer, flagged."""
+    def rows(levels):
+        return [dict(split="select", span="single", layer=l, vector=v, prompt=p, score=s, target_logprob=lp + 0.01 * p)
+                for l, (own, ctl, gain) in levels.items()
+                for v, s, lp in (("local", own, -1.0 + gain), ("token_control", ctl, -1.0)) for p in range(6)]
+    picked = select_local_layer(rows({1: (1.0, 1.0, 0.0), 2: (0.9, 0.5, 0.8), 3: (0.8, 0.4, 0.9),
+                                      4: (0.95, 0.95, 0.0)}), "single", 1)
+    assert picked == (2, True)  # layers 1 and 4 score higher, but only as their tokens
+    assert select_local_layer(rows({1: (0.9, 0.9, 0.0), 2: (1.0, 1.0, 0.0)}), "single", 1) == (2, False)
 
 
 def test_global_vector_is_built_within_each_label_mapping(smol):

@@ -239,6 +239,14 @@ class _Task:
         s = self.vector(experiment, vector)
         return "–" if s.empty else _fmt(*mean_ci(s.to_numpy()))
 
+    def layer_rule(self) -> str:
+        """How the local layer was chosen (:func:`taskvec.study.select_local_layer`)."""
+        sel = self.ev[(self.ev.experiment == "local") & (self.ev.vector == "local")]
+        if "beats_token" not in sel or sel.beats_token.isna().all():
+            return ""
+        return ("; layer chosen where local beats its token-identity control" if bool(sel.beats_token.iloc[0]) else
+                "; no layer where local beats its token-identity control on the selection split: best own layer")
+
     def local_works(self) -> Control:
         """Positive control of every local claim: local patching beats the unpatched dummy prompt."""
         ci, _ = self.diff(("local", "local"), ("local", "dummy"))
@@ -309,7 +317,7 @@ def _c3(tk: _Task) -> dict:
     if not n:
         return _missing("C3", tk.name, tk.kind, "no evaluation rows for local − global")
     detail = (f"local {tk.mean('local', 'local')} (layer {tk.layer('local', 'local')}), global "
-              f"{tk.mean('global', 'global')} (layer {tk.layer('global', 'global')})")
+              f"{tk.mean('global', 'global')} (layer {tk.layer('global', 'global')}){tk.layer_rule()}")
     return _row("C3", tk.name, tk.kind, [Part("local − global", d_glob, 0.0),
                                          Part("local − token-identity control", d_tok, 0.0)],
                 detail, positive=[tk.local_works()], null=tk.local_nulls(), unit="evaluation prompts, paired", n=n)
@@ -322,7 +330,7 @@ def _c4(tk: _Task) -> dict:
     d_tok, _ = tk.diff(("local", "token_control"), ("local", "pos_avg"))
     detail = (f"local {tk.mean('local', 'local')} (layer {tk.layer('local', 'local')}), Pos Avg "
               f"{tk.mean('local', 'pos_avg')} (layer {tk.layer('local', 'pos_avg')}); the token-identity control "
-              f"− Pos Avg {_fmt(*d_tok)} (as large: the gap is the answer tokens')")
+              f"− Pos Avg {_fmt(*d_tok)} (as large: the gap is the answer tokens'){tk.layer_rule()}")
     return _row("C4", tk.name, tk.kind, [Part("local − Pos Avg", d, 0.0)], detail, positive=[tk.local_works()],
                 null=tk.local_nulls(), unit="evaluation prompts, paired", n=n)
 

@@ -31,6 +31,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -45,6 +46,7 @@ from taskvec.models.devices import batch_token_budget
 from taskvec.prompts import Template, build_prompts, check_aligned, dummy_trials, zero_shot
 from taskvec.runs import RunStore, versions
 from taskvec.scoring import main_column
+from taskvec.stats import Z95
 from taskvec.sweep import Variant, layer_variants, score_variants
 from taskvec.tasks import first_token_id, list_tasks, task_for
 from taskvec.vectors import (load_vectors, mean_state, norm_matched_random, pos_avg, read_role_states, save_vectors,
@@ -463,19 +465,24 @@ def unit_global(tr: _TaskRun, src: dict, control: dict) -> list[dict]:
     return rows
 
 
-def select_local_layer(rows: list[dict], span: str, min_layer: int) -> int:
+def select_local_layer(rows: list[dict], span: str, min_layer: int) -> tuple[int, bool]:
     """The local vector's layer, chosen on the selection split **only among layers where it carries more than its
-    answer token** (own − token-identity control > 0); among those, :func:`select_layer`. Where no layer does, the
-    layer where it comes closest (the verdicts then show local − control ≤ 0)."""
+    answer token**: own − token-identity control, paired over the selection prompts, has a target log-probability
+    margin whose lower 95% bound is above 0 and no loss in accuracy; among those, :func:`select_layer`. Where no
+    layer does (``False``: the local vector is its token at every layer, as on knowledge tasks, whose control is
+    the same answer in another context), the best own layer, and the verdicts show local − control ≤ 0."""
     df = pd.DataFrame(rows)
     df = df[(df.split == "select") & (df.span == span) & (df.layer >= min_layer)]
-    own = df[df.vector == "local"].groupby("layer").score.mean()
-    margin = own - df[df.vector == "token_control"].groupby("layer").score.mean()
-    above = margin[margin > 0].index
+    own = df[df.vector == "local"].set_index(["layer", "prompt"])
+    ctl = df[df.vector == "token_control"].set_index(["layer", "prompt"])
+    lp = (own.target_logprob - ctl.target_logprob).groupby("layer")
+    lower = lp.mean() - Z95 * lp.std(ddof=1).fillna(0.0) / np.sqrt(lp.count())
+    acc = (own.score - ctl.score).groupby("layer").mean()
+    above = lower[(lower > 0) & (acc >= 0)].index
+    chosen = own.reset_index()
     if len(above):
-        return select_layer(df[(df.vector == "local") & df.layer.isin(above)])
-    g = pd.DataFrame({"margin": margin, "own": own}).reset_index()
-    return int(g.sort_values(["margin", "own", "layer"], ascending=[False, False, True]).layer.iloc[0])
+        return select_layer(chosen[chosen.layer.isin(above)]), True
+    return select_layer(chosen), False
 
 
 def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dict]:
@@ -499,7 +506,7 @@ def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dic
         sel = _layer_rows(tr, dummy_s, sel_vectors, "answers", {k: list(range(L)) for k in sel_vectors}, span,
                           "local", "select")
         layer = {k: _selected(sel, k, span, tr.cfg.min_local_layer) for k in ("pos_avg", "trial_avg")}
-        layer["local"] = select_local_layer(sel, span, tr.cfg.min_local_layer)
+        layer["local"], beats_token = select_local_layer(sel, span, tr.cfg.min_local_layer)
         local_e = states["local_eval"]
         evals = {"local": local_e, "token_control": control_e, "pos_avg": pos_avg(local_e),
                  "trial_avg": mapping_trial_avg(tr, src, tr.eval[:len(dummy_e)]),
@@ -510,7 +517,8 @@ def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dic
         if tr.categorization:  # the mapping-mixed average carries no mapping: a null control
             evals["trial_avg_mixed"] = src["trial_avg"]
             at["trial_avg_mixed"] = layer["trial_avg"]
-        rows += sel + _layer_rows(tr, dummy_e, evals, "answers", {k: [at[k]] for k in evals}, span, "local", "eval")
+        ev = _layer_rows(tr, dummy_e, evals, "answers", {k: [at[k]] for k in evals}, span, "local", "eval")
+        rows += sel + [dict(r, beats_token=beats_token) if r["vector"] == "local" else r for r in ev]
     for r in rows:
         if r.get("vector") == "token_control":
             r["coverage"] = cover_s if r["split"] == "select" else cover_e
