@@ -17,6 +17,9 @@ PYTEST_FLAGS ?=
 
 .PHONY: setup models demo quick browser test test-slow bench clean-venv gpu-check gpu-wheels
 
+# --resume where a run is already there (a rerun of `make demo` continues it); --resume of nothing is refused
+resume = $(if $(wildcard $(1)/config.json),--resume,)
+
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q torch==2.13.0
@@ -32,11 +35,11 @@ models: setup
 
 demo: setup
 	$(BIN)/taskvec models prepare $(MODEL)
-	$(BIN)/taskvec study local-global --model $(MODEL) --tasks $(TASKS) --out $(RUN) --resume $(STUDY_FLAGS)
+	$(BIN)/taskvec study local-global --model $(MODEL) --tasks $(TASKS) --out $(RUN) $(call resume,$(RUN)) $(STUDY_FLAGS)
 
 quick: setup
 	$(BIN)/taskvec study local-global --model smollm2-135m --tasks antonyms,simple_string --quick \
-		--out runs/quick-smollm2 --resume
+		--out runs/quick-smollm2 $(call resume,runs/quick-smollm2)
 
 # Headless Chromium for tests/test_report_browser.py (the reports looked at in a browser). Installed only where
 # missing, with apt as root; a failure is tolerated (those tests then skip, naming this target).
