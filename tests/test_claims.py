@@ -140,6 +140,8 @@ def test_c6_is_the_mediation_test_with_layer_ordering():
     cat = dict(kind="categorization", zero=0.5, glob=0.5)
     assert cell(verdicts(task_table(**cat, mediated=0.0, dummy_query=0.0), L), "C6", "t").verdict == SUPPORTED
     assert cell(verdicts(task_table(**cat, mediated=0.9, dummy_query=0.3), L), "C6", "t").verdict == NOT_SUPPORTED
+    blind = task_table(**cat, mediated=0.0, dummy_query=0.0, local_layer=8, global_layer=6)
+    assert cell(verdicts(blind, L), "C6", "t").verdict == INCONCLUSIVE  # the test could not have found convergence
     alone = verdicts(task_table(), L)  # one task alone is judged: no pooled contrast across kinds any more
     assert cell(alone, "C6", "t").verdict == SUPPORTED
 

@@ -434,9 +434,9 @@ def _c6(tk: _Task, n_layers: int) -> dict:
         positive.append(Control(f"global − zero-shot {_fmt(*g)} > 0", greater(g[1], g[2], 0) == SUPPORTED))
         part = Part("mediated − dummy query state", d, 0.0)
         verdict = NOT_SUPPORTED if l_loc >= l_glob else part.verdict
-    else:
+    else:  # where the local layer is not below the global one the test cannot find convergence: no evidence
         part = Part("mediated − dummy query state", d, r.mediation_margin, "<")
-        verdict = part.verdict
+        verdict = INCONCLUSIVE if l_loc >= l_glob else part.verdict
     return _row("C6", tk.name, tk.kind, [part], detail, positive=positive,
                 null=[Control(f"unpatched dummy's query state {tk.mean('mediation', 'dummy_query')}")],
                 unit="zero-shot evaluation prompts, paired", n=n, verdict=verdict)

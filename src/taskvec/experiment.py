@@ -65,6 +65,8 @@ class ValidatedModel(BaseModel):
         e = err.errors()[0]
         where = ".".join(str(x) for x in e["loc"])
         msg = " ".join(str(e["msg"]).removeprefix("Value error, ").split())
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown key: not a field of this config (check its spelling)"
         if msg.startswith("--"):  # a validator's message that already names the flag
             return msg
         if not e["loc"]:  # a check of several fields: its message names them
