@@ -162,6 +162,15 @@ def test_local_claims_are_gated_on_beating_the_dummy():
         assert row.verdict == INCONCLUSIVE and "local − dummy" in row.positive_control, claim
 
 
+def test_c4_gap_that_the_answer_tokens_alone_reproduce_is_inconclusive():
+    """Defect 2 for C4: Pos Avg averages the A and B token states; when the token-identity control beats Pos Avg as
+    well, local > Pos Avg says nothing about local vectors."""
+    cat = dict(kind="categorization", zero=0.5, glob=0.5, local=0.95, dummy=0.5, pos_avg=0.4)
+    assert cell(verdicts(task_table(**cat, token=0.5), L), "C4", "t").verdict == SUPPORTED
+    row = cell(verdicts(task_table(**cat, token=0.95), L), "C4", "t")
+    assert row.verdict == INCONCLUSIVE and "answer tokens alone" in row.detail
+
+
 def test_c3_needs_local_to_beat_its_token_identity_control():
     """Defect 2: local vectors at early layers are the answer token's identity. C3 is supported only when the
     local vector beats the same word's state from another prompt too."""

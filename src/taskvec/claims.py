@@ -328,11 +328,15 @@ def _c4(tk: _Task) -> dict:
     if not n:
         return _missing("C4", tk.name, tk.kind, "no evaluation rows for local − Pos Avg")
     d_tok, _ = tk.diff(("local", "token_control"), ("local", "pos_avg"))
+    tokens = greater(d_tok[1], d_tok[2], 0.0) == SUPPORTED
     detail = (f"local {tk.mean('local', 'local')} (layer {tk.layer('local', 'local')}), Pos Avg "
               f"{tk.mean('local', 'pos_avg')} (layer {tk.layer('local', 'pos_avg')}); the token-identity control "
-              f"− Pos Avg {_fmt(*d_tok)} (as large: the gap is the answer tokens'){tk.layer_rule()}")
-    return _row("C4", tk.name, tk.kind, [Part("local − Pos Avg", d, 0.0)], detail, positive=[tk.local_works()],
-                null=tk.local_nulls(), unit="evaluation prompts, paired", n=n)
+              f"− Pos Avg {_fmt(*d_tok)}" + (": the answer tokens alone beat Pos Avg, so the gap is theirs"
+                                             if tokens else "") + tk.layer_rule())
+    part = Part("local − Pos Avg", d, 0.0)
+    return _row("C4", tk.name, tk.kind, [part], detail, positive=[tk.local_works()],
+                null=tk.local_nulls(), unit="evaluation prompts, paired", n=n,
+                verdict=INCONCLUSIVE if tokens and part.verdict == SUPPORTED else None)
 
 
 def _kofn_table(tk: _Task, fill: str) -> pd.DataFrame:
