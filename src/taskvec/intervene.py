@@ -350,8 +350,7 @@ def read_states(
     profile = lm.profile
     layers = list(range(profile.n_layers)) if layers is None else [profile.check_layer(int(l)) for l in layers]
     pos = _positions_tensor(positions, len(prompts))
-    if edits is not None and len(edits) and (int(edits.rows.min()) < 0 or int(edits.rows.max()) >= len(prompts)):
-        raise PositionError(f"an edit refers to a prompt outside 0..{len(prompts) - 1}")
+    _check_edit_rows(edits, len(prompts))
     check_token_ids(prompts, lm.model.get_input_embeddings().num_embeddings)
     lengths = torch.tensor([len(p) for p in prompts])
     pos = torch.where(pos < 0, pos + lengths[:, None], pos)
@@ -373,9 +372,20 @@ def read_states(
     return out
 
 
+def _check_edit_rows(edits: Edits | None, n_prompts: int) -> None:
+    """Raise a one-line :class:`PositionError` for an edit whose row is not one of the ``n_prompts`` prompts."""
+    if edits is not None and len(edits) and (int(edits.rows.min()) < 0 or int(edits.rows.max()) >= n_prompts):
+        bad = int(edits.rows[(edits.rows < 0) | (edits.rows >= n_prompts)][0])
+        raise PositionError(f"an edit's row {bad} is outside the batch: rows index the {n_prompts} prompts "
+                            f"(0..{n_prompts - 1})")
+
+
 def _batch_edits(edits: Edits | None, rng: range, batch, profile) -> Edits | None:
     """The edits of prompts ``rng`` as rows and columns of their left-padded ``batch`` (validated)."""
-    if edits is None or not len(edits):
+    if edits is None:
+        return None
+    if not len(edits):
+        edits.validate(profile.n_layers, profile.d_model, batch.input_ids.shape[0], batch.input_ids.shape[1])
         return None
     keep = (edits.rows >= rng.start) & (edits.rows < rng.stop)
     rows = edits.rows[keep] - rng.start
@@ -411,17 +421,11 @@ def patched_logits(
     check_token_ids(prompts, lm.model.get_input_embeddings().num_embeddings)
     batch = left_pad(prompts, lm.tokenizer.pad_token_id).to(lm.device)
     if edits is not None:
-        if len(edits) and (int(edits.rows.min()) < 0 or int(edits.rows.max()) >= len(prompts)):
-            bad = int(edits.rows[(edits.rows < 0) | (edits.rows >= len(prompts))][0])
-            raise PositionError(f"an edit's row {bad} is outside the batch: rows index the {len(prompts)} prompts "
-                                f"(0..{len(prompts) - 1})")
-        if positions_are_prompt_positions:
-            lengths = batch.lengths[edits.rows.to(lm.device)]
-            if len(edits) and ((edits.positions.to(lm.device) >= lengths) | (edits.positions < 0).to(lm.device)).any():
-                raise PositionError("an edit position lies outside its prompt")
-            edits = Edits(edits.rows, edits.layers, edits.positions + batch.offsets.cpu()[edits.rows],
-                          edits.vectors, edits.mode)
-        edits.validate(lm.n_layers, lm.d_model, batch.input_ids.shape[0], batch.input_ids.shape[1])
+        _check_edit_rows(edits, len(prompts))
+        if positions_are_prompt_positions:  # prompt positions -> batch columns, as read_states does per batch
+            edits = _batch_edits(edits, range(len(prompts)), batch, lm.profile)
+        else:
+            edits.validate(lm.n_layers, lm.d_model, batch.input_ids.shape[0], batch.input_ids.shape[1])
     with hooked(lm.profile.layers, edits=edits):
         out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=batch.position_ids, use_cache=False, logits_to_keep=LAST_LOGITS)
