@@ -308,3 +308,21 @@ def test_c8_of_an_older_dpca_run_is_inconclusive(tmp_path):
     t = task_table("simple_string", "categorization", zero=0.5, glob=0.5)
     row = cell(verdicts(t, L, run_dir=tmp_path), "C8", "simple_string")
     assert row.verdict == INCONCLUSIVE and "rerun" in row.detail
+
+
+def test_verdicts_decided_by_a_structural_rule_stay_out_of_the_adjusted_family():
+    """A verdict forced by a rule rather than by its test (C6 with the local layer not below the global one, C4
+    where the answer tokens beat Pos Avg too, C5 with fills that disagree) has no p value: counting it would make
+    every other verdict's adjustment stricter for a test that was never run."""
+    cat = dict(kind="categorization", zero=0.5, glob=0.5, local=0.95, dummy=0.5, pos_avg=0.4)
+    forced = [task_table("late", local_layer=8, global_layer=6),
+              task_table("tok", **cat, token=0.95),
+              task_table("fills", kofn={0: 0.0, 1: 0.9, 2: 0.9, 8: 0.9}, kofn_wrong={0: 0.0, 1: 0.1, 2: 0.1, 8: 0.9})]
+    v = verdicts(pd.concat(forced), L)
+    for claim, task in (("C6", "late"), ("C4", "tok"), ("C5", "fills")):
+        row = cell(v, claim, task)
+        assert np.isnan(row.p) and np.isnan(row.p_against), (claim, task)
+        assert "decided by rule" in row.detail and row.verdict_adjusted == row.verdict
+    tested = cell(v, "C6", "tok")  # a verdict reached by its test keeps its p value
+    assert np.isfinite(tested.p) or np.isfinite(tested.p_against)
+    assert v.family.iloc[0] == int(np.isfinite(v.p.to_numpy(float)).sum())

@@ -38,7 +38,8 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
             for vec in vectors:
                 for span in ("single", "from"):
                     sel = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span) & (tt.split == "select")]
-                    assert sorted(sel.layer.unique()) == list(range(L)), (task, exp, vec, span)
+                    # local vectors from min_local_layer (1) on: below it a local vector is its token
+                    assert sorted(sel.layer.unique()) == list(range(1 if exp == "local" else 0, L)), (task, exp, vec)
                     assert sel.groupby("layer").size().eq(n_sel).all()
                     ev = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span) & (tt.split == "eval")]
                     assert ev.layer.nunique() == 1, (task, vec)
@@ -440,3 +441,46 @@ def test_resume_may_add_the_analyses_but_nothing_else(tmp_path):
         RunStore(tmp_path / "r", {"a": 1, "with_analyses": False}, resume=True)
     with pytest.raises(ConfigError, match="differs in: a"):
         RunStore(tmp_path / "r", {"a": 2, "with_analyses": True}, resume=True, additive=("with_analyses",))
+
+
+def test_role_states_with_the_mean_are_the_two_passes_in_one(smol, capital_trials):
+    """patch_states reads the evaluation prompts' role states and the centring mean in one pass: both equal what
+    the two separate passes give."""
+    from taskvec.prompts import Template, build_prompts
+    from taskvec.vectors import mean_state, read_role_states
+
+    prompts = build_prompts(smol, capital_trials[:5], Template())
+    one = read_role_states(smol, prompts, batch_size=4, with_mean=True)
+    apart = read_role_states(smol, prompts, batch_size=4)
+    for k in ("query", "answers", "separators"):
+        assert torch.equal(one[k], apart[k]), k
+    assert torch.allclose(one["mean"], mean_state(smol, prompts, batch_size=4), atol=1e-6)
+
+
+def test_kofn_copies_the_variants_the_local_sweep_ran(smol, monkeypatch):
+    """k = 0 with wrong answers (the dummy), k = 0 mean-ablated (slot_mean) and k = n (local) are variants the
+    local sweep already scored on the same prompts at the same layer: copied, not run again."""
+    from taskvec.study import unit_kofn
+
+    tr = _TaskRun("antonyms", StudyConfig(**SMALL), smol)
+    _, dummy = tr.dummy_eval
+    P, n, L, d = len(dummy), len(dummy[0].answer_positions), smol.n_layers, smol.d_model
+    gen = torch.Generator().manual_seed(0)
+    states = {"local_eval": torch.randn(P, L, n, d, generator=gen), "dummy_eval": torch.randn(P, L, n, d, generator=gen)}
+    ran = []
+
+    def fake_run(prompts, variants, meta, label):
+        ran.extend(variants)
+        return [dict(m, correct=0.0, target_logprob=-9.0, score=0.0) for m in meta]
+
+    monkeypatch.setattr(tr, "run", fake_run)
+    local = pd.DataFrame([dict(vector=v, layer=(-1 if v == "dummy" else 3), prompt=p, correct=1.0,
+                               target_logprob=-float(i + 1), score=1.0)
+                          for i, v in enumerate(["dummy", "slot_mean", "local"]) for p in range(P)])
+    rows = pd.DataFrame(unit_kofn(tr, states, 3, local))
+    n_copying = len(ran)
+    fresh = pd.DataFrame(unit_kofn(tr, states, 3, None))
+    assert len(rows) == len(fresh) and len(ran) - 2 * n_copying == 3 * P  # same rows, 3 per prompt not rerun
+    pick = lambda k, fill: rows[(rows.k == k) & (rows.fill == fill)].target_logprob  # noqa: E731
+    assert (pick(0, "wrong") == -1.0).all() and (pick(0, "mean") == -2.0).all() and (pick(n, "wrong") == -3.0).all()
+    assert (pick(n, "mean") == -3.0).all() and (pick(1, "wrong") == -9.0).all()

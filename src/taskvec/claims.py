@@ -157,11 +157,15 @@ COLUMNS = ["claim", "claim_text", "task", "kind", "statistic", "estimate", "low"
 
 
 def _row(claim: str, task: str, kind: str, parts: list[Part], detail: str = "", positive: list[Control] = (),
-         null: list[Control] = (), unit: str = "", n: int = 0, verdict: str | None = None) -> dict:
+         null: list[Control] = (), unit: str = "", n: int = 0, verdict: str | None = None, rule: str = "") -> dict:
     """A verdict row: ``parts[0]`` is the statistic shown; the verdict combines every part, and is inconclusive
-    when a positive control failed (or did not run)."""
+    when a positive control failed (or did not run). ``rule`` names a structural rule that decided ``verdict``
+    instead of the test (e.g. the local layer is not below the global one): such a row has no p value and stays
+    out of the family that :func:`adjust` controls."""
     main = parts[0]
     verdict = verdict or combine(*(p.verdict for p in parts))
+    if rule:
+        detail = f"{detail}; decided by rule, not by the test (outside the adjusted family): {rule}"
     failed = [c.text for c in positive if not c.passed]
     if failed:
         verdict = INCONCLUSIVE
@@ -173,7 +177,7 @@ def _row(claim: str, task: str, kind: str, parts: list[Part], detail: str = "", 
                 detail=detail + ("; " + "; ".join(p.text() for p in parts[1:]) if len(parts) > 1 else ""),
                 positive_control="; ".join(f"{c.text}: {'passed' if c.passed else 'NOT passed'}" for c in positive),
                 null_control="; ".join(c.text for c in null), unit=unit, n=int(n),
-                p=float("nan") if failed else max(ps), p_against=float("nan") if failed else
+                p=float("nan") if failed or rule else max(ps), p_against=float("nan") if failed or rule else
                 min(p.p(against=True) for p in parts))
 
 
@@ -336,7 +340,8 @@ def _c4(tk: _Task) -> dict:
     part = Part("local − Pos Avg", d, 0.0)
     return _row("C4", tk.name, tk.kind, [part], detail, positive=[tk.local_works()],
                 null=tk.local_nulls(), unit="evaluation prompts, paired", n=n,
-                verdict=INCONCLUSIVE if tokens and part.verdict == SUPPORTED else None)
+                **({"verdict": INCONCLUSIVE, "rule": "the token-identity control beats Pos Avg as well"}
+                   if tokens and part.verdict == SUPPORTED else {}))
 
 
 def _kofn_table(tk: _Task, fill: str) -> pd.DataFrame:
@@ -399,8 +404,10 @@ def _c5(tk: _Task) -> dict:
                     unit="evaluation dummy prompts, paired over k", n=len(tables[first]))
     verdicts_ = {combine(*(p.verdict for p in ps)) for ps in parts.values()}
     shown = next(iter(parts.values()))
-    verdict = verdicts_.pop() if len(verdicts_) == 1 else INCONCLUSIVE
+    disagree = len(verdicts_) > 1
+    verdict = INCONCLUSIVE if disagree else verdicts_.pop()
     return _row("C5", tk.name, tk.kind, shown, detail, positive=[c for c in positive if c.passed],
+                rule="the two fills of the unpatched slots disagree" if disagree else "",
                 null=[Control(f"acc(0), no slot patched: " + ", ".join(f"{tables[f][0].mean():.2f} ({FILLS[f]})"
                                                                          for f in tables))],
                 unit="evaluation dummy prompts, paired over k", n=len(tables[first]), verdict=verdict)
@@ -443,7 +450,8 @@ def _c6(tk: _Task, n_layers: int) -> dict:
         verdict = INCONCLUSIVE if l_loc >= l_glob else part.verdict
     return _row("C6", tk.name, tk.kind, [part], detail, positive=positive,
                 null=[Control(f"unpatched dummy's query state {tk.mean('mediation', 'dummy_query')}")],
-                unit="zero-shot evaluation prompts, paired", n=n, verdict=verdict)
+                unit="zero-shot evaluation prompts, paired", n=n, verdict=verdict,
+                rule=f"local layer {l_loc} is not below global layer {l_glob}" if l_loc >= l_glob else "")
 
 
 def _peak_region(m: np.ndarray, rules: ClaimRules) -> tuple[int, list[int]]:

@@ -49,7 +49,7 @@ from taskvec.scoring import main_column
 from taskvec.stats import Z95
 from taskvec.sweep import Variant, layer_variants, score_variants
 from taskvec.tasks import first_token_id, list_tasks, task_for
-from taskvec.vectors import (load_vectors, mean_state, norm_matched_random, pos_avg, read_role_states, save_vectors,
+from taskvec.vectors import (load_vectors, norm_matched_random, pos_avg, read_role_states, save_vectors,
                              trial_avg)
 
 KNOWLEDGE_TASKS = ["country_capital", "antonyms", "english_french", "present_past", "lowercase_uppercase"]
@@ -316,12 +316,18 @@ def patch_states(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
         tensors = {}
         for split in ("select", "eval"):
             icl, dummy = tr.dummy_select if split == "select" else tr.dummy_eval
-            own, plain = read_role_states(tr.lm, icl), read_role_states(tr.lm, dummy)
+            if split == "eval":  # the ICL prompts of local patching are the first evaluation prompts: one pass
+                if any(list(a.ids) != list(b.ids) for a, b in zip(icl, tr.eval_prompts)):
+                    raise RuntimeError("internal error: the local ICL prompts are not the first evaluation prompts")
+                own = read_role_states(tr.lm, tr.eval_prompts, with_mean=True)
+                own = {k: v if k == "mean" else v[:len(icl)] for k, v in own.items()}
+                tensors["separators_eval"], tensors["query_eval"] = own["separators"], own["query"]
+                tensors["reference_mean"] = own["mean"]
+            else:
+                own = read_role_states(tr.lm, icl)
+            plain = read_role_states(tr.lm, dummy)
             tensors[f"local_{split}"] = own["answers"]
             tensors[f"dummy_{split}"], tensors[f"dummy_query_{split}"] = plain["answers"], plain["query"]
-            if split == "eval":
-                tensors["separators_eval"], tensors["query_eval"] = own["separators"], own["query"]
-        tensors["reference_mean"] = mean_state(tr.lm, tr.eval_prompts)
         _save_once(path, tensors, {"model": tr.cfg.model, "task": tr.name})
     if not store.done(unit):
         store.append(unit, [], seconds=round(time.perf_counter() - start, 3))
@@ -487,7 +493,8 @@ def select_local_layer(rows: list[dict], span: str, min_layer: int) -> tuple[int
 
 def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dict]:
     """Local vectors (own, Pos Avg, Trial Avg within a mapping) into dummy prompts, with the token-identity control
-    at every layer: every layer on the selection split; on the evaluation split each vector at its own selected
+    at every layer: every layer from ``min_local_layer`` on, on the selection split (below it nothing can be
+    selected: at layer 0 a local vector is its answer token's embedding, equal to its token-identity control); on the evaluation split each vector at its own selected
     layer, the controls at the local vector's layer, and the unpatched dummy.
 
     Null controls keep the prompt in distribution (a norm-matched random vector destroys it: 0.00, below the
@@ -503,8 +510,9 @@ def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dic
         local_s = states["local_select"]
         sel_vectors = {"local": local_s, "token_control": control_s, "pos_avg": pos_avg(local_s),
                        "trial_avg": mapping_trial_avg(tr, src, tr.select[:len(dummy_s)])}
-        sel = _layer_rows(tr, dummy_s, sel_vectors, "answers", {k: list(range(L)) for k in sel_vectors}, span,
-                          "local", "select")
+        swept = list(range(tr.cfg.min_local_layer, L))  # below it a local vector is its token (never selected)
+        sel = _layer_rows(tr, dummy_s, sel_vectors, "answers", {k: swept for k in sel_vectors}, span, "local",
+                          "select")
         layer = {k: _selected(sel, k, span, tr.cfg.min_local_layer) for k in ("pos_avg", "trial_avg")}
         layer["local"], beats_token = select_local_layer(sel, span, tr.cfg.min_local_layer)
         local_e = states["local_eval"]
@@ -533,34 +541,51 @@ def kofn_values(n: int, which: str = "grid") -> list[int]:
     return sorted({0, 1, 2, 3, 4, n // 4, n // 2, (3 * n) // 4, n})
 
 
-def unit_kofn(tr: _TaskRun, states: dict, layer: int) -> list[dict]:
+SCORES = ("correct", "target_logprob", "label_correct", "score")  # the scored columns of a row (tr.run)
+
+
+def unit_kofn(tr: _TaskRun, states: dict, layer: int, local: pd.DataFrame | None = None) -> list[dict]:
     """Only k of the n answer positions of each evaluation dummy prompt patched (local vectors, at the local
     vector's selected layer), k in :func:`kofn_values`, ``kofn_subsets`` random subsets per k, with the n − k
     other slots filled two ways on the same subsets: ``fill="wrong"`` leaves the dummy's random answers there
     (they contradict the task), ``fill="mean"`` mean-ablates them (the dummy's slot mean over prompts; only at the
-    k the C5 rules read: 0, 1, 2, n/2, n)."""
+    k the C5 rules read: 0, 1, 2, n/2, n).
+
+    Three of these variants are variants of the local sweep on the same prompts (``local``: its evaluation rows,
+    single-layer span): k = 0 with wrong answers is the unpatched dummy, k = 0 mean-ablated is the ``slot_mean``
+    control, k = n is the ``local`` vector at its layer. Their scores are copied from there, not run again."""
     _, dummy = tr.dummy_eval
-    local = states["local_eval"][:, layer]  # [P, n, d]
+    own = states["local_eval"][:, layer]  # [P, n, d]
     slot_mean = states["dummy_eval"][:, layer].mean(0)  # [n, d]
-    n = local.shape[1]
-    mean_ks = {0, 1, 2, n // 2}  # what C5 reads; k = n is the same variant under both fills (copied, not rerun)
+    n = own.shape[1]
+    mean_ks = {0, 1, 2, n // 2}  # what C5 reads; k = n is the same variant under both fills
+    same = {}  # (k, fill) -> the local sweep's vector that is the same variant
+    if local is not None:
+        at = local[(local.layer == layer) | (local.vector == "dummy")]
+        same = {(0, "wrong"): "dummy", (0, "mean"): "slot_mean", (n, "wrong"): "local"}
+        same = {key: at[at.vector == v].set_index("prompt") for key, v in same.items() if (at.vector == v).any()}
     rng = random.Random(tr.cfg.seed)
-    variants, meta = [], []
+    variants, meta, copied = [], [], []
     for p in range(len(dummy)):
         answers = torch.tensor(dummy[p].answer_positions, dtype=torch.long)
         for k in kofn_values(n, tr.cfg.kofn_ks):
             for s in range(tr.cfg.kofn_subsets if 0 < k < n else 1):
                 slots = sorted(rng.sample(range(n), k))
                 rest = [i for i in range(n) if i not in slots]
-                fills = {"wrong": (slots, local[p, slots])}
+                fills = {"wrong": (slots, own[p, slots])}
                 if k in mean_ks and k < n:
-                    fills["mean"] = (slots + rest, torch.cat([local[p, slots], slot_mean[rest]]))
+                    fills["mean"] = (slots + rest, torch.cat([own[p, slots], slot_mean[rest]]))
                 for fill, (where, vecs) in fills.items():
+                    row = dict(experiment="kofn", split="eval", prompt=p, k=k, n=n, subset=s, layer=layer, fill=fill)
+                    if (k, fill) in same and p in same[(k, fill)].index:
+                        found = same[(k, fill)].loc[p]
+                        copied.append(dict(row, **{c: float(found[c]) for c in SCORES
+                                                    if c in found.index and pd.notna(found[c])}))
+                        continue
                     variants.append(Variant(p, torch.full((len(where),), layer, dtype=torch.long), answers[where],
                                             vecs))
-                    meta.append(dict(experiment="kofn", split="eval", prompt=p, k=k, n=n, subset=s, layer=layer,
-                                     fill=fill))
-    rows = tr.run(dummy, variants, meta, "k-of-n")
+                    meta.append(row)
+    rows = (tr.run(dummy, variants, meta, "k-of-n") if variants else []) + copied
     return rows + [dict(r, fill="mean") for r in rows if r["k"] == n]
 
 
@@ -680,6 +705,12 @@ def _selected_layers(store: RunStore, task: str) -> tuple[int, int]:
     return pick("local", "local"), pick("global", "global")
 
 
+def _local_eval_rows(store: RunStore, task: str) -> pd.DataFrame:
+    """The local sweep's evaluation rows of ``task`` (single-layer span and the unpatched dummy)."""
+    t = store.table()
+    return t[(t.task == task) & (t.experiment == "local") & (t.split == "eval") & t.span.isin(["single", "none"])]
+
+
 def check_tasks(names: list[str]) -> None:
     """Raise :class:`ConfigError` for a task name that is neither registered nor a file."""
     known = set(list_tasks())
@@ -743,7 +774,8 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
             store.run_unit(f"{name}/global", lambda: with_tags(unit_global(tr, src, control)))
             store.run_unit(f"{name}/local", lambda: with_tags(unit_local(tr, src, states, control)))
             local_layer, global_layer = _selected_layers(store, name)
-            store.run_unit(f"{name}/kofn", lambda: with_tags(unit_kofn(tr, states, local_layer)))
+            store.run_unit(f"{name}/kofn", lambda: with_tags(unit_kofn(tr, states, local_layer,
+                                                                       _local_eval_rows(store, name))))
             store.run_unit(f"{name}/mediation",
                            lambda: with_tags(unit_mediation(tr, states, local_layer, global_layer)))
             store.run_unit(f"{name}/convergence", lambda: with_tags(unit_convergence(tr, src, states)))

@@ -48,18 +48,23 @@ def read_icl_states(lm, prompts: Sequence, batch_size: int = 16) -> tuple[torch.
     return states[:, :, -1], states[:, :, :-1]
 
 
-def read_role_states(lm, prompts: Sequence, batch_size: int = 16) -> dict[str, torch.Tensor]:
+def read_role_states(lm, prompts: Sequence, batch_size: int = 16, with_mean: bool = False) -> dict[str, torch.Tensor]:
     """The states of every role of ICL prompts in one pass: ``query`` ``[P, L, d]`` (the final separator),
     ``answers`` ``[P, L, n, d]`` (each demonstration's answer position: the local vectors) and ``separators``
     ``[P, L, n, d]`` (the token before each answer: the demonstration's own separator, the state with the query's
-    job — it predicts the answer)."""
+    job — it predicts the answer). ``with_mean`` adds ``mean`` ``[L, d]``, :func:`mean_state` of the same prompts
+    from the same pass."""
     n = {len(p.answer_positions) for p in prompts}
     if len(n) != 1:
         raise AlignmentError(f"prompts have different numbers of demonstrations: {sorted(n)}")
     k = n.pop()
     pos = [p.answer_positions + [a - 1 for a in p.answer_positions] + [p.query_position] for p in prompts]
-    states = read_states(lm, [p.ids for p in prompts], pos, batch_size=batch_size)
-    return {"query": states[:, :, -1], "answers": states[:, :, :k], "separators": states[:, :, k:2 * k]}
+    if with_mean:
+        states, mean = _states_and_mean(lm, prompts, pos, batch_size)
+    else:
+        states = read_states(lm, [p.ids for p in prompts], pos, batch_size=batch_size)
+    out = {"query": states[:, :, -1], "answers": states[:, :, :k], "separators": states[:, :, k:2 * k]}
+    return dict(out, mean=mean) if with_mean else out
 
 
 def local_vectors(lm, prompts: Sequence, batch_size: int = 16) -> torch.Tensor:
@@ -89,17 +94,25 @@ def trial_avg_by_mapping(local: torch.Tensor, mappings: Sequence) -> dict:
     return {m: local[idx].mean(0) for m, idx in groups.items()}
 
 
-@torch.no_grad()
 def mean_state(lm, prompts: Sequence, batch_size: int = 16, skip_first: bool = True) -> torch.Tensor:
     """``[L, d]``: ``h_l`` averaged over every token of ``prompts`` (a reference set for centring states: the
     residual stream shares a large mean direction at every position, which raw cosines are dominated by).
 
     ``skip_first`` leaves out each prompt's first token (the BOS, whose states are outliers).
     """
+    return _states_and_mean(lm, prompts, None, batch_size, skip_first)[1]
+
+
+@torch.no_grad()
+def _states_and_mean(lm, prompts: Sequence, positions: list[list[int]] | None, batch_size: int = 16,
+                     skip_first: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One pass over ``prompts`` (batches as :func:`~taskvec.intervene.read_states` cuts them): the states at
+    ``positions`` (``[P, L, K, d]``, ``None`` if no positions) and the mean state over every token (``[L, d]``)."""
     if len(prompts) == 0:
         raise EmptyInputError("no reference prompts to average")
     layers = list(range(lm.n_layers))
     total = torch.zeros(len(layers), lm.d_model, dtype=torch.float64)
+    read = None if positions is None else torch.empty(len(prompts), len(layers), len(positions[0]), lm.d_model)
     count = 0
     for rng in chunks(len(prompts), batch_size):
         batch = left_pad([prompts[i].ids for i in rng], lm.tokenizer.pad_token_id).to(lm.device)
@@ -111,8 +124,12 @@ def mean_state(lm, prompts: Sequence, batch_size: int = 16, skip_first: bool = T
                                position_ids=batch.position_ids, use_cache=False)
         for l in layers:
             total[l] += rec[l][mask].double().sum(0).cpu()
+        if read is not None:
+            cols = torch.tensor([positions[i] for i in rng], device=lm.device) + batch.offsets[:, None]
+            rows = torch.arange(len(rng), device=lm.device)[:, None]
+            read[rng.start:rng.stop] = torch.stack([rec[l][rows, cols] for l in layers], dim=1).float().cpu()
         count += int(mask.sum())
-    return (total / max(count, 1)).float()
+    return read, (total / max(count, 1)).float()
 
 
 def norm_matched_random(vectors: torch.Tensor, seed: int = 0) -> torch.Tensor:
