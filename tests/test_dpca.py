@@ -13,11 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from taskvec.analysis.dpca import (TooFewTrialsError, _ledoit_wolf, ablation_dims, ablation_subspaces,
-                                   ablation_summary, analyze_layer, answer_factors, c8_statistics, condition_means,
-                                   dpca_analysis, early_window_of, is_nested, late_layers_of, mahalanobis_between,
-                                   marginal_variance, orthonormal, plot_dpca, probe_accuracy, project_out,
-                                   random_subspace, refit_ablation, separability, span_coordinates, trial_folds)
+from taskvec.analysis.demix import condition_means, is_nested, marginal_variance
+from taskvec.analysis.dpca import TooFewTrialsError, answer_factors, dpca_analysis
+from taskvec.analysis.dpca_c8 import ablation_summary, c8_statistics, early_window_of, late_layers_of
+from taskvec.analysis.geometry import _ledoit_wolf, mahalanobis_between, separability, span_coordinates, trial_folds
+from taskvec.analysis.probes import analyze_layer, probe_accuracy
+from taskvec.analysis.subspaces import (ablation_dims, ablation_subspaces, orthonormal, project_out, random_subspace,
+                                        refit_ablation)
+from taskvec.report.dpca_figures import plot_dpca
 from taskvec.errors import ConfigError
 
 

@@ -1,7 +1,10 @@
 """Analyses of where task information lives and flows.
 
 * :mod:`~taskvec.analysis.saliency` — attention x gradient information flow (docs/spec.md A.5);
-* :mod:`~taskvec.analysis.dpca` — demixed PCA by length and label, Mahalanobis distances, subspace ablation (A.6);
+* :mod:`~taskvec.analysis.dpca` — the dPCA experiment (A.6), made of :mod:`~taskvec.analysis.demix` (dPCA
+  numerics), :mod:`~taskvec.analysis.geometry` (Mahalanobis, crossnobis), :mod:`~taskvec.analysis.subspaces`
+  (ablation), :mod:`~taskvec.analysis.probes` (linear probes, one layer's analysis) and
+  :mod:`~taskvec.analysis.dpca_c8` (the numbers claim C8 reads); figures in :mod:`taskvec.report.dpca_figures`;
 * :mod:`~taskvec.analysis.heads` — per-head mean-ablation and ICL -> dummy patching at the query (B.7);
 * :mod:`~taskvec.analysis.runners` — the same into a run directory; :mod:`~taskvec.analysis.cli` — typer commands.
 
@@ -16,7 +19,7 @@ _LAZY = {
     "plot_flows": "taskvec.analysis.saliency", "eager_attention": "taskvec.analysis.saliency",
     "EagerAttentionError": "taskvec.analysis.saliency",
     "dpca_analysis": "taskvec.analysis.dpca", "DPCAResult": "taskvec.analysis.dpca",
-    "plot_dpca": "taskvec.analysis.dpca", "TooFewTrialsError": "taskvec.analysis.dpca",
+    "plot_dpca": "taskvec.report.dpca_figures", "TooFewTrialsError": "taskvec.analysis.dpca",
     "c8_statistics": "taskvec.analysis.dpca", "ablation_summary": "taskvec.analysis.dpca",
     "probe_accuracy": "taskvec.analysis.dpca",
     "head_effects": "taskvec.analysis.heads", "attention_to_answers": "taskvec.analysis.heads",

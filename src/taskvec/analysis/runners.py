@@ -205,7 +205,8 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
     """
     import json
 
-    from taskvec.analysis.dpca import DPCAResult, ablation_summary, dpca_analysis, plot_dpca
+    from taskvec.analysis.dpca import DPCAResult, ablation_summary, dpca_analysis
+    from taskvec.report.dpca_figures import plot_dpca
 
     RunStore.check(out, cfg.saved(), resume)
     lm = _model(cfg, lm)
