@@ -1,10 +1,14 @@
 """Run directories stay safe (issue 24): config.json written atomically and refused when torn, results never
 adopted without their config, records tied to the config they were produced under, a torn last line cut off on
-resume, one writer per directory, a failed run replaced cleanly or resumed. No model is loaded here."""
+resume, one writer per directory, a failed run replaced cleanly or resumed, report files written atomically and a
+study killed while writing its report resumed to a whole one. Only that last test loads a model (smollm2-135m,
+reusing the session's small study)."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -236,3 +240,77 @@ def test_a_run_from_before_record_hashes_resumes_and_reads_back(tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert len(saved["config_hashes"]) == 2 and saved["config"]["steps"] == 4  # the config before and after
     assert [r["unit"] for r in RunStore(run, saved["config"], resume=True)._records()] == ["a", "b"]
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one_never_a_torn_one(tmp_path, monkeypatch):
+    from taskvec.runs import atomic_path, remove_stale_temps, write_text_atomic
+
+    report = tmp_path / "report.html"
+    write_text_atomic(report, "<html>old</html>\n")
+    with pytest.raises(RuntimeError):
+        with atomic_path(report) as tmp:
+            assert tmp.parent == tmp_path and tmp.suffix == ".html"  # the suffix that picks a writer's format
+            tmp.write_text("<html>half")
+            raise RuntimeError("killed mid-write")
+    assert report.read_text() == "<html>old</html>\n" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+    def no_rename(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", no_rename)  # stopped between writing the whole temp file and the rename
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(report, "<html>new</html>\n")
+    monkeypatch.undo()
+    assert report.read_text() == "<html>old</html>\n" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
+    write_text_atomic(report, "<html>new</html>\n")
+    assert report.read_text() == "<html>new</html>\n"
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # the temp files of a killed writer, and one of this (live) process
+    stale = [tmp_path / f".report.{dead}.tmp.html", tmp_path / f".config.json.{dead}.tmp"]
+    live = tmp_path / f".summary.{os.getpid()}.tmp.csv"
+    for f in (*stale, live):
+        f.write_text("half")
+    assert remove_stale_temps(tmp_path) == 2
+    assert not any(f.exists() for f in stale) and live.exists()
+
+
+def test_a_study_killed_while_writing_its_report_resumes_to_a_whole_report(small_study, smol, tmp_path):
+    """kill -9 while the report is being written (its CSVs are out, its figures half drawn, no report.html yet),
+    then --resume: no unit is lost or run again (results.jsonl stays byte for byte), every report file is whole, and
+    the temp files the killed writer left are gone."""
+    from conftest import SMALL_STUDY
+
+    from taskvec.study import StudyConfig, run_study
+
+    run = tmp_path / "run"
+    shutil.copytree(small_study, run, ignore=shutil.ignore_patterns(
+        "report.html", "figures", "summary.csv", "evaluation.csv", "results.parquet", LOCK))
+    units = (run / "results.jsonl").read_bytes()
+    (tmp_path / "cfg.json").write_text(json.dumps(SMALL_STUDY))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    with open(tmp_path / "stderr.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "taskvec.cli", "study", "local-global", "--config",
+                                 str(tmp_path / "cfg.json"), "--out", str(run), "--resume"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        deadline = time.time() + 300
+        try:
+            while not list((run / "figures").glob("*.png")):  # the report is being written
+                assert proc.poll() is None, "the study ended before it was killed: " + \
+                    (tmp_path / "stderr.txt").read_text()[-1500:]
+                assert time.time() < deadline, "the report was not started within 300 s"
+                time.sleep(0.02)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not (run / "report.html").exists()  # killed while writing the report, not after it
+    assert (run / "results.jsonl").read_bytes() == units
+    pd.read_csv(run / "summary.csv")  # what was written before the kill is whole
+
+    run_study(StudyConfig(**SMALL_STUDY), run, resume=True, lm=smol)
+    assert (run / "results.jsonl").read_bytes() == units  # nothing lost, nothing repeated
+    assert (run / "report.html").read_text().rstrip().endswith("</html>")
+    assert set(pd.read_csv(run / "summary.csv").task) == {"antonyms", "simple_string"}
+    assert not pd.read_csv(run / "evaluation.csv").empty and not pd.read_parquet(run / "results.parquet").empty
+    leftovers = [p.name for d in (run, run / "figures") for p in d.iterdir() if ".tmp" in p.name]
+    assert leftovers == [] and not (run / LOCK).exists() and not (run / FAILED).exists()

@@ -319,20 +319,44 @@ def test_resume_with_a_different_config_is_refused(small_run, smol):
         run_study(StudyConfig(**SMALL), out, lm=smol)
 
 
-def test_custom_task_file_runs_to_a_report(smol, tmp_path):
-    """Defect 8: a task given as file:PATH crashed the report (the path ended up in a figure file name)."""
-    data = tmp_path / "my data" / "capitals.csv"
-    data.parent.mkdir()
+def test_task_files_go_by_their_stem_and_keep_their_path_in_the_run_record(smol, tmp_path):
+    """Defect 8 (a task given as file:PATH crashed the report) and issue 24: a task file is named by its stem in the
+    results, the report, the CSVs, the file names and the markdown summary, never by its path (two files with one
+    stem: capitals and capitals-2); the paths and the files' counts stay in config.json; task_params and
+    control_task may name a task file by its stem. The second file is in Hendel et al.'s format (a JSON object)
+    with an exact duplicate and a conflicting repeat, kept first as its task_params ask."""
+    from taskvec.report.local_global import markdown_summary
+
     pairs = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Japan", "Tokyo"),
              ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"), ("Cuba", "Havana"),
              ("Greece", "Athens"), ("Russia", "Moscow"), ("China", "Beijing"), ("Norway", "Oslo")]
-    data.write_text("input,output\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+    a, b = tmp_path / "my data" / "capitals.csv", tmp_path / "peer files" / "capitals.json"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    a.write_text("input,output\n" + "".join(f"{x},{y}\n" for x, y in pairs))
+    b.write_text("{" + ", ".join(f'"{x}": "{y}"' for x, y in pairs) + ', "France": "Paris", "Spain": "Barcelona"}')
     out = tmp_path / "run"
-    cfg = {**SMALL, "tasks": [f"file:{data}"], "spans": ["single"], "n_select": 4, "n_eval": 6}
+    cfg = {**SMALL, "tasks": [f"file:{a}", f"file:{b}"], "spans": ["single"], "n_select": 4, "n_eval": 6,
+           "control_task": "capitals", "task_params": {"capitals-2": {"on_conflict": "keep_first"}}}
     run_study(StudyConfig(**cfg), out, lm=smol)
     assert (out / "report.html").exists()
-    assert list((out / "figures").glob("file_*capitals.csv_global.png"))
-    assert f"file:{data}" in set(pd.read_csv(out / "summary.csv").task)
+    for table in ("summary.csv", "evaluation.csv"):
+        assert set(pd.read_csv(out / table).task) == {"capitals", "capitals-2"}
+        assert str(tmp_path) not in (out / table).read_text()
+    assert {r["unit"].split("/")[0] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())} \
+        == {"capitals", "capitals-2"}
+    assert (out / "figures" / "capitals_global.png").exists() and (out / "figures" / "capitals-2_global.png").exists()
+    assert (out / "vectors" / "capitals-2.safetensors").exists()
+    md = markdown_summary(out)
+    assert "| claim | capitals | capitals-2 |" in md and str(tmp_path) not in md
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["tasks"] == [f"file:{a}", f"file:{b}"]
+    assert saved["task_files"] == {
+        "capitals": {"path": str(a), "rows": 14, "duplicates_merged": 0, "conflicts": 0, "conflict_rows_dropped": 0,
+                     "on_conflict": "error"},
+        "capitals-2": {"path": str(b), "rows": 16, "duplicates_merged": 1, "conflicts": 1,
+                       "conflict_rows_dropped": 1, "on_conflict": "keep_first"}}
+    assert str(b) in (out / "report.html").read_text()  # the report's note says which file each name is
 
 
 def test_run_store_appends_and_skips_done_units(tmp_path):

@@ -366,3 +366,123 @@ def test_word_categorization_task_for_smollm2(name: str, smol) -> None:
 @pytest.mark.parametrize("n_demos", [7, 10])
 def test_word_categorization_balance_and_mapping(name: str, n_demos: int) -> None:
     test_categorization_balance_and_mapping(name, n_demos)  # the generated tasks' checks, odd and even n_demos
+
+
+# --- peer formats, repeated inputs, names of task files (issues 24 and 25) --------------------------------------
+
+def test_hendel_format_a_json_object_mapping_input_to_output_loads_as_it_is(tmp_path: Path) -> None:
+    p = _write(tmp_path, "antonyms_hendel.json", '{\n  "hot": "cold",\n  "tall": "short",\n  "up": 3\n}\n')
+    t = load_task_file(p)
+    assert isinstance(t, KnowledgeTask) and t.name == "antonyms_hendel"
+    assert t.pairs == (("hot", "cold"), ("tall", "short"), ("up", "3"))
+    assert t.file_stats == {"rows": 3, "duplicates_merged": 0, "conflicts": 0, "conflict_rows_dropped": 0,
+                            "on_conflict": "error"}
+    assert t.params()["rows"] == 3 and t.params()["source"] == str(p)
+    cat = _write(tmp_path, "c.json", json.dumps({f"good{i}": "pos" for i in range(3)} | {f"bad{i}": "neg"
+                                                                                          for i in range(3)}))
+    c = load_task_file(cat, kind="categorization", use_file_labels=True)
+    assert isinstance(c, FileCategorizationTask) and c.class_names == ("pos", "neg")
+
+
+def test_todd_format_a_json_list_of_rows_loads_as_it_is(tmp_path: Path) -> None:
+    rows = [{"input": "hot", "output": "cold"}, {"input": "tall", "output": "short"}]
+    t = get_task(f"file:{_write(tmp_path, 'antonym.json', json.dumps(rows))}")
+    assert t.pairs == (("hot", "cold"), ("tall", "short")) and t.name == "antonym"
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ('{"input": "a", "output": "b"}', "line 1: expected a JSON list of rows, but this object is one row"),
+    ('{"a": "b",\n "c": ["d"]}', "line 2: the output of 'c' must be a string or a number"),
+    ('{"a": "b",\n "c": ""}', "line 2: the output of 'c' is empty"),
+    ('{"a": "b",\n "c" "d"}', "line 2: expected ':' after the input 'c'"),
+    ('{"a": "b",\n 3: "d"}', "line 2: expected an input in double quotes"),
+    ('{"a": "b"} x', "line 1: text after the closing '}'"),
+    ('{}', "no rows"),
+    ('"just a string"', "expected a JSON list of objects .* or an object mapping input -> output"),
+])
+def test_json_object_files_that_are_wrong_say_where_in_one_line(tmp_path: Path, text: str, pattern: str) -> None:
+    p = _write(tmp_path, "o.json", text)
+    with pytest.raises(TaskFileError, match=pattern) as err:
+        load_task_file(p)
+    assert "\n" not in str(err.value) and str(p) in str(err.value)
+
+
+CONFLICTING = {  # file -> text: "a" twice with different outputs, "c" repeated exactly, "e" twice differently
+    "k.jsonl": ('{"input": "a", "output": "b"}\n{"input": "c", "output": "d"}\n{"input": "a", "output": "x"}\n'
+                '{"input": "c", "output": "d"}\n{"input": "e", "output": "f"}\n{"input": "g", "output": "h"}\n'
+                '{"input": "e", "output": "y"}\n'),
+    "k.csv": "input,output\na,b\nc,d\na,x\nc,d\ne,f\ng,h\ne,y\n",
+    "k.json": '{"a": "b", "c": "d", "a": "x", "c": "d", "e": "f", "g": "h", "e": "y"}',
+}
+
+
+@pytest.mark.parametrize("fname", list(CONFLICTING))
+def test_an_input_under_two_outputs_follows_on_conflict_and_is_counted(tmp_path: Path, fname: str) -> None:
+    p = _write(tmp_path, fname, CONFLICTING[fname])
+    with pytest.raises(TaskFileError) as err:
+        load_task_file(p)  # "error" is the default: the message names where, the input and both outputs
+    msg = str(err.value)
+    where = {"k.jsonl": ("line 3", "line 1"), "k.csv": ("line 4", "line 2"),
+             "k.json": ("line 1 (entry 3)", "line 1 (entry 1)")}[fname]
+    assert f"{where[0]}: input 'a' repeats {where[1]} with a different output ('b' vs 'x')" in msg
+    assert "(2 inputs conflict in all)" in msg and "on_conflict" in msg and "\n" not in msg
+    first = load_task_file(p, on_conflict="keep_first")
+    assert first.pairs == (("a", "b"), ("c", "d"), ("e", "f"), ("g", "h"))
+    assert first.file_stats == {"rows": 7, "duplicates_merged": 1, "conflicts": 2, "conflict_rows_dropped": 2,
+                                "on_conflict": "keep_first"}
+    both = get_task(f"file:{p}", on_conflict="drop_both")
+    assert both.pairs == (("c", "d"), ("g", "h"))
+    assert both.file_stats["conflict_rows_dropped"] == 4 and both.params()["conflicts"] == 2
+
+
+def test_on_conflict_in_categorization_files_and_bad_policies(tmp_path: Path) -> None:
+    lines = ["input,label", "w,pos", "w,neg"] + [f"good{i},pos" for i in range(3)] + [f"bad{i},neg" for i in range(3)]
+    p = _write(tmp_path, "sent.csv", "\n".join(lines) + "\n")
+    with pytest.raises(TaskFileError, match="line 3: input 'w' repeats line 2 with a different label"):
+        load_task_file(p)
+    t = load_task_file(p, on_conflict="drop_both", labels=("A", "B"))
+    assert "w" not in [x for x, _ in t.rows] and t.params()["conflict_rows_dropped"] == 2
+    with pytest.raises(ConfigError, match="on_conflict must be one of 'error', 'keep_first', 'drop_both', got 'x'"):
+        load_task_file(p, on_conflict="x")
+    only = _write(tmp_path, "two.csv", "input,output\na,b\na,c\nd,e\n")
+    with pytest.raises(TaskFileError, match="only 1 distinct row.* after dropping 2 conflicting row"):
+        load_task_file(only, on_conflict="drop_both")
+
+
+def test_exact_duplicates_are_merged_silently_and_counted(tmp_path: Path) -> None:
+    p = _write(tmp_path, "dup.jsonl", '{"input": "a", "output": "b"}\n{"input": "a", "output": "b"}\n'
+                                     '{"input": "c", "output": "d"}\n{"input": "c", "output": " d "}\n')
+    t = load_task_file(p)
+    assert t.pairs == (("a", "b"), ("c", "d")) and t.file_stats["duplicates_merged"] == 2
+
+
+def test_task_files_go_by_their_stem_made_unique():
+    from taskvec.tasks import task_file_path, task_names
+
+    names = task_names(["antonyms", "file:/long/path/a/x.json", "/elsewhere/b/x.csv", "file:/q/antonyms.csv",
+                        "simple_string", "file:/z/y.jsonl"])
+    assert list(names.values()) == ["antonyms", "x", "x-2", "antonyms-2", "simple_string", "y"]
+    assert task_names(["file:/q/country_capital.json"]) == {"file:/q/country_capital.json": "country_capital-2"}
+    assert task_file_path("file:/a/x.json") == "/a/x.json" and task_file_path("antonyms") is None
+
+
+def test_the_docs_example_of_task_files_runs() -> None:
+    import re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if "hendel" in b)
+    exec(compile(block, "docs/tasks.md", "exec"), {})
+
+
+def test_use_file_labels_checks_the_files_labels_against_the_tokenizer(tok, tmp_path: Path) -> None:
+    from taskvec.tasks import task_for
+
+    rows = [f"x{i},A1" for i in range(4)] + [f"y{i},A2" for i in range(4)]  # " A1", " A2" both start with " A"
+    p = _write(tmp_path, "clash.csv", "input,label\n" + "\n".join(rows) + "\n")
+    assert task_for(f"file:{p}", tok).labels == ("A", "B")  # the file's labels are not shown: nothing to clash
+    with pytest.raises(TokenizationError, match=r"task 'clash': the labels of .*clash.csv \(shown with "
+                                                r"use_file_labels\) cannot be scored apart: label 'A1' is 2 tokens"):
+        task_for(f"file:{p}", tok, use_file_labels=True)
+    ok = _write(tmp_path, "fine.csv", "input,label\n" + "\n".join(r.replace("A1", "yes").replace("A2", "no")
+                                                                  for r in rows) + "\n")
+    assert task_for(str(ok), tok, use_file_labels=True).labels == ("yes", "no")

@@ -111,3 +111,72 @@ def test_edits_and_token_ids_outside_the_batch_or_vocabulary(smol):
             patched_logits(smol, [[*ids, bad]])
         with pytest.raises(TokenizationError):
             read_states(smol, [[*ids, bad]], [[-1]])
+
+
+# --- task files in a study (issue 24): refused before any work or file, their params found by the name they go by
+
+
+def _clash_file(tmp_path):
+    rows = [f"x{i},A1" for i in range(20)] + [f"y{i},A2" for i in range(20)]  # " A1" and " A2" both begin " A"
+    path = tmp_path / "data" / "clash.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("input,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("key", ["clash", "file:{path}"])
+def test_use_file_labels_whose_labels_collide_is_refused_before_the_run_directory(smol, tmp_path, key):
+    """Keyed by the file's stem (as the report names it) or by file:PATH, use_file_labels takes effect, and labels
+    that the model cannot score apart stop the study in one line before anything is written."""
+    from taskvec.study import StudyConfig, run_study
+
+    path = _clash_file(tmp_path)
+    cfg = StudyConfig(model="smollm2-135m", tasks=[f"file:{path}"], quick=True,
+                      task_params={key.format(path=path): {"use_file_labels": True}})
+    expected = (r"task 'clash': the labels of .*clash.csv \(shown with use_file_labels\) cannot be scored apart: "
+                r"label 'A1' is 2 tokens")
+    with pytest.raises(TokenizationError, match=expected) as err:
+        run_study(cfg, tmp_path / "run", lm=smol)
+    _one_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_task_params_keyed_by_a_files_stem_reach_the_task(smol, tmp_path):
+    from taskvec.study import StudyConfig, _TaskRun
+
+    path = _clash_file(tmp_path)
+    path.write_text(path.read_text().replace("A1", "yes").replace("A2", "no"))
+    cfg = StudyConfig(model="smollm2-135m", tasks=["antonyms", f"file:{path}"], quick=True,
+                      task_params={"clash": {"use_file_labels": True, "n_demos": 4}})
+    tr = _TaskRun(f"file:{path}", cfg.effective(), smol)
+    assert tr.name == "clash" and tr.file == "clash" and tr.task.name == "clash"
+    assert tr.task.labels == ("yes", "no") and tr.task.use_file_labels and tr.task.n_demos == 4
+    assert {t.label_words for t in tr.source} == {("yes", "no")}
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"nosuch": {}}, "task_params names 'nosuch', which is not a task of this run (antonyms, clash; a task file by "
+                     "its name or as file:PATH)"),
+    ({"clash": {}, "file:{path}": {}}, "task_params gives the task 'clash' twice, as 'file:"),
+])
+def test_task_params_naming_no_task_or_one_task_twice_are_refused(tmp_path, params, needle):
+    from taskvec.study import StudyConfig
+
+    path = _clash_file(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        StudyConfig(tasks=["antonyms", f"file:{path}"], task_params={k.format(path=path): v for k, v in params.items()})
+    assert needle in _one_line(err)
+
+
+def test_a_task_file_with_a_conflict_stops_the_study_before_the_run_directory(smol, tmp_path):
+    from taskvec.errors import TaskFileError
+    from taskvec.study import StudyConfig, run_study
+
+    peer = tmp_path / "peer.json"
+    peer.write_text(json.dumps([{"input": f"w{i}", "output": f"v{i}"} for i in range(30)]
+                               + [{"input": "w3", "output": "other"}]))
+    cfg = StudyConfig(model="smollm2-135m", tasks=[f"file:{peer}"], quick=True)
+    expected = r"line 1 \(entry 31\): input 'w3' repeats line 1 \(entry 4\) with a different output \('v3' vs 'other'\)"
+    with pytest.raises(TaskFileError, match=expected) as err:
+        run_study(cfg, tmp_path / "run", lm=smol)
+    assert "on_conflict" in _one_line(err) and not (tmp_path / "run").exists()

@@ -82,12 +82,13 @@ def tasks_show(
     separator: str = typer.Option("is", help="word between input and answer"),
 ) -> None:
     """A task's parameters, size, and one example prompt (with its tokenizer check when --model is given)."""
-    from taskvec.cli_errors import check_at_least
+    from taskvec.cli_errors import check_at_least, check_separator
     from taskvec.prompts import Template
     from taskvec.tasks import first_token_collisions, get_task, task_for
 
     check_at_least("--n-demos", n_demos, 1)
     check_at_least("--seed", seed, 0)
+    check_separator("--separator", separator)
     task = get_task(name)
     if model:
         from taskvec.models import load_model

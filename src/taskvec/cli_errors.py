@@ -65,6 +65,14 @@ def check_at_least(option: str, value, minimum):
     return value
 
 
+def check_separator(option: str, value: str | None) -> str | None:
+    """``value`` if it is ``None`` or holds a word, else :class:`ConfigError`: an empty separator glues every input
+    to its answer (``"France Paris"``), so the prompts mean something else than asked."""
+    if value is not None and not value.strip():
+        raise ConfigError(f"{option} {value!r} is empty: give the word between input and answer, e.g. 'is' or '->'")
+    return value
+
+
 def _mark_failed(err: BaseException) -> None:
     """Mark the run directories this process was writing as failed (:func:`taskvec.runs.mark_held_failed`)."""
     from taskvec.runs import mark_held_failed

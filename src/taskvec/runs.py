@@ -24,9 +24,12 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,6 +68,70 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Write a file so that ``path`` holds the old file or the whole new one, never a torn one, even when the
+    process is killed mid-write: yields a temp path beside ``path`` (same suffix, so writers that pick the format
+    from it, like matplotlib's ``savefig``, still do) to write to; once the block ends the file is fsynced and
+    renamed onto ``path`` (``os.replace``). On an error the temp file is removed and ``path`` is untouched; a temp
+    file left by a killed process is removed by :func:`remove_stale_temps`.
+
+        with atomic_path(run_dir / "summary.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_path`); returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp(\.[^.]+)?$")
+
+
+def remove_stale_temps(directory: str | Path) -> int:
+    """Remove the temp files (of :func:`atomic_path` and :func:`write_json_atomic`) that a process killed
+    mid-write left in ``directory``: those whose process is gone. Returns how many were removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for f in directory.iterdir():
+        m = _TEMP.match(f.name)
+        if m and f.is_file() and not _pid_alive(int(m.group(1))):
+            f.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie does not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    fields = _stat(pid)
+    return not (fields and fields[0] in ("Z", "X"))
 
 
 def config_hash(config: dict) -> str:

@@ -48,7 +48,7 @@ from taskvec.runs import RunStore, versions
 from taskvec.scoring import main_column
 from taskvec.stats import Z95
 from taskvec.sweep import Variant, layer_variants, score_variants
-from taskvec.tasks import first_token_id, list_tasks, task_for
+from taskvec.tasks import first_token_id, list_tasks, task_file_path, task_for, task_names
 from taskvec.vectors import (load_vectors, norm_matched_random, pos_avg, read_role_states, save_vectors,
                              trial_avg)
 
@@ -117,10 +117,16 @@ class StudyConfig(ModelExperimentConfig):
 
     @model_validator(mode="after")
     def _task_params_name_tasks_of_the_run(self) -> "StudyConfig":
-        unknown = sorted(set(self.task_params) - set(self.resolved_tasks()) - {self.control_task})
+        names = self.task_names()  # a task file's params may be keyed by file:PATH or by its name (its stem)
+        unknown = sorted(set(self.task_params) - set(names) - set(names.values()) - {self.control_task})
         if unknown:
             raise ValueError(f"task_params names {unknown[0]!r}, which is not a task of this run "
-                             f"({', '.join(self.resolved_tasks())}): fix the name or add it to tasks")
+                             f"({', '.join(names.values())}; a task file by its name or as file:PATH): fix the "
+                             "name or add it to tasks")
+        twice = [spec for spec, name in names.items() if spec != name and {spec, name} <= set(self.task_params)]
+        if twice:
+            raise ValueError(f"task_params gives the task {names[twice[0]]!r} twice, as {twice[0]!r} and as "
+                             f"{names[twice[0]]!r}: keep one")
         return self
 
     @model_validator(mode="after")
@@ -145,6 +151,21 @@ class StudyConfig(ModelExperimentConfig):
             else:
                 names.append(t)
         return list(dict.fromkeys(names))
+
+    def task_names(self) -> dict[str, str]:
+        """``{task as given: the name it goes by}`` for the run's tasks (and a ``control_task`` outside them): a task
+        file ``file:/long/path/x.json`` goes by its stem ``x`` in the tables, report and file names (made unique
+        with ``-2``, ... where stems collide; :func:`taskvec.tasks.task_names`); its path stays in the config."""
+        specs = self.resolved_tasks()
+        names = task_names(specs)
+        if self.control_task != "auto" and self.control_task not in {*names, *names.values()}:
+            names = task_names([*specs, self.control_task])
+        return names
+
+    def task_params_for(self, spec: str) -> dict:
+        """The ``task_params`` of a task as given in ``tasks`` (keyed by that or by the name it goes by)."""
+        name = self.task_names().get(spec, spec)
+        return dict(self.task_params.get(spec) or self.task_params.get(name) or {})
 
     def effective(self) -> "StudyConfig":
         """The config that runs: ``quick`` applied (fewer trials and demo counts), ``quick`` itself kept."""
@@ -179,14 +200,18 @@ class _TaskRun:
     """What the units of one task share: its task object, the three sets of trials and their prompts."""
 
     def __init__(self, name: str, cfg: StudyConfig, lm):
-        self.name, self.cfg, self.lm = name, cfg, lm
-        self.task = task_for(name, lm.tokenizer, **cfg.task_params.get(name, {}))
+        self.spec, self.cfg, self.lm = name, cfg, lm
+        self.name = cfg.task_names().get(name, name)  # a task file goes by its stem, not its path
+        params = cfg.task_params_for(name)
+        if self.name != name:
+            params.setdefault("name", self.name)
+        self.task = task_for(name, lm.tokenizer, **params)
         self.template = Template(cfg.separator, cfg.joiner)
         self.categorization = self.task.kind == "categorization"
         self.source = self.task.sample_trials(cfg.n_trials, cfg.n_demos, seed=cfg.seed)
         held = held_out_trials(self.task, cfg.n_select + cfg.n_eval, cfg.n_demos, cfg.seed + 10_007)
         self.select, self.eval = held[:cfg.n_select], held[cfg.n_select:]
-        self.file = slug(name)
+        self.file = slug(self.name)
 
     @cached_property
     def source_prompts(self):
@@ -253,8 +278,10 @@ def chance_level(tr: _TaskRun) -> float:
 
 
 def _control_task(name: str, cfg: StudyConfig) -> str:
+    """The control task of task ``name``, as given in the config (a task file's name maps back to its path)."""
     if cfg.control_task != "auto":
-        return cfg.control_task
+        by_name = {n: spec for spec, n in cfg.task_names().items()}
+        return by_name.get(cfg.control_task, cfg.control_task)
     return "antonyms" if name == "country_capital" else "country_capital"
 
 
@@ -711,6 +738,13 @@ def _local_eval_rows(store: RunStore, task: str) -> pd.DataFrame:
     return t[(t.task == task) & (t.experiment == "local") & (t.split == "eval") & t.span.isin(["single", "none"])]
 
 
+def task_files(runs: dict[str, _TaskRun]) -> dict[str, dict]:
+    """For the run record (``config.json``): each task file of the run by the name it goes by, with its path and
+    the file's counts (rows, duplicates merged, conflicts and the rows they dropped, the ``on_conflict`` policy)."""
+    return {tr.name: {"path": task_file_path(spec), **(tr.task.file_stats or {})}
+            for spec, tr in runs.items() if task_file_path(spec) is not None}
+
+
 def check_tasks(names: list[str]) -> None:
     """Raise :class:`ConfigError` for a task name that is neither registered nor a file."""
     known = set(list_tasks())
@@ -753,14 +787,16 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
 
     w.together(lambda: [task_run(name) for name in names])  # fail on a bad task before the run directory exists
     if w.rank == 0:
-        store = open_store(eff, out, resume, lm, extra={"requested": cfg.saved()}, additive=ADDITIVE)
+        store = open_store(eff, out, resume, lm, extra={"requested": cfg.saved(), "task_files": task_files(runs)},
+                           additive=ADDITIVE)
     w.barrier()  # config.json is written before the other ranks open the run
     if w.rank > 0:
         store = open_store(eff, out, resume, lm, additive=ADDITIVE, rank=w.rank)
     bar = tqdm(w.share(names), desc=f"tasks of rank {w.rank}" if w.distributed else "tasks")
-    for name in bar:
+    for spec in bar:
+        tr = task_run(spec)
+        name = tr.name  # a task file goes by its stem; its path is in config.json ("task_files")
         bar.set_postfix_str(name)
-        tr = task_run(name)
         tag = dict(task=name, kind=tr.task.kind)
         if tr.categorization:
             tag["labels"] = "/".join(tr.task.labels)
@@ -785,7 +821,7 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
         run_analyses(lm, store.path / "analyses", names, eff, w)
     w.barrier()  # every rank has recorded its units
     if w.rank == 0:
-        store.merge(names)
+        store.merge([task_run(n).name for n in names])
         if report:
             from taskvec.report.local_global import write_report
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from taskvec.runs import atomic_path, write_text_atomic
+
 STYLE = """
 *{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1240px;margin:1.5em auto;padding:0 16px;
@@ -148,8 +150,10 @@ class Page:
         ``(name, fig, caption)``. One figure = one idea; put small multiples in one figure."""
         items = []
         for name, fig, *caption in figs:
-            fig.savefig(self.figures_dir / f"{name}.svg", bbox_inches="tight")
-            fig.savefig(self.figures_dir / f"{name}.png", dpi=self.dpi, bbox_inches="tight")
+            with atomic_path(self.figures_dir / f"{name}.svg") as tmp:  # a kill never leaves a torn figure
+                fig.savefig(tmp, bbox_inches="tight")
+            with atomic_path(self.figures_dir / f"{name}.png") as tmp:
+                fig.savefig(tmp, dpi=self.dpi, bbox_inches="tight")
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=self.dpi, bbox_inches="tight")
             close(fig)
@@ -186,5 +190,4 @@ class Page:
     def write(self, path: Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.render(), encoding="utf-8")
-        return path
+        return write_text_atomic(path, self.render())  # a kill mid-write leaves the old report, never a torn one

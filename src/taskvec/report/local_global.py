@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from taskvec.claims import ClaimRules, geometry_summary, verdicts
 from taskvec.errors import ConfigError
 from taskvec.report.html import Page, anchor
-from taskvec.runs import RunStore, read_saved
+from taskvec.runs import RunStore, atomic_path, read_saved, remove_stale_temps
 from taskvec.stats import mean_ci, summarize, welch_ci
 from taskvec.study import slug
 
@@ -325,20 +325,26 @@ def _figure_captions() -> dict[str, str]:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` (+ ``figures/``, ``summary.csv`` = the verdicts, ``evaluation.csv``,
-    ``results.parquet``) for a study run directory."""
+    ``results.parquet``) for a study run directory. Every file is written atomically (a kill mid-write leaves the
+    old file or the new one, never a torn one; the temp files a killed writer left are removed here)."""
     run_dir = Path(run_dir)
     saved = read_saved(run_dir)
     table = RunStore(run_dir, saved["config"], resume=True).table()
     if table.empty:
         raise ConfigError(f"{run_dir} has no results yet")
-    table.to_parquet(run_dir / "results.parquet")
+    for directory in (run_dir, run_dir / "figures"):
+        remove_stale_temps(directory)
+    with atomic_path(run_dir / "results.parquet") as tmp:
+        table.to_parquet(tmp)
     cfg = saved["config"]
     rules = ClaimRules(**cfg.get("claims", {}))
     n_layers = int(saved.get("n_layers") or (table.layer.max() + 1))
     v = verdicts(table, n_layers, rules, run_dir)
-    v.to_csv(run_dir / "summary.csv", index=False)
+    with atomic_path(run_dir / "summary.csv") as tmp:
+        v.to_csv(tmp, index=False)
     evaluation = evaluation_table(table)
-    evaluation.to_csv(run_dir / "evaluation.csv", index=False)
+    with atomic_path(run_dir / "evaluation.csv") as tmp:
+        evaluation.to_csv(tmp, index=False)
 
     page = Page(f"Local vs global task vectors — {cfg['model']}", run_dir / "figures")
     src = saved.get("model_source", {})
@@ -348,6 +354,10 @@ def write_report(run_dir: str | Path) -> Path:
               f"{cfg['n_trials']} source prompts (vectors), {cfg['n_select']} selection trials "
               f"({cfg['n_local_select']} as dummy prompts), {cfg['n_eval']} evaluation trials "
               f"({cfg['n_local_eval']} as dummy prompts); quick={cfg['quick']}. Versions: {versions}.", cls="note")
+    files = saved.get("task_files") or {}
+    if files:
+        page.text("Task files (each named by its file's stem): " + "; ".join(
+            f"{name} = {info.get('path')}" + _file_counts(info) for name, info in files.items()) + ".", cls="note")
     page.heading("Claims of the paper, as verdicts computed from this run", id="claims")
     page.raw(_verdict_html(v))
     thresholds = ", ".join(f"{k}={val:g}" if isinstance(val, float) else f"{k}={val}"
@@ -404,6 +414,17 @@ def write_report(run_dir: str | Path) -> Path:
                 page.heading(sub.name, level=3)
                 page.images(pngs)
     return page.write(run_dir / "report.html")
+
+
+def _file_counts(info: dict) -> str:
+    """`` (N rows, ...)``: what a task file held and what was merged or dropped, for the report's note."""
+    parts = [f"{info['rows']} rows"] if "rows" in info else []
+    if info.get("duplicates_merged"):
+        parts.append(f"{info['duplicates_merged']} exact duplicates merged")
+    if info.get("conflicts"):
+        parts.append(f"{info['conflicts']} conflicting inputs, {info.get('conflict_rows_dropped', 0)} rows dropped "
+                     f"(on_conflict={info.get('on_conflict')})")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def markdown_summary(run_dir: str | Path) -> str:

@@ -5,6 +5,8 @@
     trials = task.sample_trials(n_trials=8, n_demos=5, seed=0)
     get_task("simple_string", labels=("A", "B"), n_demos=16)
     get_task("file:my_task.csv")          # or any path ending in .json / .jsonl / .csv
+    task_names(["antonyms", "file:/data/a/x.json", "file:/data/b/x.json"])
+    # {'antonyms': 'antonyms', 'file:/data/a/x.json': 'x', 'file:/data/b/x.json': 'x-2'}
 """
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from taskvec.errors import ConfigError
+from taskvec.errors import ConfigError, TokenizationError
 from taskvec.tasks.base import Example, Kind, Task, Trial
 from taskvec.tasks.categorization import (
     DEFAULT_LABELS, DEFAULT_N_DEMOS, CategorizationTask, DigitTask, SimpleStringTask, TwoDTask,
 )
-from taskvec.tasks.custom import FORMATS, FileCategorizationTask, load_task_file
+from taskvec.tasks.custom import FORMATS, ON_CONFLICT, FileCategorizationTask, load_task_file
 from taskvec.tasks.knowledge import DEFAULT_KNOWLEDGE_N_DEMOS, KnowledgeTask
 from taskvec.tasks.tokens import (
     default_labels_for,
@@ -60,7 +62,9 @@ def describe_tasks() -> dict[str, str]:
     return {n: e.description for n, e in _REGISTRY.items()}
 
 
-def _file_path(name: str) -> str | None:
+def task_file_path(name: str) -> str | None:
+    """The path a task name stands for (``"file:PATH"``, or a path ending in .json / .jsonl / .csv), or ``None``
+    for a registered task's name."""
     if name.startswith("file:"):
         return name[len("file:"):]
     if "/" in name or "\\" in name or Path(name).suffix.lower() in FORMATS:
@@ -68,11 +72,33 @@ def _file_path(name: str) -> str | None:
     return None
 
 
-def get_task(name: str, **params: Any) -> Task:
+def task_names(specs: Sequence[str]) -> dict[str, str]:
+    """The name each task goes by in a run's tables, report and file names: a registered task its own name, a task
+    file (``file:/long/path/x.json``) the file's stem (``x``), made unique with ``-2``, ``-3``, ... where stems
+    collide with each other or with a registered task's name. Keys keep the order of ``specs``; the paths stay in
+    the run's config."""
+    taken = set(_REGISTRY) | {s for s in specs if task_file_path(s) is None}
+    out: dict[str, str] = {}
+    for spec in specs:
+        path = task_file_path(spec)
+        if path is None:
+            out[spec] = spec
+            continue
+        stem = Path(path).stem or "task"
+        name, k = stem, 1
+        while name in taken:
+            k += 1
+            name = f"{stem}-{k}"
+        taken.add(name)
+        out[spec] = name
+    return out
+
+
+def get_task(name: str, /, **params: Any) -> Task:
     """Build a task by name (see :func:`list_tasks`), or load a custom file: ``"file:PATH"`` or a path ending
     in .json / .jsonl / .csv (params as for :func:`load_task_file`). Unknown names or parameters raise
     :class:`ConfigError`."""
-    path = _file_path(name)
+    path = task_file_path(name)
     if path is not None:
         return load_task_file(path, **params)
     entry = _REGISTRY.get(name)
@@ -86,7 +112,7 @@ def get_task(name: str, **params: Any) -> Task:
     return entry.factory(**params)
 
 
-def task_for(name: str, tokenizer: Any, **params: Any) -> Task:
+def task_for(name: str, tokenizer: Any, /, **params: Any) -> Task:
     """:func:`get_task` fitted to a tokenizer: a categorization task given no ``labels`` gets
     :func:`~taskvec.tasks.tokens.default_labels_for` the tokenizer (A/B, or X/Y where those collide); its label
     words are then checked (:class:`TokenizationError` on a collision)."""
@@ -96,7 +122,12 @@ def task_for(name: str, tokenizer: Any, **params: Any) -> Task:
             labels = default_labels_for(tokenizer)
             if tuple(task.labels) != labels:
                 task = get_task(name, **params, labels=labels)
-        check_label_words(tokenizer, task.sample_trials(1, seed=0)[0].label_words)
+        try:
+            check_label_words(tokenizer, task.sample_trials(1, 0, seed=0)[0].label_words)  # the query alone
+        except TokenizationError as err:
+            whose = (f"the labels of {task.source} (shown with use_file_labels)" if params.get("use_file_labels")
+                     else "its labels")
+            raise TokenizationError(f"task {task.name!r}: {whose} cannot be scored apart: {err}") from None
     return task
 
 
@@ -152,4 +183,5 @@ __all__ = [
     "DroppedPair", "Example", "FileCategorizationTask", "Kind", "KnowledgeTask", "SimpleStringTask", "Task",
     "TaskEntry", "Trial", "TwoDTask", "check_label_words", "describe_tasks", "filter_for_tokenizer",
     "first_token_collisions", "first_token_id", "get_task", "task_for", "list_tasks", "load_task_file", "register_task",
+    "task_file_path", "task_names", "ON_CONFLICT",
 ]

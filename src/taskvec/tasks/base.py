@@ -42,6 +42,9 @@ class Task(ABC):
     name: str
     kind: Kind
     description: str = ""
+    file_stats: dict | None = None
+    """For a task read from a file: ``rows``, ``duplicates_merged``, ``conflicts``, ``conflict_rows_dropped`` and
+    the ``on_conflict`` policy (:func:`taskvec.tasks.custom.load_task_file`); ``None`` otherwise."""
 
     @abstractmethod
     def sample_trials(self, n_trials: int, n_demos: int, seed: int) -> list[Trial]:

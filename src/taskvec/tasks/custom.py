@@ -1,12 +1,16 @@
-"""Tasks from user files (JSON list, JSONL or CSV), no Python needed.
+"""Tasks from user files (JSON list, JSON object, JSONL or CSV), no Python needed.
 
-* Knowledge-style rows have fields ``input`` and ``output``.
+* Knowledge-style rows have fields ``input`` and ``output``: a JSON list of such objects (Todd et al.'s format), one
+  object per line (JSONL), a CSV with a header row, or a JSON object mapping each input to its output (Hendel et
+  al.'s format; with ``kind="categorization"`` each input to its label).
 * Categorization-style rows have fields ``input`` and ``label`` with exactly two distinct label values (the
   classes, numbered in order of first appearance). Trials show label words drawn per trial from ``labels`` as for
   the built-in categorization tasks, or the file's own label strings with ``use_file_labels=True``.
 
-Other fields are ignored; values are stripped; exact duplicate rows are dropped. Every problem raises a one-line
-:class:`TaskFileError` naming the file and the 1-based line.
+Other fields are ignored; values are stripped; exact duplicate rows are merged (and counted). An input repeated
+with a different output or label follows ``on_conflict``: ``"error"`` (default), ``"keep_first"`` or
+``"drop_both"`` (every row of that input is dropped); the counts are in the task's ``file_stats``. Every problem
+raises a one-line :class:`TaskFileError` naming the file and the 1-based line.
 """
 from __future__ import annotations
 
@@ -26,9 +30,11 @@ from taskvec.tasks.knowledge import KnowledgeTask
 
 FORMATS = (".json", ".jsonl", ".csv")
 _PARAMS = {
-    "knowledge": {"single_token_answers", "n_demos", "description"},
-    "categorization": {"labels", "use_file_labels", "n_demos", "shuffle_labels", "description"},
+    "knowledge": {"single_token_answers", "n_demos", "description", "on_conflict"},
+    "categorization": {"labels", "use_file_labels", "n_demos", "shuffle_labels", "description", "on_conflict"},
 }
+ON_CONFLICT = ("error", "keep_first", "drop_both")
+"""What :func:`load_task_file` does with an input repeated under two different outputs (or labels)."""
 _WS = " \t\n\r"
 
 
@@ -76,7 +82,7 @@ class FileCategorizationTask(CategorizationTask):
 
     def params(self) -> dict:
         return {**super().params(), "n_rows": len(self.rows), "class_names": list(self.class_names),
-                "use_file_labels": self.use_file_labels, "source": self.source}
+                "use_file_labels": self.use_file_labels, "source": self.source, **(self.file_stats or {})}
 
     def __repr__(self) -> str:
         return f"FileCategorizationTask({self.name!r}, {len(self.rows)} rows, classes={self.class_names})"
@@ -92,22 +98,31 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
+class _MappingEntry(dict):
+    """One ``"input": output`` entry of a JSON object file (Hendel et al.'s format), as a row ``{"input", "output"}``
+    (the output is the label of a categorization file)."""
+
+
+_ROW_FIELDS = {"input", "output", "label"}
+
+
 def _read_json(text: str, where: str) -> list[tuple[int, Any]]:
-    """Parse a top-level JSON list, remembering the line where each element starts."""
-    dec = json.JSONDecoder()
+    """Parse a top-level JSON list of rows, or a JSON object mapping input -> output, remembering the line where
+    each element (each key) starts. Keys repeated in an object are all kept (``json.loads`` would silently keep
+    the last one): they are conflicts or duplicates, for :func:`load_task_file` to judge."""
     i = _skip_ws(text, 0)
+    if i < len(text) and text[i] == "{":
+        return _read_json_object(text, where, i)
     if i < len(text) and text[i] != "[":
         raise TaskFileError(f"{where}: line {_line_of(text, i)}: expected a JSON list of objects like "
-                            '[{"input": "France", "output": "Paris"}]')
+                            '[{"input": "France", "output": "Paris"}] or an object mapping input -> output like '
+                            '{"France": "Paris"}')
     out: list[tuple[int, Any]] = []
     i = _skip_ws(text, i + 1)
     if i >= len(text) or text[i] == "]":
         return out
     while True:
-        try:
-            obj, end = dec.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise TaskFileError(f"{where}: line {err.lineno}: invalid JSON ({err.msg}); fix the syntax") from None
+        obj, end = _decode(text, i, where)
         out.append((_line_of(text, i), obj))
         i = _skip_ws(text, end)
         if text[i:i + 1] == ",":
@@ -118,6 +133,51 @@ def _read_json(text: str, where: str) -> list[tuple[int, Any]]:
             return out
         else:
             raise TaskFileError(f"{where}: line {_line_of(text, i)}: expected ',' or ']' after a list element")
+
+
+def _decode(text: str, i: int, where: str) -> tuple[Any, int]:
+    try:
+        return json.JSONDecoder().raw_decode(text, i)
+    except json.JSONDecodeError as err:
+        raise TaskFileError(f"{where}: line {err.lineno}: invalid JSON ({err.msg}); fix the syntax") from None
+
+
+def _read_json_object(text: str, where: str, i: int) -> list[tuple[int, Any]]:
+    """The entries of a JSON object ``{input: output, ...}`` as rows (:class:`_MappingEntry`), in file order."""
+    first = _line_of(text, i)
+    out: list[tuple[int, Any]] = []
+    i = _skip_ws(text, i + 1)
+    if text[i:i + 1] == "}":
+        i = _skip_ws(text, i + 1)
+    else:
+        while True:
+            if text[i:i + 1] != '"':
+                raise TaskFileError(f"{where}: line {_line_of(text, i)}: expected an input in double quotes (a key "
+                                    "of the object mapping input -> output)")
+            line = _line_of(text, i)
+            key, i = _decode(text, i, where)
+            i = _skip_ws(text, i)
+            if text[i:i + 1] != ":":
+                raise TaskFileError(f"{where}: line {_line_of(text, i)}: expected ':' after the input {key!r}")
+            value, i = _decode(text, _skip_ws(text, i + 1), where)
+            out.append((line, _MappingEntry(input=key, output=value)))
+            i = _skip_ws(text, i)
+            if text[i:i + 1] == ",":
+                i = _skip_ws(text, i + 1)
+            elif text[i:i + 1] == "}":
+                i = _skip_ws(text, i + 1)
+                break
+            else:
+                raise TaskFileError(f"{where}: line {_line_of(text, i)}: expected ',' or '}}' after the output of "
+                                    f"{key!r}")
+    if i < len(text):
+        raise TaskFileError(f"{where}: line {_line_of(text, i)}: text after the closing '}}'; remove it")
+    keys = {rec["input"] for _, rec in out}
+    if out and "input" in keys and keys <= _ROW_FIELDS:
+        raise TaskFileError(f"{where}: line {first}: expected a JSON list of rows, but this object is one row "
+                            f"(fields {', '.join(repr(k) for k in sorted(keys))}): wrap the rows in [ ] (an object "
+                            "file maps each input to its output instead)")
+    return out
 
 
 def _read_jsonl(text: str, where: str) -> list[tuple[int, Any]]:
@@ -168,14 +228,17 @@ def read_records(path: str | Path) -> list[tuple[int, Any]]:
 
 def _field(rec: Any, field: str, line: int, where: str) -> str:
     _object(rec, line, where)
+    what = f"field {field!r}"
+    if isinstance(rec, _MappingEntry):  # {"x": y}: the value is the output (or label)
+        field, what = ("input", "the input") if field == "input" else ("output", f"the {field} of {rec['input']!r}")
     if rec.get(field) is None:
-        raise TaskFileError(f"{where}: line {line}: missing field {field!r}; add it")
+        raise TaskFileError(f"{where}: line {line}: missing {what}; add it")
     v = rec[field]
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise TaskFileError(f"{where}: line {line}: field {field!r} must be a string or a number, got {v!r}")
+        raise TaskFileError(f"{where}: line {line}: {what} must be a string or a number, got {_short(v)}")
     s = str(v).strip()
     if not s:
-        raise TaskFileError(f"{where}: line {line}: field {field!r} is empty; give it a value or drop the row")
+        raise TaskFileError(f"{where}: line {line}: {what} is empty; give it a value or drop the row")
     return s
 
 
@@ -202,44 +265,52 @@ def _infer_kind(rec: Any, line: int, where: str) -> str:
     return "categorization" if has_label else "knowledge"
 
 
-def load_task_file(path: str | Path, name: str | None = None, kind: str | None = None, **params: Any) -> Task:
-    """Load a task from a JSON list, JSONL or CSV file.
+def load_task_file(path: str | Path, name: str | None = None, kind: str | None = None,
+                   on_conflict: str = "error", **params: Any) -> Task:
+    """Load a task from a JSON list (Todd et al.'s format), a JSON object mapping input -> output (Hendel et al.'s
+    format), a JSONL or a CSV file.
 
     Args:
         path: the file; its extension picks the format.
         name: task name (default: the file's stem).
         kind: ``"knowledge"`` (fields ``input``/``output``) or ``"categorization"`` (``input``/``label``);
-            inferred from the first row when ``None``.
+            inferred from the first row when ``None`` (a JSON object file is knowledge unless told).
+        on_conflict: an input repeated with a different output (label): ``"error"`` (a :class:`TaskFileError`
+            naming the line and the input), ``"keep_first"`` (the first row wins) or ``"drop_both"`` (every row of
+            that input is dropped). Exact duplicate rows are merged whatever the policy.
         params: knowledge: ``single_token_answers``, ``n_demos``, ``description``; categorization: ``labels``,
             ``use_file_labels``, ``n_demos``, ``shuffle_labels``, ``description``.
 
-    Raises :class:`TaskFileError` for a malformed file (empty, missing field, empty value, conflicting duplicate,
-    not exactly two labels) and :class:`ConfigError` for a bad ``kind`` or parameter.
+    The task's ``file_stats`` (also in its ``params()``) count the file's ``rows``, the ``duplicates_merged``, the
+    conflicting inputs (``conflicts``) and the ``conflict_rows_dropped``, with the ``on_conflict`` policy.
+
+    Raises :class:`TaskFileError` for a malformed file (empty, missing field, empty value, conflicting duplicate
+    under ``on_conflict="error"``, not exactly two labels) and :class:`ConfigError` for a bad ``kind``,
+    ``on_conflict`` or parameter.
     """
     where = str(path)
     name = name or Path(path).stem
     if kind not in (None, "knowledge", "categorization"):
         raise ConfigError(f"kind must be 'knowledge' or 'categorization', got {kind!r}")
+    if on_conflict not in ON_CONFLICT:
+        raise ConfigError(f"on_conflict must be one of {', '.join(map(repr, ON_CONFLICT))}, got {on_conflict!r}")
     records = read_records(path)
     if not records:
         raise TaskFileError(f"{where}: no rows; add rows with fields 'input' and 'output' (or 'label')")
-    kind = kind or _infer_kind(records[0][1], records[0][0], where)
+    first = records[0][1]
+    kind = kind or ("knowledge" if isinstance(first, _MappingEntry) else _infer_kind(first, records[0][0], where))
     unknown = set(params) - _PARAMS[kind]
     if unknown:
         raise ConfigError(f"unknown parameter(s) {sorted(unknown)} for a {kind} file; "
                           f"use {sorted(_PARAMS[kind])}")
     field = "output" if kind == "knowledge" else "label"
-    seen: dict[str, tuple[str, int]] = {}
-    for line, rec in records:
-        x, y = _field(rec, "input", line, where), _field(rec, field, line, where)
-        if x in seen and seen[x][0] != y:
-            raise TaskFileError(f"{where}: line {line}: input {x!r} repeats line {seen[x][1]} with a different "
-                                f"{field} ({seen[x][0]!r} vs {y!r}); keep one")
-        seen.setdefault(x, (y, line))
+    seen, stats = _resolve_rows(records, field, where, on_conflict)
     if kind == "knowledge":
         if len(seen) < 2:
-            raise TaskFileError(f"{where}: only {len(seen)} distinct row(s); a task needs at least 2")
-        return KnowledgeTask(name, [(x, y) for x, (y, _) in seen.items()], source=where, **params)
+            raise TaskFileError(f"{where}: only {len(seen)} distinct row(s){_after(stats)}; a task needs at least 2")
+        task: Task = KnowledgeTask(name, [(x, y) for x, (y, _) in seen.items()], source=where, **params)
+        task.file_stats = stats
+        return task
     classes: list[str] = []
     for x, (y, line) in seen.items():
         if y not in classes:
@@ -248,6 +319,54 @@ def load_task_file(path: str | Path, name: str | None = None, kind: str | None =
                                     f"{classes[1]!r}); a categorization file needs exactly two labels")
             classes.append(y)
     if len(classes) < 2:
-        raise TaskFileError(f"{where}: only one label {classes[0]!r}; a categorization file needs exactly two")
+        only = f"only one label {classes[0]!r}" if classes else "no rows"
+        raise TaskFileError(f"{where}: {only}{_after(stats)}; a categorization file needs exactly two labels")
     rows = [(x, classes.index(y)) for x, (y, _) in seen.items()]
-    return FileCategorizationTask(name, rows, (classes[0], classes[1]), source=where, **params)
+    task = FileCategorizationTask(name, rows, (classes[0], classes[1]), source=where, **params)
+    task.file_stats = stats
+    return task
+
+
+def _after(stats: dict) -> str:
+    dropped = stats["conflict_rows_dropped"]
+    return f" after dropping {dropped} conflicting row(s) (on_conflict={stats['on_conflict']!r})" if dropped else ""
+
+
+def _resolve_rows(records: list[tuple[int, Any]], field: str, where: str,
+                  on_conflict: str) -> tuple[dict[str, tuple[str, int]], dict]:
+    """``{input: (output, line)}`` in file order, with exact duplicates merged and conflicts (an input under two
+    different outputs) handled by ``on_conflict``; and the counts for the run record."""
+    shared_lines = len({line for line, _ in records}) < len(records)  # e.g. a JSON file written on one line
+
+    def at(k: int) -> str:  # where record k is: its line, and its entry number where lines do not tell
+        return f"line {records[k][0]}" + (f" (entry {k + 1})" if shared_lines else "")
+
+    groups: dict[str, list[tuple[str, int]]] = {}
+    duplicates = 0
+    first_conflict: tuple[int, str, str] | None = None  # (record, input, output) of the first contradicting row
+    for k, (line, rec) in enumerate(records):
+        x, y = _field(rec, "input", line, where), _field(rec, field, line, where)
+        entries = groups.setdefault(x, [])
+        if any(y == seen_y for seen_y, _ in entries):
+            duplicates += 1
+            continue
+        if entries and first_conflict is None:
+            first_conflict = (k, x, y)
+        entries.append((y, k))
+    conflicts = {x: e for x, e in groups.items() if len(e) > 1}
+    if conflicts and on_conflict == "error":
+        k, x, y = first_conflict  # type: ignore[misc]
+        y0, k0 = groups[x][0]
+        more = f" ({len(conflicts)} inputs conflict in all)" if len(conflicts) > 1 else ""
+        raise TaskFileError(f"{where}: {at(k)}: input {x!r} repeats {at(k0)} with a different {field} "
+                            f"({y0!r} vs {y!r}){more}; keep one, or set on_conflict to 'keep_first' or "
+                            "'drop_both'")
+    if on_conflict == "drop_both":
+        kept = {x: e[0] for x, e in groups.items() if len(e) == 1}
+        dropped = sum(len(e) for e in conflicts.values())
+    else:
+        kept = {x: e[0] for x, e in groups.items()}
+        dropped = sum(len(e) - 1 for e in conflicts.values())
+    stats = {"rows": len(records), "duplicates_merged": duplicates, "conflicts": len(conflicts),
+             "conflict_rows_dropped": dropped, "on_conflict": on_conflict}
+    return {x: (y, records[k][0]) for x, (y, k) in kept.items()}, stats

@@ -60,9 +60,11 @@ class KnowledgeTask(Task):
 
     def with_pairs(self, pairs: Iterable[tuple[str, str]]) -> KnowledgeTask:
         """The same task over other pairs (e.g. after filtering for a tokenizer)."""
-        return KnowledgeTask(
+        task = KnowledgeTask(
             self.name, pairs, self.single_token_answers, self.n_demos, self.description, self.source
         )
+        task.file_stats = self.file_stats
+        return task
 
     def sample_trials(self, n_trials: int, n_demos: int | None = None, seed: int = 0) -> list[Trial]:
         """Draw ``n_trials`` trials of ``n_demos`` demonstrations (default ``self.n_demos``); same seed, same trials."""
@@ -96,6 +98,7 @@ class KnowledgeTask(Task):
             "single_token_answers": self.single_token_answers,
             "n_demos": self.n_demos,
             "source": self.source,
+            **(self.file_stats or {}),
         }
 
     def __repr__(self) -> str:
