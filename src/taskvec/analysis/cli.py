@@ -10,13 +10,13 @@ from typing import Optional
 
 import typer
 
-from taskvec.cli_errors import check_out, friendly
+from taskvec.cli_errors import check_out, check_separator, friendly
 
 app = typer.Typer(help="Analyses: saliency flows, dPCA with subspace ablation, head attribution.",
                   no_args_is_help=True, add_completion=False)
 
 
-def _ints(text: Optional[str], option: str = "--layers") -> list[int] | None:
+def _ints(text: Optional[str], option: str = "--layers", what: str = "layer") -> list[int] | None:
     """``"0,4,8"`` or ``"2-6"`` -> list of ints; ``None`` stays ``None``; ``""`` is the empty list.
 
     Unreadable text raises :class:`~taskvec.errors.ParseError`, a negative layer :class:`~taskvec.errors.LayerError`
@@ -42,7 +42,7 @@ def _ints(text: Optional[str], option: str = "--layers") -> list[int] | None:
             raise ParseError(f"cannot read {option} {text!r}: use e.g. '0,4,8' or '2-6'") from None
     negative = [layer for layer in out if layer < 0]
     if negative:
-        raise LayerError(f"{option}: layer {negative[0]} is out of range: layers count from 0")
+        raise LayerError(f"{option}: {what} {negative[0]} is out of range: {what}s count from 0")
     return out
 
 
@@ -88,6 +88,7 @@ def saliency(
     from taskvec.analysis.runners import SaliencyConfig, run_saliency
     from taskvec.experiment import config_from
 
+    check_separator("--separator", separator)
     cfg = config_from(SaliencyConfig, config, dict(
         model=model, device=device, dtype=dtype, tasks=_csv(tasks), n_trials=n_trials, n_demos=n_demos, seed=seed,
         loss=loss, batch_size=batch_size, separator=separator))
@@ -135,6 +136,7 @@ def dpca(
     from taskvec.analysis.runners import DPCAConfig, run_dpca
     from taskvec.experiment import config_from
 
+    check_separator("--separator", separator)
     cfg = config_from(DPCAConfig, config, dict(
         model=model, device=device, dtype=dtype, task=task, n_trials=n_trials, n_demos=n_demos, seed=seed, k=k,
         layers=_ints(layers), ablate_layers=_ints(ablate_layers, "--ablate-layers"), regularizer=regularizer,
@@ -154,22 +156,33 @@ def heads(
     n_demos: Optional[int] = N_DEMOS,
     seed: Optional[int] = SEED,
     modes: Optional[str] = typer.Option(None, help="comma-separated: mean (mean-ablation), patch (ICL -> dummy) "
-                                                   "[default: mean,patch]"),
+                                                   "at the query; writers, readers (heads that write the local "
+                                                   "vectors / read them into the query) [default: mean,patch]"),
     layers: Optional[str] = typer.Option(None, help="layers whose heads to test [default: all]"),
+    heads: Optional[str] = typer.Option(None, "--heads", help="head indices to test in each layer, e.g. '0-3' "
+                                                              "[default: all]"),
     top: Optional[int] = typer.Option(None, help="heads listed in heads_top.csv [default: 10]"),
+    local_layer: Optional[int] = typer.Option(None, help="writers/readers: layer of the local vectors [default: "
+                                                         "chosen by local patching on --n-select other trials]"),
+    n_select: Optional[int] = typer.Option(None, help="writers/readers: trials the local layer is chosen on "
+                                                      "[default: 8]"),
+    null_task: Optional[str] = typer.Option(None, help="writers/readers null: task whose head means replace the "
+                                                       "heads' outputs, or 'none' [default: auto]"),
     separator: Optional[str] = SEPARATOR,
     config: Optional[Path] = CONFIG,
     out: Optional[str] = OUT,
     resume: bool = RESUME,
 ) -> None:
-    """Per-head effects at the query (mean-ablation, ICL -> dummy patching) and attention to answers
-    (docs/analyses.md)."""
+    """Per-head effects at the query (mean-ablation, ICL -> dummy patching), attention to answers, and with
+    --modes writers,readers the heads that write and read the local vectors (docs/analyses.md)."""
     from taskvec.analysis.runners import HeadsConfig, run_heads
     from taskvec.experiment import config_from
 
+    check_separator("--separator", separator)
     cfg = config_from(HeadsConfig, config, dict(
         model=model, device=device, dtype=dtype, task=task, n_trials=n_trials, n_demos=n_demos, seed=seed,
-        modes=_csv(modes), layers=_ints(layers), top=top, separator=separator))
+        modes=_csv(modes), layers=_ints(layers), heads=_ints(heads, "--heads", "head"), top=top,
+        local_layer=local_layer, n_select=n_select, null_task=null_task, separator=separator))
     path = run_heads(cfg, _out(out, cfg, resume), resume=resume)
     typer.echo(f"heads written to {path}\nreport: {path / 'report.html'}")
 

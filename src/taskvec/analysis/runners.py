@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
@@ -96,15 +97,33 @@ class HeadsConfig(ModelExperimentConfig):
     n_demos: int | None = Field(None, ge=1, description="demonstrations per prompt (the query's attention to "
                                 "their answers is measured)")
     seed: int = Field(0, ge=0)
-    modes: list[Literal["mean", "patch"]] = Field(default_factory=lambda: ["mean", "patch"], min_length=1)
+    modes: list[Literal["mean", "patch", "writers", "readers"]] = Field(
+        default_factory=lambda: ["mean", "patch"], min_length=1,
+        description="mean, patch: heads at the query; writers, readers: heads that write the local vectors at "
+                    "the answer positions / read them into the query")
     layers: list[int] | None = Field(None, description="layers whose heads to test (default all)")
-    top: int = Field(10, ge=1, description="heads listed in heads_top.csv")
+    heads: list[int] | None = Field(None, description="head indices to test in each layer (default all)")
+    top: int = Field(10, ge=1, description="heads listed in heads_top.csv (and per role in heads_local_top.csv)")
     separator: str = "is"
+    local_layer: int | None = Field(None, ge=0, description="writers/readers: the layer of the local vectors "
+                                    "(default: chosen by local patching on n_select other trials)")
+    n_select: int = Field(8, ge=1, description="writers/readers: trials the local layer is chosen on (disjoint "
+                          "seed from the analysed prompts)")
+    min_local_layer: int = Field(1, ge=0, description="lowest local layer the choice may take (at layer 0 a "
+                                 "local vector is its answer token's embedding)")
+    null_task: str = Field("auto", description="writers/readers null control: the task whose head means replace "
+                           "the heads' outputs ('auto': antonyms for country_capital, else country_capital; "
+                           "'none': no null)")
 
     @field_validator("task")
     @classmethod
     def _task(cls, v: str) -> str:
         return _check_task(v)
+
+    @field_validator("null_task")
+    @classmethod
+    def _null_task(cls, v: str) -> str:
+        return v if v in ("auto", "none") else _check_task(v)
 
     @model_validator(mode="after")
     def _layer_list(self) -> "HeadsConfig":
@@ -113,7 +132,22 @@ class HeadsConfig(ModelExperimentConfig):
                 raise ValueError("--layers is empty: give the layers whose heads to test, e.g. '0-5'")
             if min(self.layers) < 0:
                 raise ValueError(f"--layers: layer {min(self.layers)} is out of range: layers count from 0")
+        if self.heads is not None:
+            if not self.heads:
+                raise ValueError("--heads is empty: give head indices, e.g. '0-3', or leave it out for all")
+            if min(self.heads) < 0:
+                raise ValueError(f"--heads: head {min(self.heads)} is out of range: heads count from 0")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"--modes {','.join(self.modes)} repeats a mode: give each once")
         return self
+
+    def null(self) -> str | None:
+        """The null control's task (None: no null)."""
+        if self.null_task == "none":
+            return None
+        if self.null_task == "auto":
+            return "antonyms" if self.task == "country_capital" else "country_capital"
+        return self.null_task
 
 
 def _model(cfg, lm):
@@ -121,9 +155,17 @@ def _model(cfg, lm):
     from taskvec.errors import RangeError
 
     lm = lm or cfg.load()
-    for name in ("layers", "ablate_layers"):
-        for layer in getattr(cfg, name, None) or []:
+    for name in ("layers", "ablate_layers", "local_layer"):
+        value = getattr(cfg, name, None)
+        for layer in [value] if isinstance(value, int) else value or []:
             lm.profile.check_layer(layer)
+    if getattr(cfg, "heads", None):
+        from taskvec.analysis.heads import head_geometry
+
+        n_heads = head_geometry(lm)[1]
+        if max(cfg.heads) >= n_heads:
+            raise RangeError(f"--heads: head {max(cfg.heads)} is out of range: this model has heads "
+                             f"0..{n_heads - 1} in each layer")
     k = getattr(cfg, "k", None)
     if k is not None and k > lm.d_model:
         raise RangeError(f"--k {k} is above the model's width (d_model = {lm.d_model}): give at most {lm.d_model}")
@@ -252,45 +294,201 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
     return _reported(store.path)
 
 
+def _aligned_dummies(lm, task, trials, prompts, template, seed: int):
+    """Dummy prompts aligned with ``prompts``: the one seeded draw over all trials (as ever), and where a
+    tokenizer merges a trial's dummy differently, that trial redrawn (up to 8 times, as the study does)."""
+    from taskvec.prompts import build_prompts, check_aligned, dummy_trials
+
+    pools = [task.answer_pool(t) for t in trials]
+    dummies = build_prompts(lm, dummy_trials(trials, pools, seed, lm.tokenizer), template)
+    for i, (p, d) in enumerate(zip(prompts, dummies)):
+        attempt = 0
+        while (len(d) != len(p) or d.answer_positions != p.answer_positions) and attempt < 8:
+            d = build_prompts(lm, dummy_trials([trials[i]], [pools[i]], seed + 31 * i + attempt + 1, lm.tokenizer),
+                              template)[0]
+            attempt += 1
+        dummies[i] = d
+    check_aligned(prompts, dummies)
+    return dummies
+
+
+def select_local_layer(lm, cfg: HeadsConfig, task, template) -> list[dict]:
+    """Local patching (each ICL prompt's own local vectors into its dummy prompt at the answer positions) at every
+    layer from ``min_local_layer`` on, on ``n_select`` trials drawn with another seed than the analysed ones:
+    rows ``prompt, layer, correct, target_logprob[, label_correct], score``. The local layer is the best by
+    :func:`taskvec.study.select_layer` (selection is not evaluation: these trials are not analysed)."""
+    from taskvec.intervene import read_states
+    from taskvec.prompts import build_prompts
+    from taskvec.scoring import main_column
+    from taskvec.sweep import patch_layers
+
+    trials = task.sample_trials(cfg.n_select, cfg.n_demos, seed=cfg.seed + 10_007)
+    prompts = build_prompts(lm, trials, template)
+    dummies = _aligned_dummies(lm, task, trials, prompts, template, cfg.seed + 10_007)
+    if not prompts[0].answer_positions:
+        from taskvec.errors import EmptyInputError
+
+        raise EmptyInputError("the prompts have no demonstrations: local vectors need at least one")
+    local = read_states(lm, [p.ids for p in prompts], [p.answer_positions for p in prompts])  # [P, L, n, d]
+    layers = list(range(min(cfg.min_local_layer, lm.n_layers - 1), lm.n_layers))
+    df = patch_layers(lm, dummies, local, positions="answers", layers=layers)
+    df["score"] = df[main_column(task.kind == "categorization")]
+    return df.to_dict("records")
+
+
+def _local_unit(lm, role: str, prompts, dummies, local_layer: int, cfg: HeadsConfig, mean_from, label: str):
+    """One writers/readers unit: head rows and (``record="baseline"``) the per-prompt positive-control rows."""
+    from taskvec.analysis.heads import reader_effects, writer_effects
+
+    fn = writer_effects if role == "writers" else reader_effects
+    table = fn(lm, prompts, dummies, local_layer, layers=cfg.layers, heads=cfg.heads, mean_from=mean_from)
+    rows = table.assign(mean_from=label, record="head", local_layer=local_layer).to_dict("records")
+    rows += [dict(r, role=role, mean_from=label, record="baseline", local_layer=local_layer)
+             for r in table.attrs["baseline"]]
+    return rows
+
+
 def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, progress: bool = True) -> Path:
     """Per-head mean-ablation / ICL->dummy patching effects and attention to answers -> ``heads.parquet``,
     ``heads_summary.csv``, ``heads_top.csv``, ``figures/heads_<mode>.png|svg``, ``report.html``.
-    Units: ``heads/<task>/<mode>``, ``heads/<task>/attention``."""
+    Units: ``heads/<task>/<mode>``, ``heads/<task>/attention``.
+
+    Modes ``writers`` / ``readers`` (heads that write the local vectors at the answer positions / read them into
+    the query, :func:`~taskvec.analysis.heads.writer_effects`, :func:`~taskvec.analysis.heads.reader_effects`),
+    each with its null (head means from ``null_task``'s prompts) -> ``heads_local.parquet``,
+    ``heads_local_summary.csv`` (t intervals over prompts), ``heads_local_top.csv``, ``heads_local_baselines.csv``
+    (the positive control: clean local patch vs the unpatched dummy), ``heads_overlap.csv`` (top-``top`` overlap
+    of writers, readers and the query heads of mode ``mean``), ``figures/heads_{writers,readers}.png|svg``.
+    Units: ``heads/<task>/local_layer`` (unless ``local_layer`` is given), ``heads/<task>/<role>``,
+    ``heads/<task>/<role>_null``."""
     from taskvec.analysis.heads import attention_to_answers, head_effects, plot_heads, summarize, top_heads
-    from taskvec.prompts import build_prompts, check_aligned, dummy_trials
 
     RunStore.check(out, cfg.saved(), resume)
     lm = _model(cfg, lm)
     task_name, modes = cfg.task, cfg.modes
+    query_modes = [m for m in modes if m in ("mean", "patch")]
+    roles = [m for m in modes if m in ("writers", "readers")]
     task, trials, template, prompts = _prompts(lm, task_name, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator)
+    if roles and not prompts[0].answer_positions:
+        from taskvec.errors import EmptyInputError
+
+        raise EmptyInputError("writers/readers need demonstrations (n_demos >= 1): local vectors live at their "
+                              "answer positions")
     dummies = None
-    if "patch" in modes:
-        dummies = build_prompts(lm, dummy_trials(trials, [task.answer_pool(t) for t in trials], cfg.seed,
-                                                 lm.tokenizer), template)
-        check_aligned(prompts, dummies)
+    if "patch" in modes or roles:
+        dummies = _aligned_dummies(lm, task, trials, prompts, template, cfg.seed)
+    null_prompts, null_name = None, cfg.null() if roles else None
+    if null_name:
+        null_task = task_for_name(lm, null_name)
+        null_trials = null_task.sample_trials(cfg.n_trials, len(trials[0].demos), seed=cfg.seed)
+        from taskvec.prompts import build_prompts
+
+        null_prompts = build_prompts(lm, null_trials, template)
     store = open_store(cfg, out, resume, lm)  # once the prompts are built and aligned
-    for mode in modes:
+    for mode in query_modes:
         store.run_unit(f"heads/{task_name}/{mode}",
-                       lambda mode=mode: head_effects(lm, prompts, dummies, mode=mode, layers=cfg.layers)
-                       .to_dict("records"))
+                       lambda mode=mode: head_effects(lm, prompts, dummies, mode=mode, layers=cfg.layers,
+                                                      heads=cfg.heads).to_dict("records"))
         if progress:
             print(f"heads {task_name}: {mode} done", flush=True)
+    local_layer = cfg.local_layer
+    if roles:
+        if local_layer is None:
+            from taskvec.study import select_layer
+
+            store.run_unit(f"heads/{task_name}/local_layer", lambda: select_local_layer(lm, cfg, task, template))
+            t = store.table()
+            local_layer = select_layer(t[t.unit == f"heads/{task_name}/local_layer"])
+            if progress:
+                print(f"heads {task_name}: local layer {local_layer} (chosen on {cfg.n_select} other trials)",
+                      flush=True)
+        for role in roles:
+            store.run_unit(f"heads/{task_name}/{role}", lambda role=role: _local_unit(
+                lm, role, prompts, dummies, local_layer, cfg, None, "own"))
+            if null_prompts is not None:
+                store.run_unit(f"heads/{task_name}/{role}_null", lambda role=role: _local_unit(
+                    lm, role, prompts, dummies, local_layer, cfg, null_prompts, f"other:{null_name}"))
+            if progress:
+                print(f"heads {task_name}: {role} done", flush=True)
     store.run_unit(f"heads/{task_name}/attention", lambda: attention_to_answers(lm, prompts).to_dict("records"))
     table = store.table()
     effects = table[table.unit.str.endswith(("/mean", "/patch"))].dropna(axis=1, how="all")
-    effects.to_parquet(store.path / "heads.parquet")
     attn = table[table.unit.str.endswith("/attention")].dropna(axis=1, how="all").drop(columns=["unit"])
-    parts = [g for _, g in effects.groupby("mode")] + [attn]
-    summary = summarize(*parts)
+    if len(effects):
+        effects.to_parquet(store.path / "heads.parquet")
+    parts = [g for _, g in effects.groupby("mode")] if len(effects) else []
+    summary = summarize(*parts, attn)
     summary.to_csv(store.path / "heads_summary.csv", index=False)
-    by = "patch_effect" if "patch_effect" in summary else "mean_effect"
-    top_heads(summary, cfg.top, by=by).to_csv(store.path / "heads_top.csv", index=False)
-    for mode in modes:
+    if query_modes:
+        by = "patch_effect" if "patch_effect" in summary else "mean_effect"
+        top_heads(summary, cfg.top, by=by).to_csv(store.path / "heads_top.csv", index=False)
+    for mode in query_modes:
         plot_heads(summary, _figures(store.path) / f"heads_{mode}", value=f"{mode}_effect",
                    title=f"{mode} effect per head: {task_name} ({lm.name})")
     plot_heads(summary, _figures(store.path) / "heads_attention", value="attn_to_answers",
                title=f"query attention on answers: {task_name} ({lm.name})")
+    if roles:
+        _local_outputs(store.path, table, summary if "mean" in query_modes else None, cfg, lm.name, lm.n_layers)
     return _reported(store.path)
+
+
+def task_for_name(lm, name: str):
+    """The task ``name`` fitted to ``lm``'s tokenizer."""
+    from taskvec.tasks import task_for
+
+    return task_for(name, lm.tokenizer)
+
+
+def _local_outputs(path: Path, table: pd.DataFrame, query: pd.DataFrame | None, cfg: HeadsConfig, model: str,
+                   n_layers: int) -> None:
+    """The writers/readers tables and figures of a heads run (see :func:`run_heads`)."""
+    from taskvec.analysis.heads import head_overlap, local_summary, plot_heads
+    from taskvec.stats import mean_ci, or_nan
+
+    local = table[table.unit.str.contains(r"/(?:writers|readers)(?:_null)?$", regex=True)]
+    heads = local[local.record == "head"].dropna(axis=1, how="all").drop(columns=["record"])
+    heads = heads.astype({c: int for c in ("prompt", "layer", "head", "local_layer")})  # NaN-padded rows: floats
+    heads.to_parquet(path / "heads_local.parquet")
+    summary = local_summary(heads.drop(columns=["unit"]))
+    summary.to_csv(path / "heads_local_summary.csv", index=False)
+    own = summary[summary.mean_from == "own"]
+    null = summary[summary.mean_from != "own"].set_index(["role", "layer", "head"])
+    tops = []
+    for role in [m for m in cfg.modes if m in set(own.role)]:
+        top = own[own.role == role].sort_values("effect", ascending=False).head(cfg.top).copy()
+        if len(null):
+            idx = list(zip(top.role, top.layer, top["head"]))
+            top["null_effect"] = null.effect.reindex(idx).to_numpy()
+            top["null_effect_low"] = null.effect_low.reindex(idx).to_numpy()
+            top["null_effect_high"] = null.effect_high.reindex(idx).to_numpy()
+        tops.append(top)
+    pd.concat(tops).to_csv(path / "heads_local_top.csv", index=False)
+    base = local[local.record == "baseline"].dropna(axis=1, how="all")
+    rows = []
+    for (role, label), g in base.groupby(["role", "mean_from"], sort=False):
+        if label != "own":
+            continue  # the same prompts and local vectors as "own"
+        acc = "local_label_correct" if "local_label_correct" in g else "local_correct"
+        row = dict(role=role, local_layer=int(g.local_layer.iloc[0]), n_prompts=len(g))
+        for name, col in (("local_acc", acc), ("dummy_acc", acc.replace("local_", "dummy_")),
+                          ("local_logprob", "local_target_logprob"), ("dummy_logprob", "dummy_target_logprob")):
+            m, lo, hi = or_nan(mean_ci, g[col].to_numpy(dtype=float))
+            row.update({name: m, f"{name}_low": lo, f"{name}_high": hi})
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(path / "heads_local_baselines.csv", index=False)
+    named = {role: own[own.role == role] for role in cfg.modes if role in set(own.role)}  # in --modes order
+    if query is not None and "mean_effect" in query:
+        named["query"] = query.rename(columns={"mean_effect": "effect"})[["layer", "head", "effect"]]
+    if len(named) > 1:
+        head_overlap(named, n=cfg.top).to_csv(path / "heads_overlap.csv", index=False)
+    for role, g in named.items():
+        if role == "query":
+            continue
+        grid = pd.DataFrame({"layer": np.repeat(np.arange(n_layers), g["head"].max() + 1),
+                             "head": np.tile(np.arange(g["head"].max() + 1), n_layers)})
+        grid = grid.merge(g[["layer", "head", "effect"]], on=["layer", "head"], how="left")
+        plot_heads(grid, _figures(path) / f"heads_{role}", value="effect",
+                   title=f"{role} of local vectors (layer {int(heads.local_layer.iloc[0])}): {cfg.task} ({model})")
 
 
 def _reported(run_dir: Path) -> Path:

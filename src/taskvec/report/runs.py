@@ -127,8 +127,22 @@ def _heads(page: Page, run_dir: Path, saved: dict) -> None:
         page.heading("Effects per head (layer x head)")
         captions = {"heads_mean": "mean-ablating the head at the query: drop in the answer's log-probability",
                     "heads_patch": "patching the head's ICL output into the dummy prompt at the query",
-                    "heads_attention": "the query's attention on the demonstrations' answers"}
+                    "heads_attention": "the query's attention on the demonstrations' answers",
+                    "heads_writers": "writers: mean-ablating the head at the answer positions, the drop in the "
+                                     "local vectors' patch score (heads below the local layer)",
+                    "heads_readers": "readers: mean-ablating the head at the query of the locally patched dummy, "
+                                     "the drop in its score (heads at or above the local layer)"}
         page.images(pngs, [captions.get(p.stem, "") for p in pngs])
+    for name, heading in (("heads_local_baselines.csv", "Local vectors: positive control (dummy patched with the "
+                                                         "clean local vectors vs unpatched), 95% intervals"),
+                          ("heads_local_top.csv", "Writers and readers of local vectors: top heads (effect in "
+                                                  "target log-prob, 95% t interval over prompts; null: head means "
+                                                  "from another task)"),
+                          ("heads_overlap.csv", "Overlap of the top heads: writers, readers, query heads")):
+        df = _csv(run_dir / name)
+        if df is not None:
+            page.heading(heading)
+            page.table(df, floatfmt="{:.3f}")
     summary = _csv(run_dir / "heads_summary.csv")
     if summary is not None:
         with page.collapsed("Every head (table)"):
