@@ -25,6 +25,9 @@ sorted by length, left-padded with an attention mask and explicit position ids),
 
 * ``ours``: ``taskvec.sweep.run_variants`` on ``layer_variants`` (what ``patch_layers`` runs).
 * ``hf``: a forward pre-hook on ``model.model.layers[l]`` writing the vectors, ``logits_to_keep=1``.
+* ``hf_exact``: the same hook loop over **exact-length buckets** (prompts of one token length together, up to
+  ``--max-rows``; no padding, no attention mask, no position ids), so attention takes its plain causal path: the
+  strongest plain-HF baseline we know of (issue 25). Needs nothing beyond ``.venv``.
 * ``nnsight``: ``TransformersModel(path)``; per layer one ``model.trace(input_ids=..., attention_mask=...,
   position_ids=...)`` that assigns ``model.model.layers[l].input[rows, cols] = vectors`` and saves the last
   position's log-softmax gathered at the targets from ``model.output.logits`` (full logits, as the docs read them;
@@ -33,6 +36,15 @@ sorted by length, left-padded with an attention mask and explicit position ids),
   ``blocks.{l}.hook_resid_pre`` (TransformerLens forces eager attention; full logits unless ``--peer-last-logits``).
 
 ``ours`` also measures the arithmetic bound of each sweep (see ``bound`` below and docs/benchmarks.md).
+
+Every ratio is quoted against the **fastest baseline** of the sweep (the fastest peer other than ``ours`` that
+agreed with ours): ``vs_fastest`` (a peer's seconds over the fastest baseline's) and ``speedup_vs_fastest`` (the
+fastest baseline's seconds over ours). ``ratio`` (a peer's seconds over ours) is kept in the JSON.
+
+``--peer`` takes one peer, a comma-separated list or ``all``; ``ours`` always runs. Under ``.venv`` (no nnsight,
+no TransformerLens) run the plain-HF baselines only::
+
+    .venv/bin/python benchmarks/bench_peers.py --model smollm2-135m --sweep global --peer hf,hf_exact
 """
 from __future__ import annotations
 
@@ -51,9 +63,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-PEERS = ("ours", "hf", "nnsight", "tl")
+PEERS = ("ours", "hf", "hf_exact", "nnsight", "tl")
 SWEEPS = ("global", "local")
-LABEL = {"ours": "ours", "hf": "HF hook loop (logits_to_keep=1)", "nnsight": "nnsight", "tl": "TransformerLens"}
+LABEL = {"ours": "ours", "hf": "HF hook loop (padded buckets, logits_to_keep=1)",
+         "hf_exact": "HF hook loop (exact-length buckets, no mask)", "nnsight": "nnsight", "tl": "TransformerLens"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -199,6 +212,36 @@ def peer_hf(data, args):
     return run, model
 
 
+def peer_hf_exact(data, args):
+    """The HF hook loop over exact-length buckets: no padding, so no attention mask and no position ids (the
+    model's own causal path and positions 0..T-1)."""
+    import taskvec
+
+    lm = taskvec.load_model(data["model"])
+    model = lm.model
+
+    @torch.no_grad()
+    def run(ids, positions, targets, vectors, layers):
+        out = torch.full((len(ids), len(layers)), float("nan"))
+        for bucket, input_ids, mask, _, rows, cols, tg, vecs in bucket_batches(
+                ids, positions, targets, vectors, layers, args.bucket_list, data["pad_id"]):
+            assert bool(mask.all()), "exact-length buckets hold prompts of one length (no padding)"
+            for j, l in enumerate(layers):
+                def write(module, a, kw, v=vecs[l]):
+                    h = a[0].clone()
+                    h[rows, cols] = v.to(h.dtype)
+                    return (h, *a[1:]), kw
+                handle = model.model.layers[l].register_forward_pre_hook(write, with_kwargs=True)
+                try:
+                    logits = model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+                finally:
+                    handle.remove()
+                out[bucket, j] = target_logprob(logits, tg)
+        return out
+
+    return run, model
+
+
 def peer_nnsight(data, args):
     from nnsight import TransformersModel
 
@@ -321,7 +364,8 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     data = torch.load(args.data, weights_only=False)
     args.bucket_list = None
-    make = {"ours": peer_ours, "hf": peer_hf, "nnsight": peer_nnsight, "tl": peer_tl}[args.worker]
+    make = {"ours": peer_ours, "hf": peer_hf, "hf_exact": peer_hf_exact, "nnsight": peer_nnsight,
+            "tl": peer_tl}[args.worker]
     t0 = time.perf_counter()
     run, handle = make(data, args)
     load_s = time.perf_counter() - t0
@@ -329,6 +373,8 @@ def worker(args) -> None:
     ids, positions, targets, vectors = sweep_inputs(data, sweep, args.n_prompts)
     layers = list(range(data["n_layers"])) if args.layers is None else args.layers
     waste = args.waste if args.waste is not None else (0.0 if sweep == "global" else 0.15)
+    if args.worker == "hf_exact":
+        waste = 0.0  # exact-length buckets whatever --waste says
     args.bucket_list = buckets([len(s) for s in ids], args.max_rows, waste)
     # warm-up, untimed: the first bucket at one layer
     first = args.bucket_list[0]
@@ -410,12 +456,33 @@ def versions() -> dict:
     return out
 
 
+def _peer_list(text: str) -> list[str]:
+    """``--peer``: ``all``, one peer or a comma-separated list of peers."""
+    names = list(PEERS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in PEERS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown peer {bad[0] if bad else text!r}: use {', '.join(PEERS)}, a "
+                                         "comma-separated list of them, or all")
+    return names
+
+
+def fastest_baseline(entries: dict) -> tuple[str | None, float]:
+    """``(peer, seconds)`` of the fastest baseline (any peer but ours) that agreed with ours; ``(None, nan)`` if
+    none did."""
+    ok = {p: e["seconds"] for p, e in entries.items() if p != "ours" and e.get("agrees", False)}
+    if not ok:
+        return None, float("nan")
+    peer = min(ok, key=ok.get)
+    return peer, ok[peer]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma3-270m")
     ap.add_argument("--task", default="country_capital")
     ap.add_argument("--sweep", choices=[*SWEEPS, "both"], default="both")
-    ap.add_argument("--peer", choices=[*PEERS, "all"], default="all")
+    ap.add_argument("--peer", type=_peer_list, default="all",
+                    help=f"one of {', '.join(PEERS)}, a comma-separated list, or all (ours always runs)")
     ap.add_argument("--n-prompts", type=int, default=50)
     ap.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=None,
                     help="comma-separated layers (default: all; the bound needs all)")
@@ -454,7 +521,7 @@ def main() -> None:
         data = prepare(args.model, args.task, args.n_prompts, data_path)
     else:
         data = torch.load(data_path, weights_only=False)
-    peers = list(PEERS) if args.peer == "all" else (["ours", args.peer] if args.peer != "ours" else ["ours"])
+    peers = ["ours"] + [p for p in PEERS if p != "ours" and p in args.peer]
     sweeps = list(SWEEPS) if args.sweep == "both" else [args.sweep]
     res = {"model": args.model, "task": args.task, "n_layers": data["n_layers"], "threads": args.threads,
            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "versions": versions(),
@@ -511,6 +578,12 @@ def main() -> None:
                 entry["bound"] = r["bound"]
                 entry["vs_bound"] = r["seconds"] / r["bound"]["bound_s"]
             res[sweep][peer] = entry
+        fast, fast_s = fastest_baseline(res[sweep])
+        res[sweep + "_fastest_baseline"] = fast
+        if fast is not None:  # every ratio quoted against the fastest baseline
+            for peer, entry in res[sweep].items():
+                entry["vs_fastest"] = entry["seconds"] / fast_s
+            res[sweep + "_speedup_vs_fastest"] = fast_s / res[sweep]["ours"]["seconds"]
     res["loadavg_end"] = os.getloadavg()
 
     print(f"\n{args.model}, {args.task}, {args.n_prompts} prompts x {data['n_layers']} layers, {args.threads} threads, "
@@ -518,15 +591,24 @@ def main() -> None:
     print("| sweep | " + " | ".join(LABEL[p] for p in peers) + " |\n|---|" + "---|" * len(peers))
     for sweep in sweeps:
         cells = []
+        fast = res.get(sweep + "_fastest_baseline")
         for p in peers:
             e = res[sweep].get(p)
             if e is None:
                 cells.append("failed")
             elif p == "ours":
-                cells.append(f"{e['seconds']:.1f} s")
+                cells.append(f"{e['seconds']:.1f} s" + (f" ({res[sweep + '_speedup_vs_fastest']:.1f}x faster than "
+                                                        f"the fastest baseline)" if fast else ""))
             else:
-                cells.append(f"{e['seconds']:.1f} s ({e['ratio']:.1f}x, max |d| {e['max_abs_diff']:.1e})")
+                rel = ("fastest baseline" if p == fast else f"{e['vs_fastest']:.2f}x the fastest baseline"
+                       if fast else f"{e['ratio']:.1f}x ours")
+                cells.append(f"{e['seconds']:.1f} s ({rel}, max |d| {e['max_abs_diff']:.1e})")
         print(f"| {sweep} | " + " | ".join(cells) + " |")
+    for sweep in sweeps:
+        fast = res.get(sweep + "_fastest_baseline")
+        if fast:
+            print(f"{sweep}: fastest baseline {LABEL[fast]} {res[sweep][fast]['seconds']:.2f} s; ours "
+                  f"{res[sweep]['ours']['seconds']:.2f} s = {res[sweep + '_speedup_vs_fastest']:.1f}x faster")
     for sweep in sweeps:
         busy = ", ".join(f"{p} {e['other_cpu']['cores']:.2f}" for p, e in res[sweep].items() if e.get("other_cpu"))
         print(f"{sweep}: CPU taken by other processes meanwhile (cores, of {os.cpu_count()}): {busy}")

@@ -408,7 +408,7 @@ def _c5(tk: _Task) -> dict:
     verdict = INCONCLUSIVE if disagree else verdicts_.pop()
     return _row("C5", tk.name, tk.kind, shown, detail, positive=[c for c in positive if c.passed],
                 rule="the two fills of the unpatched slots disagree" if disagree else "",
-                null=[Control(f"acc(0), no slot patched: " + ", ".join(f"{tables[f][0].mean():.2f} ({FILLS[f]})"
+                null=[Control("acc(0), no slot patched: " + ", ".join(f"{tables[f][0].mean():.2f} ({FILLS[f]})"
                                                                          for f in tables))],
                 unit="evaluation dummy prompts, paired over k", n=len(tables[first]), verdict=verdict)
 
@@ -484,7 +484,7 @@ def _c7(run_dir: Path, tasks: dict[str, str], rules: ClaimRules, n_layers: int) 
         row = _row("C7", str(task), tasks.get(str(task), ""), [Part("peak layer / L (region)", ci, lo)],
                    f"peak at layer {peak} of {n_layers}; layers not significantly below the peak: {region[0]}–"
                    f"{region[-1]} ({len(region)} layers); per-layer intervals in the saliency figure",
-                   null=[Control(f"other flows at the peak: " + ", ".join(f"{k} {v:.3g}" for k, v in others.items())
+                   null=[Control("other flows at the peak: " + ", ".join(f"{k} {v:.3g}" for k, v in others.items())
                                  + f" (answers → query {m.mean(0)[peak]:.3g})")],
                    unit="prompts", n=len(m), verdict=verdict)
         row.update(threshold=f"in [{lo}, {hi}]", p=float("nan"), p_against=float("nan"))

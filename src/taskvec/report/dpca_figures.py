@@ -48,7 +48,7 @@ def _blank(ax, title: str, text: str) -> None:
 
 
 def _interval_bars(ax, items: list[tuple[str, dict | None]], color: str) -> None:
-    xs, ys, lo, hi, names = [], [], [], [], []
+    xs, ys, lo, hi = [], [], [], []
     for i, (name, v) in enumerate(items):
         if v is None or v.get("estimate") is None:
             continue

@@ -179,7 +179,8 @@ class ComparisonConfig(ExperimentConfig):
         try:
             return EvalConfig(**fields)
         except Exception as err:
-            msg = getattr(err, "errors", lambda: [{"msg": str(err)}])()[0]["msg"].removeprefix("Value error, ")
+            errors = err.errors() if hasattr(err, "errors") else [{"msg": str(err)}]
+            msg = errors[0]["msg"].removeprefix("Value error, ")
             raise ValueError(f"evaluation: {msg}") from None
 
     def runs(self) -> list[tuple[str, Arm, int]]:
