@@ -313,7 +313,7 @@ def train_for(cfg, seconds: float, device, out: Path) -> tuple:
             raise _OutOfTime
 
     try:
-        train(cfg, out, device=str(device), progress=False, tensorboard=False, on_step=on_step, report=False)
+        train(cfg, out, device=str(device), progress=False, tensorboard=False, on_step=on_step)
     except _OutOfTime:
         pass
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0

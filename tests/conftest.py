@@ -41,7 +41,8 @@ SMALL_STUDY = dict(model="smollm2-135m", tasks=["antonyms", "simple_string"], n_
 def small_study(smol, tmp_path_factory):
     """The run directory of :data:`SMALL_STUDY` on smollm2-135m, run once per test session (the study tests read
     its tables, the browser test its report)."""
-    from taskvec.study import StudyConfig, run_study
+    from taskvec.kinds import run_study
+    from taskvec.study import StudyConfig
 
     out = tmp_path_factory.mktemp("study") / "run"
     run_study(StudyConfig(**SMALL_STUDY), out, lm=smol)

@@ -397,7 +397,8 @@ def test_dpca_run_on_smollm(smol, tmp_path):
     import matplotlib
 
     from taskvec.analysis.dpca import DPCAResult
-    from taskvec.analysis.runners import DPCAConfig, run_dpca
+    from taskvec.analysis.runners import DPCAConfig
+    from taskvec.kinds import run_dpca
 
     cfg = DPCAConfig(model="smollm2-135m", n_trials=8, n_demos=5, layers=[3, 12, 22, 26], ablate_layers=[3, 22],
                      n_boot=50, task_params={"short": (2, 3), "long": (8, 9)})  # 8 cells, all covered

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from taskvec.analysis.runners import DPCAConfig, HeadsConfig, SaliencyConfig, run_heads
+from taskvec.analysis.runners import DPCAConfig, HeadsConfig, SaliencyConfig
+from taskvec.kinds import run_heads
 from taskvec.errors import ConfigError
 from taskvec.experiment import config_from
 from taskvec.study import StudyConfig

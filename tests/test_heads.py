@@ -222,7 +222,8 @@ def test_heads_config_bad_input_is_one_line():
 def test_writers_and_readers_run_on_smollm2(smol, tmp_path):
     """The CLI's run on the real model, small: local layer chosen, both roles with their nulls, overlap written;
     out-of-range layer and head fail before any unit runs."""
-    from taskvec.analysis.runners import HeadsConfig, run_heads
+    from taskvec.analysis.runners import HeadsConfig
+    from taskvec.kinds import run_heads
     from taskvec.errors import RangeError as _RangeError
 
     cfg = HeadsConfig(model="smollm2-135m", task="antonyms", n_trials=3, n_demos=3, n_select=3,

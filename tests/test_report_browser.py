@@ -150,12 +150,13 @@ def test_study_report_loads_every_figure_and_fits_a_laptop_screen(chromium, stud
 
 
 def test_analysis_and_evaluation_reports_render_in_the_browser(chromium, smol, tmp_path):
-    """The one report writer (``taskvec.report.write_report``) on an analysis run and a from-scratch evaluation."""
+    """The one report writer (``taskvec.write_report``) on an analysis run and a from-scratch evaluation."""
     import torch
 
-    from taskvec.analysis.runners import HeadsConfig, run_heads
-    from taskvec.report import run_kind, write_report
-    from taskvec.scratch.evaluate import EvalConfig, run_evaluation
+    from taskvec.analysis.runners import HeadsConfig
+    from taskvec.kinds import run_evaluation, run_heads
+    from taskvec.kinds import run_kind, write_report
+    from taskvec.scratch.evaluate import EvalConfig
     from taskvec.scratch.model import build_model
 
     heads = run_heads(HeadsConfig(model="smollm2-135m", n_trials=2, n_demos=3, modes=["mean"], layers=[0, 1]),
@@ -168,7 +169,7 @@ def test_analysis_and_evaluation_reports_render_in_the_browser(chromium, smol, t
     build_model("tiny", d_in=4, n_positions=60, task={"d": 4}, layout="x→y").save_pretrained(model_dir)
     cfg = EvalConfig(models={"a": str(model_dir), "b": str(model_dir)}, n_trials=8, k=3, analyses=["layers", "pca"])
     ev = run_evaluation(cfg, tmp_path / "eval", progress=False)
-    assert run_kind(ev) == "evaluation"
+    assert run_kind(ev) == "evaluate"
     report = write_report(ev)
     check_layout(probe_report(chromium, report), min_images=4)
     assert "data:image/png;base64," in report.read_text()
@@ -176,8 +177,9 @@ def test_analysis_and_evaluation_reports_render_in_the_browser(chromium, smol, t
 
 def test_comparison_report_renders_in_the_browser(chromium, tmp_path):
     """A real (tiny) vanilla-vs-TVP comparison over two seeds: verdicts, figures and the OOD/per-layer tables fit."""
-    from taskvec.report import run_kind
-    from taskvec.scratch.comparison import ComparisonConfig, run_comparison
+    from taskvec.kinds import run_kind
+    from taskvec.kinds import run_comparison
+    from taskvec.scratch.comparison import ComparisonConfig
 
     cfg = ComparisonConfig.from_dict({
         "train": {"task": {"name": "linear_regression", "d": 2}, "preset": "tiny", "k_max": 4, "steps": 6,
@@ -187,7 +189,7 @@ def test_comparison_report_renders_in_the_browser(chromium, tmp_path):
                        "pca_per_task": 4, "noisy_fracs": [0.0, 0.25]}})
     out = tmp_path / "cmp"
     run_comparison(cfg, out, progress=False)
-    assert run_kind(out) == "comparison"
+    assert run_kind(out) == "compare"
     result = probe_report(chromium, out / "report.html")
     check_layout(result, min_images=3)  # strength, errors, noisy
     assert 0 <= result["first_table_top"] < result["first_img_top"]  # the verdicts come before any figure

@@ -281,7 +281,8 @@ def test_a_study_killed_while_writing_its_report_resumes_to_a_whole_report(small
     the temp files the killed writer left are gone."""
     from conftest import SMALL_STUDY
 
-    from taskvec.study import StudyConfig, run_study
+    from taskvec.kinds import run_study
+    from taskvec.study import StudyConfig
 
     run = tmp_path / "run"
     shutil.copytree(small_study, run, ignore=shutil.ignore_patterns(

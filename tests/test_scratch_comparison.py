@@ -14,8 +14,9 @@ from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from taskvec.errors import ConfigError, EmptyInputError, TooFewTrialsError
 import taskvec.scratch.comparison as comparison
 from taskvec.scratch.comparison import (NOT_REPRODUCED, PREDATES, ComparisonConfig, aggregate, below_paper_scale,
-                                        claim_overall, load, markdown_summary, run_comparison, seed_table,
+                                        claim_overall, load, markdown_summary, seed_table,
                                         statistic_shown, task_label, verdict_overview, verdict_shown, verdicts)
+from taskvec.kinds import run_comparison
 from taskvec.stats import or_nan, t_ci, welch_ci
 
 
@@ -432,7 +433,7 @@ def test_killed_training_resumes_from_its_checkpoint_and_workers_agree(tiny_run,
 
 
 def test_strength_figure_says_how_many_seeds_a_line_stands_on():
-    from taskvec.scratch.comparison_report import strength_figure
+    from taskvec.report.comparison import strength_figure
 
     t = planted()
     t.loc[(t.metric == "strength") & (t.arm == "tvp") & (t.layout == "x→y") & (t.seed == 1), "value"] = np.nan

@@ -13,8 +13,9 @@ from taskvec.errors import ConfigError, LayerError
 from taskvec.runs import RunStore
 from taskvec.scratch.cli import app
 from taskvec.scratch.evaluate import (CompressConfig, EvalConfig, blocked_query_predictions, compress_model,
-                                      evaluate_model, icl_predictions, query_with_vectors, run_evaluation,
-                                      separability, task_vectors)
+                                      evaluate_model, icl_predictions, query_with_vectors, separability,
+                                      task_vectors)
+from taskvec.kinds import run_evaluation
 from taskvec.scratch.model import ScratchModel, build_model
 from taskvec.scratch.tasks import TaskConfig, make_task
 
@@ -301,7 +302,7 @@ def test_evaluation_run_refuses_another_config_or_other_weights(tmp_path, two_mo
     cfg = EvalConfig(**SMALL, analyses=["layers"], models=two_models)
     out = run_evaluation(cfg, tmp_path / "r", progress=False, report=False)
     saved = json.loads((out / "config.json").read_text())
-    assert saved["kind"] == "scratch-evaluate" and set(saved["weights"]) == {"a", "b"}
+    assert saved["kind"] == "evaluate" and set(saved["weights"]) == {"a", "b"}
     assert saved["config"]["models"] == {lab: str(p.resolve()) for lab, p in two_models.items()}
     table = RunStore(out, saved["config"], resume=True).table()
     assert list(table.unit) == ["a/layers", "b/layers"] and list(table.model) == ["a", "b"]

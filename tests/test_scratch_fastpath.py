@@ -154,7 +154,7 @@ def test_compiled_objective_matches_and_survives_a_schedule(tmp_path):
     compiled = Objective(model, cfg, compile=True)(batch, tvp_weight=0.5)
     for a, b in zip(compiled, eager):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-    train(cfg, tmp_path / "r", progress=False, tensorboard=False, report=False, compile=True)
+    train(cfg, tmp_path / "r", progress=False, tensorboard=False, compile=True)
     assert (tmp_path / "r" / "model" / "model.safetensors").exists()
 
 

@@ -13,7 +13,8 @@ import torch
 
 from taskvec.errors import ConfigError, NonFiniteError
 from taskvec.scratch.model import ScratchModel
-from taskvec.scratch.train import checkpoints, load_config, train, training_curve
+from taskvec.kinds import train
+from taskvec.scratch.train import checkpoints, load_config, training_curve
 
 TINY = dict(preset="tiny", task={"d": 4}, k_max=5, batch_size=8, save_every=2, log_every=1)
 

@@ -16,8 +16,10 @@ import torch
 
 from taskvec.errors import ConfigError
 from taskvec.runs import RunStore
-from taskvec.study import (StudyConfig, _TaskRun, by_mapping, convergence_rows, mapping_trial_avg, run_study,
-                           select_layer, select_local_layer)
+from taskvec.scoring import select_layer
+from taskvec.kinds import run_study
+from taskvec.study import (StudyConfig, _TaskRun, by_mapping, convergence_rows, mapping_trial_avg,
+                           select_local_layer)
 from taskvec.vectors import load_vectors
 
 from conftest import SMALL_STUDY as SMALL  # noqa: E402

@@ -128,7 +128,8 @@ def _clash_file(tmp_path):
 def test_use_file_labels_whose_labels_collide_is_refused_before_the_run_directory(smol, tmp_path, key):
     """Keyed by the file's stem (as the report names it) or by file:PATH, use_file_labels takes effect, and labels
     that the model cannot score apart stop the study in one line before anything is written."""
-    from taskvec.study import StudyConfig, run_study
+    from taskvec.kinds import run_study
+    from taskvec.study import StudyConfig
 
     path = _clash_file(tmp_path)
     cfg = StudyConfig(model="smollm2-135m", tasks=[f"file:{path}"], quick=True,
@@ -170,7 +171,8 @@ def test_task_params_naming_no_task_or_one_task_twice_are_refused(tmp_path, para
 
 def test_a_task_file_with_a_conflict_stops_the_study_before_the_run_directory(smol, tmp_path):
     from taskvec.errors import TaskFileError
-    from taskvec.study import StudyConfig, run_study
+    from taskvec.kinds import run_study
+    from taskvec.study import StudyConfig
 
     peer = tmp_path / "peer.json"
     peer.write_text(json.dumps([{"input": f"w{i}", "output": f"v{i}"} for i in range(30)]

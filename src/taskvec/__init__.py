@@ -25,7 +25,7 @@ from taskvec.errors import (AlignmentError, ChoiceError, ConfigError, DeviceErro
                             ParseError, PositionError, RangeError, RankError, TaskFileError, TaskvecError,
                             TokenizationError, TooFewTrialsError, WidthError)
 
-__version__ = "0.1.0"
+from taskvec.version import __version__
 
 _LAZY = {
     # models
@@ -49,14 +49,16 @@ _LAZY = {
     "score": "taskvec.scoring", "targets_of": "taskvec.scoring", "read_ids": "taskvec.scoring",
     "read_logprobs": "taskvec.scoring",
     # experiments: config -> units -> run store -> report
-    "StudyConfig": "taskvec.study", "run_study": "taskvec.study",
-    "SaliencyConfig": "taskvec.analysis.runners", "run_saliency": "taskvec.analysis.runners",
-    "DPCAConfig": "taskvec.analysis.runners", "run_dpca": "taskvec.analysis.runners",
-    "HeadsConfig": "taskvec.analysis.runners", "run_heads": "taskvec.analysis.runners",
-    "TrainConfig": "taskvec.scratch.train", "train": "taskvec.scratch.train",
-    "EvalConfig": "taskvec.scratch.evaluate", "run_evaluation": "taskvec.scratch.evaluate",
-    "ComparisonConfig": "taskvec.scratch.comparison", "run_comparison": "taskvec.scratch.comparison",
-    "config_from": "taskvec.experiment", "RunStore": "taskvec.runs", "write_report": "taskvec.report",
+    # (the run functions are the registry's, taskvec.kinds: they run and write report.html)
+    "run": "taskvec.kinds", "KINDS": "taskvec.kinds", "run_kind": "taskvec.kinds", "write_report": "taskvec.kinds",
+    "StudyConfig": "taskvec.study", "run_study": "taskvec.kinds",
+    "SaliencyConfig": "taskvec.analysis.runners", "run_saliency": "taskvec.kinds",
+    "DPCAConfig": "taskvec.analysis.runners", "run_dpca": "taskvec.kinds",
+    "HeadsConfig": "taskvec.analysis.runners", "run_heads": "taskvec.kinds",
+    "TrainConfig": "taskvec.scratch.train", "train": "taskvec.kinds",
+    "EvalConfig": "taskvec.scratch.evaluate", "run_evaluation": "taskvec.kinds",
+    "ComparisonConfig": "taskvec.scratch.comparison", "run_comparison": "taskvec.kinds",
+    "config_from": "taskvec.experiment", "RunStore": "taskvec.runs",
     # statistics
     "wilson": "taskvec.stats", "mean_ci": "taskvec.stats", "bootstrap_ci": "taskvec.stats", "t_ci": "taskvec.stats",
     "welch_ci": "taskvec.stats",

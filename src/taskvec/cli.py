@@ -148,7 +148,8 @@ def study_local_global(
     from taskvec.distributed import World
     from taskvec.errors import RankError
     from taskvec.experiment import config_from
-    from taskvec.study import StudyConfig, run_study
+    from taskvec.kinds import run_study
+    from taskvec.study import StudyConfig
 
     out = check_out(out, resume)
 
@@ -181,7 +182,7 @@ def study_local_global(
 def report(run_dir: Path = typer.Argument(..., help="a run directory: a study, an analysis (saliency, dpca, heads), "
                                          "a from-scratch evaluation or training run")) -> None:
     """Re-render a run's report.html from its directory (e.g. while a study is still running)."""
-    from taskvec.report import write_report  # dispatches on the run's kind; a non-run is a one-line error
+    from taskvec.kinds import write_report  # dispatches on the run's kind; a non-run is a one-line error
     from taskvec.runs import skipped_lines
 
     typer.echo(f"report: {write_report(run_dir)}")

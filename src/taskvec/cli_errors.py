@@ -13,15 +13,9 @@ from typing import Callable, NoReturn, TypeVar
 
 import typer
 
-from taskvec.errors import ChoiceError, ConfigError, RangeError, TaskvecError
+from taskvec.errors import ChoiceError, ConfigError, RangeError, TaskvecError, one_line
 
 F = TypeVar("F", bound=Callable)
-
-
-def one_line(err: BaseException) -> str:
-    """The error's message on one line (inner line breaks become ``; ``), or its class name if it has none."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return "; ".join(lines) or type(err).__name__
 
 
 PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)

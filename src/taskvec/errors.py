@@ -90,3 +90,9 @@ class EagerAttentionError(TaskvecError):
 class LayerSkippingWarning(UserWarning):
     """Layer skipping changed a model's logits (or failed) in the probe, so sweeps run every layer instead (a
     warning, not an error: the numbers stay exact, only slower)."""
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (inner line breaks become ``; ``), or its class name if it has none."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines) or type(err).__name__

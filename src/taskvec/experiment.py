@@ -1,7 +1,8 @@
 """The one experiment pattern: a validated config -> units of work -> the run store -> a report.
 
-Every experiment (the study, saliency, dPCA, heads, from-scratch train and evaluate) is a function
-``run_<name>(cfg, out, resume=False, lm=None) -> Path`` whose ``cfg`` subclasses :class:`ExperimentConfig`:
+Every experiment (the study, saliency, dPCA, heads, from-scratch train, evaluate and compare) is a function
+``run_<name>(cfg, out, resume=False, lm=None) -> Path`` whose ``cfg`` subclasses :class:`ExperimentConfig`, and
+one entry of the registry :data:`taskvec.kinds.KINDS`:
 
 1. the config is a pydantic model holding every default (the CLI passes only the flags a user gave, on top of a
    ``--config`` file: flags always win, see :func:`config_from`); a bad value is a one-line
@@ -10,12 +11,13 @@ Every experiment (the study, saliency, dPCA, heads, from-scratch train and evalu
    saves ``config.json``: the run's ``kind``, the config, package versions, and the model's source with the
    sha256 of its weights;
 3. each unit of work goes through :meth:`taskvec.runs.RunStore.run_unit` (append, fsync, skipped on resume);
-4. ``report.html`` is written by :func:`taskvec.report.write_report` from the run directory alone.
+4. the experiment writes tables; ``report.html`` is written by :func:`taskvec.kinds.write_report` from the run
+   directory alone (:func:`taskvec.run` and ``taskvec.run_<name>`` run and then report).
 
 Example::
 
     cfg = config_from(SaliencyConfig, None, {"model": "smollm2-135m", "n_trials": 8})
-    run_dir = run_saliency(cfg, "runs/saliency")           # resumable: run_saliency(cfg, run_dir, resume=True)
+    run_dir = taskvec.run(cfg, "runs/saliency")            # resumable: taskvec.run(cfg, run_dir, resume=True)
 """
 from __future__ import annotations
 

@@ -48,10 +48,15 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import taskvec
+    from taskvec.version import __version__
 
-    return {"taskvec": taskvec.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"taskvec": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a task name (the study's per-task files) (``file:/data/my task.csv`` -> ``file_data_my_task.csv``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -320,7 +325,7 @@ def release_lock(path: str | Path) -> None:
 def mark_failed(path: str | Path, err: BaseException) -> None:
     """Mark the run in ``path`` as failed (the ``FAILED`` file says why): a rerun without ``--resume`` replaces
     it, ``--resume`` continues it."""
-    from taskvec.cli_errors import one_line
+    from taskvec.errors import one_line
 
     write_json_atomic(Path(path) / FAILED, {"error": f"{type(err).__name__}: {one_line(err)}", "pid": os.getpid()})
 

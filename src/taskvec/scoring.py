@@ -20,6 +20,8 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from taskvec.errors import ConfigError
+
 
 def targets_of(prompts: Sequence, index: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Targets of ``prompts[i]`` for each ``i`` in ``index`` (default: every prompt).
@@ -70,3 +72,13 @@ def main_column(categorization: bool) -> str:
     """The accuracy a task is judged by: ``label_correct`` for categorization (the answer among the two label
     words), ``correct`` (argmax over the vocabulary) otherwise."""
     return "label_correct" if categorization else "correct"
+
+
+def select_layer(rows: pd.DataFrame) -> int:
+    """The layer with the highest mean score on selection rows (ties: higher mean target log-prob, then the lower
+    layer)."""
+    if rows.empty:
+        raise ConfigError("no selection rows to choose a layer from")
+    g = rows.groupby("layer").agg(score=("score", "mean"), lp=("target_logprob", "mean")).reset_index()
+    g = g.sort_values(["score", "lp", "layer"], ascending=[False, False, True])
+    return int(g.layer.iloc[0])

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import time
 from functools import cached_property
 from pathlib import Path
@@ -44,8 +43,8 @@ from taskvec.experiment import ModelExperimentConfig, open_store
 from taskvec.intervene import Edits, read_states
 from taskvec.models.devices import batch_token_budget
 from taskvec.prompts import Template, build_prompts, check_aligned, dummy_trials, zero_shot
-from taskvec.runs import RunStore, versions
-from taskvec.scoring import main_column
+from taskvec.runs import RunStore, slug, versions
+from taskvec.scoring import main_column, select_layer
 from taskvec.stats import Z95
 from taskvec.sweep import Variant, layer_variants, score_variants
 from taskvec.tasks import first_token_id, list_tasks, task_file_path, task_for, task_names
@@ -176,11 +175,6 @@ class StudyConfig(ModelExperimentConfig):
         return self.model_copy(update=update)
 
 
-def slug(name: str) -> str:
-    """A file-name-safe form of a task name (``file:/data/my task.csv`` -> ``file_data_my_task.csv``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
-
-
 def held_out_trials(task, n: int, n_demos: int | None, seed: int) -> list:
     """``n`` trials whose queries are pairwise distinct (so a selection and an evaluation split drawn from them
     share no query, and no zero-shot prompt is counted twice). Deterministic in ``seed``."""
@@ -283,16 +277,6 @@ def _control_task(name: str, cfg: StudyConfig) -> str:
         by_name = {n: spec for spec, n in cfg.task_names().items()}
         return by_name.get(cfg.control_task, cfg.control_task)
     return "antonyms" if name == "country_capital" else "country_capital"
-
-
-def select_layer(rows: pd.DataFrame) -> int:
-    """The layer with the highest mean score on selection rows (ties: higher mean target log-prob, then the lower
-    layer)."""
-    if rows.empty:
-        raise ConfigError("no selection rows to choose a layer from")
-    g = rows.groupby("layer").agg(score=("score", "mean"), lp=("target_logprob", "mean")).reset_index()
-    g = g.sort_values(["score", "lp", "layer"], ascending=[False, False, True])
-    return int(g.layer.iloc[0])
 
 
 # ----------------------------------------------------------------------------------------------------- states
@@ -754,8 +738,9 @@ def check_tasks(names: list[str]) -> None:
                               "categorization (or file:PATH)")
 
 
-def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, report: bool = True) -> Path:
-    """Run (or resume) the study into ``out``; returns the run directory. Writes ``report.html`` at the end.
+def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None) -> Path:
+    """Run (or resume) the study into ``out``; returns the run directory. Writes the tables, not ``report.html``:
+    :func:`taskvec.run_study` (:mod:`taskvec.kinds`) is this plus the report.
 
     The run directory is created only once the config is valid, every task resolves and the model has loaded,
     so a mistyped model or task leaves nothing behind.
@@ -763,15 +748,15 @@ def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None, 
     Under ``torchrun`` (docs/distributed.md) every rank calls this with the same config (checked first: ranks that
     disagree stop with one :class:`~taskvec.errors.RankError`). The tasks are dealt round robin over the
     ranks, each rank appending to its own results file; once every rank is done, rank 0 merges the files into
-    ``results.jsonl`` and writes the report.
+    ``results.jsonl``.
     """
     eff = cfg.effective()
     names = eff.resolved_tasks()
     with world() as w:
-        return _run_study(cfg, eff, names, Path(out), resume, lm, report, w)
+        return _run_study(cfg, eff, names, Path(out), resume, lm, w)
 
 
-def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, resume: bool, lm, report: bool,
+def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, resume: bool, lm,
                w: World) -> Path:
     w.agree({"config": eff.saved(), "out": str(out), "resume": resume, "versions": versions()})
     # every rank checks before rank 0 writes config.json; a refused resume costs no model load
@@ -822,8 +807,4 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
     w.barrier()  # every rank has recorded its units
     if w.rank == 0:
         store.merge([task_run(n).name for n in names])
-        if report:
-            from taskvec.report.local_global import write_report
-
-            write_report(store.path)
     return store.path

@@ -85,7 +85,8 @@ def saliency(
     resume: bool = RESUME,
 ) -> None:
     """Attention x gradient saliency flows per layer (docs/analyses.md); switches the model to eager attention."""
-    from taskvec.analysis.runners import SaliencyConfig, run_saliency
+    from taskvec.analysis.runners import SaliencyConfig
+    from taskvec.kinds import run_saliency
     from taskvec.experiment import config_from
 
     check_separator("--separator", separator)
@@ -133,7 +134,8 @@ def dpca(
 ) -> None:
     """dPCA of answer-position states by length and label, Mahalanobis distances, subspace ablation
     (docs/analyses.md)."""
-    from taskvec.analysis.runners import DPCAConfig, run_dpca
+    from taskvec.analysis.runners import DPCAConfig
+    from taskvec.kinds import run_dpca
     from taskvec.experiment import config_from
 
     check_separator("--separator", separator)
@@ -175,7 +177,8 @@ def heads(
 ) -> None:
     """Per-head effects at the query (mean-ablation, ICL -> dummy patching), attention to answers, and with
     --modes writers,readers the heads that write and read the local vectors (docs/analyses.md)."""
-    from taskvec.analysis.runners import HeadsConfig, run_heads
+    from taskvec.analysis.runners import HeadsConfig
+    from taskvec.kinds import run_heads
     from taskvec.experiment import config_from
 
     check_separator("--separator", separator)

@@ -682,6 +682,6 @@ def plot_heads(summary: pd.DataFrame, path: str | Path, value: str = "patch_effe
     ax.set_yticks(range(data.shape[0]), [str(int(l)) for l in grid.index])
     fig.colorbar(im, ax=ax, label=value)
     fig.tight_layout()
-    from taskvec.report.html import save_figure
+    from taskvec.figures import save_figure
 
     return save_figure(fig, path)

@@ -199,7 +199,7 @@ def _figures(out: Path) -> Path:
 def run_saliency(cfg: SaliencyConfig, out: str | Path, resume: bool = False, lm=None,
                  progress: bool = True) -> Path:
     """Saliency flows per task -> ``saliency.parquet``, ``saliency_per_layer.csv``,
-    ``figures/saliency_<task>.png|svg``, ``report.html``. Units: ``saliency/<task>/<chunk>``."""
+    ``figures/saliency_<task>.png|svg``. Units: ``saliency/<task>/<chunk>``."""
     from taskvec.analysis.saliency import plot_flows, saliency
     from taskvec.batching import chunks
 
@@ -228,7 +228,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path, resume: bool = False, lm=
         plot_flows(pl, _figures(store.path) / f"saliency_{task_name}_share", normalize=True,
                    title=f"saliency flow shares: {task_name} ({lm.name})")
     pd.concat(per_layer).to_csv(store.path / "saliency_per_layer.csv", index=False)
-    return _reported(store.path)
+    return store.path
 
 
 def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, progress: bool = True) -> Path:
@@ -243,12 +243,11 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
       (none - ablated) with a paired bootstrap interval;
     * ``dpca_probes.csv``: per (layer, ablate, factor) cross-validated probe accuracy with chance and majority;
     * ``dpca_c8.json``: :func:`~taskvec.analysis.dpca.c8_statistics`;
-    * ``dpca_baselines.json``; ``figures/dpca_<task>.png|svg``; ``report.html``.
+    * ``dpca_baselines.json`` (the figure ``figures/dpca_<task>.png|svg`` is drawn by the report).
     """
     import json
 
-    from taskvec.analysis.dpca import DPCAResult, ablation_summary, dpca_analysis
-    from taskvec.report.dpca_figures import plot_dpca
+    from taskvec.analysis.dpca import ablation_summary, dpca_analysis
 
     RunStore.check(out, cfg.saved(), resume)
     lm = _model(cfg, lm)
@@ -289,9 +288,7 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
     probes.to_csv(store.path / "dpca_probes.csv", index=False)
     if not ablation.empty:
         ablation_summary(ablation, seed=cfg.seed).to_csv(store.path / "dpca_ablation_summary.csv", index=False)
-    res = DPCAResult(per_layer, ablation, baselines, probes=probes, c8=c8)
-    plot_dpca(res, _figures(store.path) / f"dpca_{task_name}", title=f"dPCA: {task_name} ({lm.name})")
-    return _reported(store.path)
+    return store.path
 
 
 def _aligned_dummies(lm, task, trials, prompts, template, seed: int):
@@ -316,7 +313,7 @@ def select_local_layer(lm, cfg: HeadsConfig, task, template) -> list[dict]:
     """Local patching (each ICL prompt's own local vectors into its dummy prompt at the answer positions) at every
     layer from ``min_local_layer`` on, on ``n_select`` trials drawn with another seed than the analysed ones:
     rows ``prompt, layer, correct, target_logprob[, label_correct], score``. The local layer is the best by
-    :func:`taskvec.study.select_layer` (selection is not evaluation: these trials are not analysed)."""
+    :func:`taskvec.scoring.select_layer` (selection is not evaluation: these trials are not analysed)."""
     from taskvec.intervene import read_states
     from taskvec.prompts import build_prompts
     from taskvec.scoring import main_column
@@ -350,7 +347,7 @@ def _local_unit(lm, role: str, prompts, dummies, local_layer: int, cfg: HeadsCon
 
 def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, progress: bool = True) -> Path:
     """Per-head mean-ablation / ICL->dummy patching effects and attention to answers -> ``heads.parquet``,
-    ``heads_summary.csv``, ``heads_top.csv``, ``figures/heads_<mode>.png|svg``, ``report.html``.
+    ``heads_summary.csv``, ``heads_top.csv``, ``figures/heads_<mode>.png|svg``.
     Units: ``heads/<task>/<mode>``, ``heads/<task>/attention``.
 
     Modes ``writers`` / ``readers`` (heads that write the local vectors at the answer positions / read them into
@@ -394,7 +391,7 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
     local_layer = cfg.local_layer
     if roles:
         if local_layer is None:
-            from taskvec.study import select_layer
+            from taskvec.scoring import select_layer
 
             store.run_unit(f"heads/{task_name}/local_layer", lambda: select_local_layer(lm, cfg, task, template))
             t = store.table()
@@ -429,7 +426,7 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
                title=f"query attention on answers: {task_name} ({lm.name})")
     if roles:
         _local_outputs(store.path, table, summary if "mean" in query_modes else None, cfg, lm.name, lm.n_layers)
-    return _reported(store.path)
+    return store.path
 
 
 def task_for_name(lm, name: str):
@@ -489,11 +486,3 @@ def _local_outputs(path: Path, table: pd.DataFrame, query: pd.DataFrame | None, 
         grid = grid.merge(g[["layer", "head", "effect"]], on=["layer", "head"], how="left")
         plot_heads(grid, _figures(path) / f"heads_{role}", value="effect",
                    title=f"{role} of local vectors (layer {int(heads.local_layer.iloc[0])}): {cfg.task} ({model})")
-
-
-def _reported(run_dir: Path) -> Path:
-    """Write the run's ``report.html`` (the one report writer) and return the run directory."""
-    from taskvec.report import write_report
-
-    write_report(run_dir)
-    return run_dir

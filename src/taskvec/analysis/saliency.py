@@ -273,6 +273,6 @@ def plot_flows(per_layer: pd.DataFrame, path: str | Path, title: str = "saliency
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from taskvec.report.html import save_figure
+    from taskvec.figures import save_figure
 
     return save_figure(fig, path)

@@ -168,6 +168,6 @@ def plot_dpca(result: DPCAResult, path: str | Path, title: str = "dPCA") -> list
         _blank(a_cost, "C8 length-ablation cost", "needs ablated layers early and late")
     fig.suptitle(title)
     fig.tight_layout()
-    from taskvec.report.html import save_figure
+    from taskvec.figures import save_figure
 
     return save_figure(fig, path)

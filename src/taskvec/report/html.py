@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from taskvec.figures import close
 from taskvec.runs import atomic_path, write_text_atomic
 
 STYLE = """
@@ -47,25 +48,6 @@ figcaption{font-size:0.85em;color:#555;display:table-caption;caption-side:bottom
 details{margin:0.8em 0} summary{cursor:pointer;font-weight:600}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:0.8em;background:#f7f7f7;padding:0.5em}
 """
-
-
-def close(fig: Figure) -> None:
-    """Release a figure made with pyplot (a bare :class:`Figure` needs nothing; pyplot is never imported here)."""
-    import sys
-
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close(fig)
-
-
-def save_figure(fig: Figure, path: Path, dpi: int = 120) -> list[Path]:
-    """Save ``fig`` as ``path.png`` and ``path.svg`` (cropped to what is drawn, so no title is cut off), close
-    it, return both paths."""
-    path = Path(path)
-    files = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    for f in files:
-        fig.savefig(f, dpi=dpi, bbox_inches="tight")
-    close(fig)
-    return files
 
 
 def anchor(text: str) -> str:

@@ -17,9 +17,8 @@ from matplotlib.ticker import MaxNLocator
 from taskvec.claims import ClaimRules, geometry_summary, verdicts
 from taskvec.errors import ConfigError
 from taskvec.report.html import Page, anchor
-from taskvec.runs import RunStore, atomic_path, read_saved, remove_stale_temps
+from taskvec.runs import RunStore, atomic_path, read_saved, remove_stale_temps, slug
 from taskvec.stats import mean_ci, summarize, welch_ci
-from taskvec.study import slug
 
 EVAL_VECTORS = [  # (experiment, vector, what it is)
     ("global", "global", "global vector → zero-shot"),
@@ -323,7 +322,7 @@ def _figure_captions() -> dict[str, str]:
     }
 
 
-def write_report(run_dir: str | Path) -> Path:
+def study_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` (+ ``figures/``, ``summary.csv`` = the verdicts, ``evaluation.csv``,
     ``results.parquet``) for a study run directory. Every file is written atomically (a kill mid-write leaves the
     old file or the new one, never a torn one; the temp files a killed writer left are removed here)."""

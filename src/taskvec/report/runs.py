@@ -1,6 +1,6 @@
 """Reports of the runs that are not the study: the analyses (saliency, dPCA, heads), a from-scratch evaluation and
 a from-scratch training run. Each is built from the files its runner wrote (tables, figures, results) with the one
-HTML writer, :class:`taskvec.report.html.Page`. Dispatch by run kind: :func:`taskvec.report.write_report`.
+HTML writer, :class:`taskvec.report.html.Page`. Dispatch by run kind: :func:`taskvec.kinds.write_report`.
 """
 from __future__ import annotations
 
@@ -89,7 +89,29 @@ def _scalars(d: dict, prefix: str = "") -> list[dict]:
     return rows
 
 
+def _draw_dpca(run_dir: Path, saved: dict) -> None:
+    """``figures/dpca_<task>.png|svg`` from the run's tables (drawn here, not by the run: a report needs only the
+    directory)."""
+    from taskvec.analysis.dpca import DPCAResult
+    from taskvec.report.dpca_figures import plot_dpca
+
+    per_layer = _csv(run_dir / "dpca_per_layer.csv")
+    if per_layer is None:
+        return
+    ablation = (pd.read_parquet(run_dir / "dpca_ablation.parquet") if (run_dir / "dpca_ablation.parquet").exists()
+                else pd.DataFrame())
+    baselines, c8 = (json.loads(f.read_text()) if f.exists() else {}
+                     for f in (run_dir / "dpca_baselines.json", run_dir / "dpca_c8.json"))
+    probes = _csv(run_dir / "dpca_probes.csv")
+    cfg = saved.get("config", {})
+    task, model = cfg.get("task", ""), cfg.get("model", "")
+    (run_dir / "figures").mkdir(exist_ok=True)
+    plot_dpca(DPCAResult(per_layer, ablation, baselines, probes=probes if probes is not None else pd.DataFrame(),
+                         c8=c8), run_dir / "figures" / f"dpca_{task}", title=f"dPCA: {task} ({model})")
+
+
 def _dpca(page: Page, run_dir: Path, saved: dict) -> None:
+    _draw_dpca(run_dir, saved)
     pngs = _pngs(run_dir, "dpca_*.png")
     if pngs:
         page.heading("dPCA, separability and subspace ablation")
@@ -168,10 +190,25 @@ def write_analysis_report(run_dir: str | Path, kind: str) -> Path:
     return page.write(run_dir / "report.html")
 
 
+def saliency_report(run_dir: str | Path) -> Path:
+    """``report.html`` of a saliency run."""
+    return write_analysis_report(run_dir, "saliency")
+
+
+def dpca_report(run_dir: str | Path) -> Path:
+    """``report.html`` of a dPCA run (its figure drawn from the tables)."""
+    return write_analysis_report(run_dir, "dpca")
+
+
+def heads_report(run_dir: str | Path) -> Path:
+    """``report.html`` of a heads run."""
+    return write_analysis_report(run_dir, "heads")
+
+
 # ---------------------------------------------------------------------------------------------- from scratch
 def write_evaluation_report(run_dir: str | Path) -> Path:
     """``report.html`` of a from-scratch evaluation run (``results.json``, written by ``taskvec evaluate``)."""
-    from taskvec.scratch.report import write_report
+    from taskvec.report.evaluation import evaluation_page
 
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
@@ -184,7 +221,7 @@ def write_evaluation_report(run_dir: str | Path) -> Path:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(results, dict) or not results:
         raise ConfigError(f"{path} holds no model results")
-    return write_report(results, run_dir / "report.html", config=_saved(run_dir) or None)
+    return evaluation_page(results, run_dir / "report.html", config=_saved(run_dir) or None)
 
 
 def _training_figure(log: pd.DataFrame) -> Figure:

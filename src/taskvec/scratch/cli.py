@@ -107,7 +107,8 @@ def train(
         canonical(layout)
     import torch
 
-    from taskvec.scratch.train import load_config, train as run_train
+    from taskvec.kinds import train as run_train
+    from taskvec.scratch.train import load_config
 
     if threads:
         torch.set_num_threads(threads)
@@ -157,7 +158,8 @@ def evaluate(
     for path in model or []:  # every directory is checked before the first (long) evaluation starts
         _check_model_dir(path)
     from taskvec.experiment import config_from
-    from taskvec.scratch.evaluate import EvalConfig, default_labels, run_evaluation
+    from taskvec.kinds import run_evaluation
+    from taskvec.scratch.evaluate import EvalConfig, default_labels
 
     if label and not model:
         raise ConfigError("--label names a --model: give the models too")
@@ -188,7 +190,8 @@ def compare(
     evaluation draw, aggregate over seeds with 95% intervals and compute the claims' verdicts. Resumable."""
     from taskvec.errors import ConfigError
     from taskvec.experiment import config_from
-    from taskvec.scratch.comparison import ComparisonConfig, check_workers, markdown_summary, run_comparison
+    from taskvec.kinds import run_comparison
+    from taskvec.scratch.comparison import ComparisonConfig, check_workers, markdown_summary
 
     check_workers(workers, threads)
     out = check_out(out, resume)

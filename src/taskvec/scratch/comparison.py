@@ -107,7 +107,7 @@ class ComparisonConfig(ExperimentConfig):
         rules: the verdict thresholds.
     """
 
-    kind: ClassVar[str] = "scratch-comparison"
+    kind: ClassVar[str] = "compare"
 
     train: dict[str, Any] = Field(default_factory=dict)
     arms: list[Arm] = Field(default_factory=lambda: [Arm(name="vanilla"), Arm(name="tvp", tvp_layer=2)])
@@ -188,13 +188,13 @@ class ComparisonConfig(ExperimentConfig):
         return [(layout, arm, seed) for seed in self.seeds for layout in self.layouts for arm in self.arms]
 
 
-def slug(layout: str) -> str:
+def layout_slug(layout: str) -> str:
     """A layout as a directory-name part: ``x→y`` → ``x-y``, ``*xy`` → ``sxy``."""
     return {"x→y": "x-y", "*xy": "sxy"}.get(layout, layout)
 
 
 def model_dir(out: Path, layout: str, arm: Arm, seed: int) -> Path:
-    return Path(out) / "models" / f"{slug(layout)}-{arm.name}-seed-{seed}"
+    return Path(out) / "models" / f"{layout_slug(layout)}-{arm.name}-seed-{seed}"
 
 
 # --------------------------------------------------------------------------------------------- the units
@@ -254,7 +254,7 @@ def _units(cfg: ComparisonConfig, out: Path) -> list[tuple[str, str, tuple]]:
     units = []
     for stage in ("train", "eval"):
         for layout, arm, seed in cfg.runs():
-            name = f"{stage}/{slug(layout)}/{arm.name}/seed-{seed}"
+            name = f"{stage}/{layout_slug(layout)}/{arm.name}/seed-{seed}"
             units.append((stage, name, (layout, arm.model_dump_json(), seed, str(model_dir(out, layout, arm, seed)))))
     return units
 
@@ -270,7 +270,7 @@ def check_workers(workers: int, threads: int) -> None:
 
 
 def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False, workers: int = 1,
-                   threads: int = 1, progress: bool = True, report: bool = True) -> Path:
+                   threads: int = 1, progress: bool = True) -> Path:
     """Train and evaluate every (layout, arm, seed) of ``cfg`` into the run directory ``out``; returns it.
 
     Args:
@@ -281,8 +281,8 @@ def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False,
             ``workers=2, threads=1`` keeps both cores busy without OpenMP threads fighting over them.
 
     Writes ``config.json``, ``results.jsonl`` (one record per unit, fsynced), ``models/`` (one training run
-    directory per model), ``summary.csv`` (:func:`aggregate`), ``verdicts.csv`` (:func:`verdicts`) and
-    ``report.html``.
+    directory per model), ``summary.csv`` (:func:`aggregate`) and ``verdicts.csv`` (:func:`verdicts`);
+    :func:`taskvec.run_comparison` (:mod:`taskvec.kinds`) adds ``report.html``.
     """
     from taskvec.runs import RunStore
 
@@ -339,10 +339,6 @@ def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False,
     table = seed_table(store)
     aggregate(table).to_csv(out / "summary.csv", index=False)
     verdicts(table, cfg).to_csv(out / "verdicts.csv", index=False)
-    if report:
-        from taskvec.report import write_report
-
-        write_report(out)
     return out
 
 

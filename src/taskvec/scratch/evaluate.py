@@ -73,7 +73,7 @@ class EvalConfig(ExperimentConfig):
     :class:`DeprecationWarning`).
     """
 
-    kind: ClassVar[str] = "scratch-evaluate"
+    kind: ClassVar[str] = "evaluate"
 
     models: dict[str, str] = Field(default_factory=dict, description="label -> from-scratch model directory")
 
@@ -641,15 +641,14 @@ def _read_records(store) -> dict[str, list[dict]]:
     return {rec["unit"]: rec["rows"] for rec in store._records()}  # a line cut by a kill is skipped: redone
 
 
-def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progress: bool = True,
-                   report: bool = True) -> Path:
+def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Evaluate the models of ``cfg.models`` into the run directory ``out``; returns it.
 
     The one experiment pattern (:mod:`taskvec.experiment`): ``config.json`` holds the :class:`EvalConfig` (with
     the models' labels and absolute paths), package versions and each model's weights sha256 (``weights``);
     ``results.jsonl`` one unit ``LABEL/ANALYSIS`` per model and analysis, appended and fsynced as it finishes
-    (rows tagged with ``model`` and ``analysis``); then ``results.json`` (``{label: evaluate_model(...)}``) and
-    ``report.html``.
+    (rows tagged with ``model`` and ``analysis``); then ``results.json`` (``{label: evaluate_model(...)}``).
+    :func:`taskvec.run_evaluation` (:mod:`taskvec.kinds`) adds ``report.html``.
 
     Args:
         cfg: the config; ``cfg.models`` must name at least one model (see :func:`default_labels`).
@@ -717,8 +716,4 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
             res[a] = rows[0] if a in ONE_ROW else rows
         results[label] = res
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    if report:
-        from taskvec.scratch.report import write_report
-
-        write_report(results, out / "report.html")
     return store.path

@@ -530,9 +530,9 @@ def training_curve(out_dir: str | Path):
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: str = "cpu",
           progress: bool = True, tensorboard: bool = True,
-          on_step: Callable[[int, ScratchModel], None] | None = None, report: bool = True,
-          compile: bool = False) -> Path:
-    """Train a model; returns the directory of the final model (``out_dir/model``).
+          on_step: Callable[[int, ScratchModel], None] | None = None, compile: bool = False) -> Path:
+    """Train a model; returns the directory of the final model (``out_dir/model``). Writes no ``report.html``:
+    :func:`taskvec.train` (:mod:`taskvec.kinds`) is this plus the report.
 
     Args:
         cfg: the run config. out_dir: run directory (config.json, results.jsonl, log.jsonl/csv, tb/,
@@ -541,7 +541,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
         resume: continue from the newest checkpoint (the config must match but for :data:`ADDITIVE` keys, else
             :class:`ConfigError`).
         on_step: called as ``on_step(step, model)`` after every optimizer step (tests, custom hooks).
-        report: write ``report.html`` (training curves; :func:`taskvec.report.write_report`) at the end.
         compile: ``torch.compile`` the loss computation (:class:`Objective`): a one-off compile (~30–60 s per
             sequence length on 2 CPU cores) for a few per cent per step on CPU; see docs/scratch.md#speed.
 
@@ -555,13 +554,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
     started_dist = _setup_dist(device)
     rank, world = _dist()
     try:
-        final = _train(cfg, out_dir, resume, device, progress and rank == 0, tensorboard, on_step, rank, world,
-                       compile=compile)
-        if report and rank == 0:  # the model is saved first: a report that fails costs no training
-            from taskvec.report import write_report
-
-            write_report(out_dir)
-        return final
+        return _train(cfg, out_dir, resume, device, progress and rank == 0, tensorboard, on_step, rank, world,
+                      compile=compile)
     finally:
         if started_dist:
             dist.destroy_process_group()

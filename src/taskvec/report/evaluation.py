@@ -146,8 +146,8 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name)) or "model"
 
 
-def write_report(results: dict[str, dict], path: str | Path, title: str = "taskvec: from-scratch models",
-                 config: dict | None = None) -> Path:
+def evaluation_page(results: dict[str, dict], path: str | Path, title: str = "taskvec: from-scratch models",
+                    config: dict | None = None) -> Path:
     """Write the HTML report for ``{label: results}`` to ``path`` (figures under ``path.parent/figures``);
     returns its path. ``config``: the run's saved config, shown as a note."""
     path = Path(path)
