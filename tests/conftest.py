@@ -33,7 +33,7 @@ def capital_trials():
 
 SMALL_STUDY = dict(model="smollm2-135m", tasks=["antonyms", "simple_string"], n_trials=4, n_select=4, n_eval=6,
                    n_local_select=3, n_local_eval=4, n_demos=4, demo_counts=[0, 2], spans=["single", "from"],
-                   kofn_subsets=1)
+                   kofn_subsets=1, fv_n_cie=2, fv_k=3, fv_n_tokens=3)
 """A small real study (a knowledge and a categorization task, both spans): every unit, figure and verdict."""
 
 

@@ -188,6 +188,13 @@ IN_PROCESS = [
      "field 'spans.0' (--spans): Input should be 'single' or 'from'"),
     ("study-unparseable-config", "study local-global --config", [*STUDY, "--config", "{tmp}/bad.yaml", *RUN],
      "cannot read config"),
+    ("study-zero-fv-k", "study local-global --fv-k", [*STUDY, "--fv-k", "0", *RUN],
+     "field 'fv_k' (--fv-k): Input should be greater than or equal to 1"),
+    ("methods-missing-dir", "methods <run_dir>", ["methods", "{tmp}/nowhere"], "is not a study run directory"),
+    ("methods-of-a-heads-run", None, ["methods", "{tmp}/garbage"], "is a heads run: the method table needs a study"),
+    ("methods-csv-into-no-dir", "methods --csv", ["methods", "{tmp}/nowhere", "--csv", "{tmp}/x/y.csv"],
+     "--csv {tmp}/x/y.csv: its folder {tmp}/x does not exist"),
+    ("methods-csv-is-a-dir", None, ["methods", "{tmp}/nowhere", "--csv", "{tmp}"], "is a directory: give a file"),
     ("study-task-params-of-no-task", None, [*STUDY, "--config", "{tmp}/params.yaml", *RUN],
      "task_params names 'nosuch', which is not a task of this run"),
     # saliency
@@ -370,6 +377,8 @@ IN_PROCESS = [
 EXEMPT = {
     "study local-global --quick": "a switch (--quick/--no-quick): either value is a valid run",
     "study local-global --with-analyses": "a switch (--with-analyses/--no-analyses): either value is a valid run",
+    "study local-global --function-vectors": "a switch (--function-vectors/--no-function-vectors): either value is "
+                                             "a valid run",
     "train --detach-theta": "a switch (--detach-theta/--no-detach-theta): either value is a valid training",
     "train --curriculum": "a switch (--curriculum/--no-curriculum); its bad values are in --curriculum-start/-every",
     "train --tensorboard": "a switch (--tensorboard/--no-tensorboard): logging on or off",

@@ -18,7 +18,7 @@ from taskvec.errors import ConfigError
 from taskvec.runs import RunStore
 from taskvec.scoring import select_layer
 from taskvec.kinds import run_study
-from taskvec.study import (StudyConfig, _TaskRun, by_mapping, convergence_rows, mapping_trial_avg,
+from taskvec.study import (StudyConfig, TaskRun, by_mapping, convergence_rows, mapping_trial_avg,
                            select_local_layer)
 from taskvec.vectors import load_vectors
 
@@ -77,7 +77,7 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
 
 def test_selection_and_evaluation_queries_are_disjoint(smol):
     for name in ("country_capital", "simple_string"):
-        tr = _TaskRun(name, StudyConfig(**{**SMALL, "n_select": 24, "n_eval": 50}), smol)
+        tr = TaskRun(name, StudyConfig(**{**SMALL, "n_select": 24, "n_eval": 50}), smol)
         sel, ev = {t.query.input for t in tr.select}, [t.query.input for t in tr.eval]
         assert len(tr.select) == 24 and len(tr.eval) == 50
         assert not sel & set(ev) and len(set(ev)) == 50  # distinct queries: no zero-shot prompt counted twice
@@ -118,7 +118,7 @@ def test_local_patching_at_layer_0_is_the_icl_prompt_itself(smol):
     from taskvec.sweep import patch_layers
     from taskvec.vectors import read_icl_states
 
-    tr = _TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    tr = TaskRun("simple_string", StudyConfig(**SMALL), smol)
     icl, dummy = tr.dummy_select
     _, local = read_icl_states(smol, icl)
     patched = patch_layers(smol, dummy, local, "answers", layers=[0])
@@ -154,7 +154,7 @@ def test_vectors_are_saved_with_shapes_and_reload(small_run, smol):
 def test_trial_avg_averages_within_one_label_mapping(smol):
     """Defect 5: Trial Avg on categorization averaged over per-trial label mappings (so it carried no mapping).
     A planted mapping signal must survive the within-mapping average and vanish from the mixed one."""
-    tr = _TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), smol)
+    tr = TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), smol)
     sign = torch.tensor([1.0 if t.label_words == ("A", "B") else -1.0 for t in tr.source])
     assert 0 < (sign > 0).sum() < 40  # both mappings occur
     local = sign[:, None, None, None] * torch.ones(40, 2, 4, 3)  # [P, L, n, d]: +1 for A/B prompts, -1 for B/A
@@ -200,7 +200,7 @@ def test_mediation_is_the_locally_patched_dummys_query_state(smol):
     from taskvec.intervene import Edits, read_states
     from taskvec.vectors import read_role_states
 
-    tr = _TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    tr = TaskRun("simple_string", StudyConfig(**SMALL), smol)
     icl, dummy = tr.dummy_eval
     own, plain = read_role_states(smol, icl), read_role_states(smol, dummy)
     n, d = len(dummy[0].answer_positions), smol.d_model
@@ -229,7 +229,7 @@ def test_token_identity_control_is_the_same_word_from_another_prompt(smol):
     slot with the same answer word's state from a *different* prompt, preferring the same slot."""
     from taskvec.study import token_control
 
-    tr = _TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    tr = TaskRun("simple_string", StudyConfig(**SMALL), smol)
     P, L, n, d = 3, 2, 4, 1
     ids = lambda k: torch.arange(k * L * n, dtype=torch.float).reshape(k, L, n, d)  # noqa: E731
     src = {"local": 1000 + ids(len(tr.source))}
@@ -264,7 +264,7 @@ def test_local_layers_are_selected_only_where_local_beats_its_token():
 
 def test_global_vector_is_built_within_each_label_mapping(smol):
     """Defect 6: the global vector of a categorization task averaged over label mappings."""
-    tr = _TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), smol)
+    tr = TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), smol)
     sign = torch.tensor([1.0 if t.label_words == ("A", "B") else -1.0 for t in tr.source])
     per_prompt = sign[:, None, None] * torch.ones(40, 2, 3)  # [P, L, d]
     g = by_mapping(tr, per_prompt, tr.eval)
@@ -488,7 +488,7 @@ def test_kofn_copies_the_variants_the_local_sweep_ran(smol, monkeypatch):
     local sweep already scored on the same prompts at the same layer: copied, not run again."""
     from taskvec.study import unit_kofn
 
-    tr = _TaskRun("antonyms", StudyConfig(**SMALL), smol)
+    tr = TaskRun("antonyms", StudyConfig(**SMALL), smol)
     _, dummy = tr.dummy_eval
     P, n, L, d = len(dummy), len(dummy[0].answer_positions), smol.n_layers, smol.d_model
     gen = torch.Generator().manual_seed(0)

@@ -143,13 +143,13 @@ def test_use_file_labels_whose_labels_collide_is_refused_before_the_run_director
 
 
 def test_task_params_keyed_by_a_files_stem_reach_the_task(smol, tmp_path):
-    from taskvec.study import StudyConfig, _TaskRun
+    from taskvec.study import StudyConfig, TaskRun
 
     path = _clash_file(tmp_path)
     path.write_text(path.read_text().replace("A1", "yes").replace("A2", "no"))
     cfg = StudyConfig(model="smollm2-135m", tasks=["antonyms", f"file:{path}"], quick=True,
                       task_params={"clash": {"use_file_labels": True, "n_demos": 4}})
-    tr = _TaskRun(f"file:{path}", cfg.effective(), smol)
+    tr = TaskRun(f"file:{path}", cfg.effective(), smol)
     assert tr.name == "clash" and tr.file == "clash" and tr.task.name == "clash"
     assert tr.task.labels == ("yes", "no") and tr.task.use_file_labels and tr.task.n_demos == 4
     assert {t.label_words for t in tr.source} == {("yes", "no")}

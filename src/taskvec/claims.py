@@ -204,7 +204,7 @@ def _paired(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return a.loc[common].to_numpy(float), b.loc[common].to_numpy(float)
 
 
-class _Task:
+class TaskResults:
     """The evaluation-split quantities of one task that the rules read."""
 
     def __init__(self, t: pd.DataFrame, rules: ClaimRules):
@@ -281,7 +281,7 @@ class _Task:
         return self.diff(("global", "global"), self.zero)
 
 
-def _c1(tk: _Task, n_layers: int) -> dict:
+def _c1(tk: TaskResults, n_layers: int) -> dict:
     r = tk.rules
     glob = tk.vector("global", "global")
     if glob.empty or tk.zero.empty:
@@ -301,7 +301,7 @@ def _c1(tk: _Task, n_layers: int) -> dict:
                 unit="evaluation prompts, paired", n=n)
 
 
-def _c2(tk: _Task, knowledge_effect: Control) -> dict:
+def _c2(tk: TaskResults, knowledge_effect: Control) -> dict:
     glob = tk.vector("global", "global")
     if glob.empty:
         return _missing("C2", tk.name, tk.kind, "no global evaluation rows")
@@ -315,7 +315,7 @@ def _c2(tk: _Task, knowledge_effect: Control) -> dict:
                 unit="evaluation prompts", n=len(glob))
 
 
-def _c3(tk: _Task) -> dict:
+def _c3(tk: TaskResults) -> dict:
     d_glob, n = tk.diff(("local", "local"), ("global", "global"))
     d_tok, _ = tk.diff(("local", "local"), ("local", "token_control"))
     if not n:
@@ -327,7 +327,7 @@ def _c3(tk: _Task) -> dict:
                 detail, positive=[tk.local_works()], null=tk.local_nulls(), unit="evaluation prompts, paired", n=n)
 
 
-def _c4(tk: _Task) -> dict:
+def _c4(tk: TaskResults) -> dict:
     d, n = tk.diff(("local", "local"), ("local", "pos_avg"))
     if not n:
         return _missing("C4", tk.name, tk.kind, "no evaluation rows for local − Pos Avg")
@@ -344,14 +344,14 @@ def _c4(tk: _Task) -> dict:
                    if tokens and part.verdict == SUPPORTED else {}))
 
 
-def _kofn_table(tk: _Task, fill: str) -> pd.DataFrame:
+def _kofn_table(tk: TaskResults, fill: str) -> pd.DataFrame:
     k = tk.ev[tk.ev.experiment == "kofn"]
     if "fill" in k:
         k = k[k.fill.fillna("wrong") == fill]
     return k.groupby(["prompt", "k"]).score.mean().unstack("k") if not k.empty else pd.DataFrame()
 
 
-def _kofn_parts(tk: _Task, table: pd.DataFrame, n: int) -> list[Part]:
+def _kofn_parts(tk: TaskResults, table: pd.DataFrame, n: int) -> list[Part]:
     """Categorization: acc(n/2) strictly between acc(0) and acc(n). Knowledge: the few k recover most of the
     effect, acc(few) − acc(0) ≥ ratio × (acc(n) − acc(0)) (the bare ratio acc(few) ≥ ratio × acc(n) passes at k = 0
     whenever the filled dummy already does the task)."""
@@ -366,7 +366,7 @@ def _kofn_parts(tk: _Task, table: pd.DataFrame, n: int) -> list[Part]:
     return [Part(f"acc(k∈{few}) − acc(0) − {r.kofn_ratio}·(acc(n) − acc(0))", tk.boot(stat, m), 0.0)]
 
 
-def _icl_curve(tk: _Task) -> str:
+def _icl_curve(tk: TaskResults) -> str:
     icl = tk.t[tk.t.experiment == "icl"]
     curve = icl.groupby("n_demos").score.mean()
     return ", ".join(f"{int(k)}: {v:.2f}" for k, v in curve.items())
@@ -375,7 +375,7 @@ def _icl_curve(tk: _Task) -> str:
 FILLS = {"wrong": "the dummy's wrong answers", "mean": "mean-ablated (slot means)"}
 
 
-def _c5(tk: _Task) -> dict:
+def _c5(tk: TaskResults) -> dict:
     """k-of-n, judged under each fill of the unpatched slots whose own positive control passes (acc(n) − acc(0)
     > 0); the first such fill's statistic is shown; fills that disagree make the verdict inconclusive."""
     r = tk.rules
@@ -427,7 +427,7 @@ def geometry_summary(t: pd.DataFrame, rules: ClaimRules, n_layers: int) -> dict:
             "curve": c.groupby("layer")[cols].mean()}
 
 
-def _c6(tk: _Task, n_layers: int) -> dict:
+def _c6(tk: TaskResults, n_layers: int) -> dict:
     r = tk.rules
     d, n = tk.diff(("mediation", "mediated"), ("mediation", "dummy_query"))
     if not n:
@@ -523,7 +523,7 @@ def _c8(run_dir: Path, tasks: dict[str, str], rules: ClaimRules) -> list[dict]:
                  verdict=combine(peak_verdict, *(p.verdict for p in parts)))]
 
 
-def _knowledge_effect(tasks: list[_Task], gates: dict) -> Control:
+def _knowledge_effect(tasks: list[TaskResults], gates: dict) -> Control:
     """C2's positive control: global patching works on a knowledge task of the same run (global − zero-shot > 0),
     so a categorization task at chance is not a broken patch."""
     for tk in tasks:
@@ -563,7 +563,7 @@ def verdicts(table: pd.DataFrame, n_layers: int, rules: ClaimRules | None = None
     values) plus the multiplicity-adjusted columns of :func:`adjust`.
     """
     rules = rules or ClaimRules()
-    tasks = [_Task(t, rules) for _, t in table.groupby("task", sort=False)]
+    tasks = [TaskResults(t, rules) for _, t in table.groupby("task", sort=False)]
     gates = {tk.name: tk.icl_gate() for tk in tasks}
     knowledge_effect = _knowledge_effect(tasks, gates)
     rows = []

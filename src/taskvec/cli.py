@@ -140,6 +140,10 @@ def study_local_global(
     spans: Optional[str] = typer.Option(None, help="single, or single,from (also patch l and every later layer)"),
     with_analyses: Optional[bool] = typer.Option(None, "--with-analyses/--no-analyses",
                                                  help="also run saliency, dPCA and heads (claims C7, C8)"),
+    function_vectors: Optional[bool] = typer.Option(None, "--function-vectors/--no-function-vectors",
+                                                    help="also the function vector beside the global and local "
+                                                         "vectors [default: on]"),
+    fv_k: Optional[int] = typer.Option(None, help="heads summed into the function vector [default: 10]"),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML StudyConfig; flags given here override it"),
 ) -> None:
     """The local-vs-global task-vector study (docs/spec.md A.1-A.4, A.8): every task, every vector type, controls, the
@@ -155,7 +159,8 @@ def study_local_global(
 
     flags = dict(model=model, device=device, dtype=dtype, tasks=_csv(tasks), seed=seed, n_trials=n_trials,
                  n_select=n_select, n_eval=n_eval, n_local_select=n_local_select, n_local_eval=n_local_eval,
-                 n_demos=n_demos, spans=_csv(spans), quick=quick, with_analyses=with_analyses)
+                 n_demos=n_demos, spans=_csv(spans), quick=quick, with_analyses=with_analyses,
+                 function_vectors=function_vectors, fv_k=fv_k)
     cfg = config_from(StudyConfig, config, flags)
     out = out or Path("runs") / f"local-global-{cfg.model.replace('/', '_')}-s{cfg.seed}{'-quick' if cfg.quick else ''}"
     try:
@@ -167,7 +172,7 @@ def study_local_global(
     if World.from_env().rank > 0:
         return
     typer.echo(f"report: {run_dir / 'report.html'}\nverdicts: {run_dir / 'summary.csv'}\n"
-               f"accuracies: {run_dir / 'evaluation.csv'}")
+               f"accuracies: {run_dir / 'evaluation.csv'}\nmethods side by side: {run_dir / 'methods.csv'}")
     summary = run_dir / "summary.csv"
     if summary.exists():
         import pandas as pd
@@ -190,6 +195,28 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory: a study, a
     if torn:
         typer.echo(f"note: skipped {torn} torn last line{'s' if torn > 1 else ''} of {run_dir}'s results (cut by a "
                    "kill mid-write; --resume redoes that unit)", err=True)
+
+
+@app.command("methods")
+@friendly
+def methods(run_dir: Path = typer.Argument(..., help="a study run directory (taskvec study local-global --out)"),
+            csv: Optional[Path] = typer.Option(None, help="also write the table to this CSV file")) -> None:
+    """Every vector method side by side for a study run: ICL, zero-shot, the global vector, the function vector,
+    local vectors, each at its selected layer on the evaluation split, with gains, nulls and verdicts."""
+    from taskvec.errors import ConfigError
+    from taskvec.method_table import markdown
+    from taskvec.report.local_global import methods_of
+
+    if csv is not None and not csv.parent.is_dir():
+        raise ConfigError(f"--csv {csv}: its folder {csv.parent} does not exist; create it or write the table "
+                          "elsewhere")
+    if csv is not None and csv.is_dir():
+        raise ConfigError(f"--csv {csv} is a directory: give a file name, e.g. {csv / 'methods.csv'}")
+    table = methods_of(run_dir)
+    typer.echo(markdown(table))
+    if csv is not None:
+        table.to_csv(csv, index=False)
+        typer.echo(f"written: {csv}")
 
 
 def _mount(sub: typer.Typer) -> None:

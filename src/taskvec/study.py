@@ -12,7 +12,8 @@ Three disjoint sets of trials per task, so that **selection is never evaluation*
   vector it controls.
 
 Units per task: ``{task}/icl``, ``{task}/vectors``, ``{task}/patch_states``, ``{task}/global``, ``{task}/local``,
-``{task}/kofn``, ``{task}/mediation``, ``{task}/convergence``, ``{task}/chance``. Every row carries ``split`` (``select``/``eval``) and
+``{task}/kofn``, ``{task}/mediation``, ``{task}/convergence``, ``{task}/function_vector``
+(:mod:`taskvec.study_function_vectors`), ``{task}/chance``. Every row carries ``split`` (``select``/``eval``) and
 ``prompt`` (the index within its split; eval prompt ``i`` is the same query in every experiment, so differences
 are paired).
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -41,20 +41,21 @@ from taskvec.distributed import World, world
 from taskvec.errors import ConfigError
 from taskvec.experiment import ModelExperimentConfig, open_store
 from taskvec.intervene import Edits, read_states
-from taskvec.models.devices import batch_token_budget
-from taskvec.prompts import Template, build_prompts, check_aligned, dummy_trials, zero_shot
-from taskvec.runs import RunStore, slug, versions
-from taskvec.scoring import main_column, select_layer
+from taskvec.prompts import build_prompts, zero_shot
+from taskvec.runs import RunStore, versions
+from taskvec.scoring import select_layer
 from taskvec.stats import Z95
-from taskvec.sweep import Variant, layer_variants, score_variants
-from taskvec.tasks import first_token_id, list_tasks, task_file_path, task_for, task_names
+from taskvec.study_function_vectors import unit_function_vector
+from taskvec.sweep import Variant
+from taskvec.task_run import TaskRun, by_mapping, chance_level, layer_rows, mapping_of, selected_layer
+from taskvec.tasks import list_tasks, task_file_path, task_names
 from taskvec.vectors import (load_vectors, norm_matched_random, pos_avg, read_role_states, save_vectors,
                              trial_avg)
 
 KNOWLEDGE_TASKS = ["country_capital", "antonyms", "english_french", "present_past", "lowercase_uppercase"]
 CATEGORIZATION_TASKS = ["simple_string", "digit", "two_d", "animal_object", "food_body", "color_number"]
-ADDITIVE = ("with_analyses",)  # config keys a resume may change: they only add units, never change finished ones
-QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, demo_counts=[0, 2])  # --quick
+ADDITIVE = ("with_analyses", "function_vectors")  # config keys a resume may change: they only add units, never change finished ones
+QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, fv_n_cie=4, demo_counts=[0, 2])  # --quick
 
 
 MAX_TRIALS = 10_000  # per set of trials and task (a bound that keeps a typo from filling the memory)
@@ -86,6 +87,13 @@ class StudyConfig(ModelExperimentConfig):
     control_task: str = Field("auto", description="task whose vectors serve as the other-task control")
     quick: bool = False
     with_analyses: bool = Field(False, description="also run saliency, dPCA and heads (claims C7, C8)")
+    function_vectors: bool = Field(True, description="also the function vector (Todd et al.; docs/spec.md A.9) "
+                                   "beside the global and local vectors")
+    fv_k: int = Field(10, ge=1, description="heads summed into the function vector (top by AIE)")
+    fv_n_cie: int = Field(10, ge=1, le=MAX_TRIALS, description="shuffled-label prompts of the indirect-effect scan")
+    fv_template: str = Field('The word "{x}" means', description="natural-text template of the function vector's "
+                             "generation test ({x}: the query's input; '' skips it)")
+    fv_n_tokens: int = Field(5, ge=1, le=64, description="tokens generated in the natural-text test")
     claims: ClaimRules = Field(default_factory=ClaimRules)
     max_batch_tokens: int | None = Field(None, ge=64, description="tokens (rows x length) per forward of a sweep "
                                          "(default: 12,000 on a CPU, from the free GPU memory on a GPU)")
@@ -105,6 +113,14 @@ class StudyConfig(ModelExperimentConfig):
             raise ValueError(f"demo_counts: {bad[0]} is out of range: each count of demonstrations is in 0..64")
         if len(set(v)) != len(v):
             raise ValueError(f"demo_counts {v} repeats a count: give each once")
+        return v
+
+    @field_validator("fv_template")
+    @classmethod
+    def _fv_template(cls, v: str) -> str:
+        if v and "{x}" not in v:
+            raise ValueError(f"fv_template {v!r} has no {{x}} placeholder for the query's input (or give '' to skip "
+                             "the natural-text test)")
         return v
 
     @field_validator("separator")
@@ -175,102 +191,6 @@ class StudyConfig(ModelExperimentConfig):
         return self.model_copy(update=update)
 
 
-def held_out_trials(task, n: int, n_demos: int | None, seed: int) -> list:
-    """``n`` trials whose queries are pairwise distinct (so a selection and an evaluation split drawn from them
-    share no query, and no zero-shot prompt is counted twice). Deterministic in ``seed``."""
-    out, seen = [], set()
-    for round_ in range(50):
-        for trial in task.sample_trials(n, n_demos, seed=seed + 7919 * round_):
-            if trial.query.input not in seen:
-                seen.add(trial.query.input)
-                out.append(trial)
-                if len(out) == n:
-                    return out
-    raise ConfigError(f"task {task.name!r} has too few distinct queries for {n} selection + evaluation trials "
-                      f"(found {len(out)}); lower --n-select / --n-eval")
-
-
-class _TaskRun:
-    """What the units of one task share: its task object, the three sets of trials and their prompts."""
-
-    def __init__(self, name: str, cfg: StudyConfig, lm):
-        self.spec, self.cfg, self.lm = name, cfg, lm
-        self.name = cfg.task_names().get(name, name)  # a task file goes by its stem, not its path
-        params = cfg.task_params_for(name)
-        if self.name != name:
-            params.setdefault("name", self.name)
-        self.task = task_for(name, lm.tokenizer, **params)
-        self.template = Template(cfg.separator, cfg.joiner)
-        self.categorization = self.task.kind == "categorization"
-        self.source = self.task.sample_trials(cfg.n_trials, cfg.n_demos, seed=cfg.seed)
-        held = held_out_trials(self.task, cfg.n_select + cfg.n_eval, cfg.n_demos, cfg.seed + 10_007)
-        self.select, self.eval = held[:cfg.n_select], held[cfg.n_select:]
-        self.file = slug(self.name)
-
-    @cached_property
-    def source_prompts(self):
-        return build_prompts(self.lm, self.source, self.template)
-
-    @cached_property
-    def eval_prompts(self):
-        return build_prompts(self.lm, self.eval, self.template)
-
-    def zero_shot(self, split: str):
-        return build_prompts(self.lm, zero_shot(self.select if split == "select" else self.eval), self.template)
-
-    def dummies(self, split: str):
-        """``(icl, dummy)`` prompts for local patching on a split: dummy = same inputs, random answers, the same
-        token layout (redrawn up to 8 times where a tokenizer merges differently; then an error)."""
-        n = self.cfg.n_local_select if split == "select" else self.cfg.n_local_eval
-        trials = (self.select if split == "select" else self.eval)[:n]
-        icl = build_prompts(self.lm, trials, self.template)
-        salt = 0 if split == "select" else 500_009
-        out = []
-        for i, trial in enumerate(trials):
-            for attempt in range(8):
-                d = build_prompts(self.lm, dummy_trials([trial], [self.task.answer_pool(trial)],
-                                                        self.cfg.seed + salt + 31 * i + attempt, self.lm.tokenizer),
-                                  self.template)[0]
-                if len(d) == len(icl[i]) and d.answer_positions == icl[i].answer_positions:
-                    break
-            out.append(d)
-        check_aligned(icl, out)
-        return icl, out
-
-    @cached_property
-    def dummy_select(self):
-        return self.dummies("select")
-
-    @cached_property
-    def dummy_eval(self):
-        return self.dummies("eval")
-
-    def score_column(self) -> str:
-        return main_column(self.categorization)
-
-    def run(self, prompts, variants: list[Variant], meta: list[dict], label: str) -> list[dict]:
-        """Run variants on prompts and return one row per variant: ``meta`` + scores (``score`` is label-restricted
-        accuracy for categorization, accuracy over the vocabulary otherwise)."""
-        budget = self.cfg.max_batch_tokens or batch_token_budget(self.lm)
-        scores = score_variants(self.lm, prompts, variants, max_batch_tokens=budget,
-                                progress=f"{self.name} {label}")
-        df = pd.concat([pd.DataFrame(meta), scores], axis=1)
-        df["score"] = df[self.score_column()]
-        return df.to_dict("records")
-
-    def clean(self, prompts, **tags) -> list[dict]:
-        variants = [Variant.clean(i, self.lm.d_model) for i in range(len(prompts))]
-        return self.run(prompts, variants, [dict(prompt=i, **tags) for i in range(len(prompts))], "clean")
-
-
-def chance_level(tr: _TaskRun) -> float:
-    """Chance of the reported score: 1/2 for two labels; 1/(number of distinct answers' first tokens) otherwise."""
-    if tr.categorization:
-        return 1.0 / len(tr.task.labels)
-    pool = tr.task.answer_pool(tr.source[0])
-    return 1.0 / len({first_token_id(tr.lm.tokenizer, a) for a in pool})
-
-
 def _control_task(name: str, cfg: StudyConfig) -> str:
     """The control task of task ``name``, as given in the config (a task file's name maps back to its path)."""
     if cfg.control_task != "auto":
@@ -297,7 +217,7 @@ def _save_once(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> 
         tmp.unlink(missing_ok=True)
 
 
-def source_vectors(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
+def source_vectors(store: RunStore, tr: TaskRun) -> dict[str, torch.Tensor]:
     """Global and local states of the source prompts (saved before any unit uses them; reloaded on resume)."""
     path = store.path / "vectors" / f"{tr.file}.safetensors"
     unit = f"{tr.name}/vectors"
@@ -314,7 +234,7 @@ def source_vectors(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
     return load_vectors(path)[0]
 
 
-def patch_states(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
+def patch_states(store: RunStore, tr: TaskRun) -> dict[str, torch.Tensor]:
     """States of the selection and evaluation prompts that local patching uses, per split ``s``: ``local_s``
     (the ICL prompts' own local vectors), ``dummy_s`` (the dummy prompts' unpatched answer states: slot means, and
     the no-op fill of the token-identity control), ``dummy_query_s`` (the unpatched dummy's query state: the
@@ -345,30 +265,12 @@ def patch_states(store: RunStore, tr: _TaskRun) -> dict[str, torch.Tensor]:
     return load_vectors(path)[0]
 
 
-def _mapping(tr: _TaskRun, trial) -> tuple | None:
-    return trial.label_words if tr.categorization else None
-
-
-def by_mapping(tr: _TaskRun, per_source: torch.Tensor, trials) -> torch.Tensor:
-    """``[T, ...]``: for each target trial, the mean of ``per_source`` (``[P_source, ...]``) over the source prompts
-    that share its class -> word mapping (knowledge tasks: every source prompt). Averaging across mappings erases
-    the mapping (docs/spec.md A.3), so the global vector, Trial Avg and the separator states are built this way."""
-    groups: dict = {}
-    for p, t in enumerate(tr.source):
-        groups.setdefault(_mapping(tr, t), []).append(p)
-    missing = {_mapping(tr, t) for t in trials} - set(groups)
-    if missing:
-        raise ConfigError(f"{tr.name}: no source prompt has the label mapping {sorted(missing)[0]}; raise --n-trials")
-    means = {k: per_source[idx].mean(0) for k, idx in groups.items()}
-    return torch.stack([means[_mapping(tr, t)] for t in trials])
-
-
-def mapping_trial_avg(tr: _TaskRun, source: dict, trials) -> torch.Tensor:
+def mapping_trial_avg(tr: TaskRun, source: dict, trials) -> torch.Tensor:
     """``[P, L, n, d]``: for each target trial, Trial Avg over the source prompts that share its mapping."""
     return by_mapping(tr, source["local"], trials)
 
 
-def token_control(tr: _TaskRun, src: dict, states: dict, split: str) -> tuple[torch.Tensor, float]:
+def token_control(tr: TaskRun, src: dict, states: dict, split: str) -> tuple[torch.Tensor, float]:
     """The **token-identity control** of local patching (docs/spec.md A.4): ``[P, L, n, d]``, each slot of each
     ``split`` prompt filled, at every layer, with the state of the **same answer word** at an answer position of a
     *different* prompt (source prompts, or ICL prompts of either split; other inputs — for categorization the
@@ -416,7 +318,7 @@ def shuffled_slots(local: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------- units
-def unit_icl(tr: _TaskRun) -> list[dict]:
+def unit_icl(tr: TaskRun) -> list[dict]:
     """ICL accuracy vs number of demonstrations on the evaluation trials: zero-shot and all demonstrations on
     every evaluation trial (the baselines of the verdicts, paired with global patching), the counts in between
     on the local-evaluation trials (paired with the k-of-n ablation, which patches k answers of the same prompts)."""
@@ -432,31 +334,7 @@ def unit_icl(tr: _TaskRun) -> list[dict]:
     return rows
 
 
-def _layer_rows(tr, prompts, vectors: dict[str, torch.Tensor], positions: str, layers: dict[str, list[int]],
-                span: str, experiment: str, split: str) -> list[dict]:
-    """Every named vector at its layers, stacked into one run."""
-    pos = (torch.tensor([[p.query_position] for p in prompts]) if positions == "query"
-           else torch.tensor([p.answer_positions for p in prompts]))
-    variants, meta = [], []
-    for name, vec in vectors.items():
-        if vec.dim() == 2:  # [L, d] -> shared [L, 1, d]
-            vec = vec[:, None, :]
-        if vec.shape[-2] != pos.shape[1]:
-            vec = vec.expand(*vec.shape[:-2], pos.shape[1], vec.shape[-1])
-        vs = layer_variants(len(prompts), vec, pos, layers[name], span)
-        variants += vs
-        meta += [dict(experiment=experiment, vector=name, span=span, split=split, prompt=p, layer=l)
-                 for p in range(len(prompts)) for l in layers[name]]
-    return tr.run(prompts, variants, meta, f"{experiment}/{split}")
-
-
-def _selected(rows: list[dict], vector: str, span: str, min_layer: int = 0) -> int:
-    df = pd.DataFrame(rows)
-    return select_layer(df[(df.vector == vector) & (df.span == span) & (df.split == "select")
-                           & (df.layer >= min_layer)])
-
-
-def unit_global(tr: _TaskRun, src: dict, control: dict) -> list[dict]:
+def unit_global(tr: TaskRun, src: dict, control: dict) -> list[dict]:
     """Global vector (built within each trial's label mapping) into zero-shot prompts: every layer on the
     selection split; on the evaluation split at the global vector's selected layer, with the controls there.
 
@@ -472,12 +350,12 @@ def unit_global(tr: _TaskRun, src: dict, control: dict) -> list[dict]:
     rows = []
     for span in tr.cfg.spans:
         sel_vectors = vectors(tr.select)
-        sel = _layer_rows(tr, tr.zero_shot("select"), sel_vectors, "query", {k: list(range(L)) for k in sel_vectors},
+        sel = layer_rows(tr, tr.zero_shot("select"), sel_vectors, "query", {k: list(range(L)) for k in sel_vectors},
                           span, "global", "select")
-        layer = _selected(sel, "global", span)
+        layer = selected_layer(sel, "global", span)
         evals = {**vectors(tr.eval), "random": norm_matched_random(src["global"], tr.cfg.seed),
                  "other_task": control["global"]}
-        rows += sel + _layer_rows(tr, tr.zero_shot("eval"), evals, "query", {k: [layer] for k in evals}, span,
+        rows += sel + layer_rows(tr, tr.zero_shot("eval"), evals, "query", {k: [layer] for k in evals}, span,
                                   "global", "eval")
     return rows
 
@@ -502,7 +380,7 @@ def select_local_layer(rows: list[dict], span: str, min_layer: int) -> tuple[int
     return select_layer(chosen), False
 
 
-def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dict]:
+def unit_local(tr: TaskRun, src: dict, states: dict, control: dict) -> list[dict]:
     """Local vectors (own, Pos Avg, Trial Avg within a mapping) into dummy prompts, with the token-identity control
     at every layer: every layer from ``min_local_layer`` on, on the selection split (below it nothing can be
     selected: at layer 0 a local vector is its answer token's embedding, equal to its token-identity control); on the evaluation split each vector at its own selected
@@ -522,9 +400,9 @@ def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dic
         sel_vectors = {"local": local_s, "token_control": control_s, "pos_avg": pos_avg(local_s),
                        "trial_avg": mapping_trial_avg(tr, src, tr.select[:len(dummy_s)])}
         swept = list(range(tr.cfg.min_local_layer, L))  # below it a local vector is its token (never selected)
-        sel = _layer_rows(tr, dummy_s, sel_vectors, "answers", {k: swept for k in sel_vectors}, span, "local",
+        sel = layer_rows(tr, dummy_s, sel_vectors, "answers", {k: swept for k in sel_vectors}, span, "local",
                           "select")
-        layer = {k: _selected(sel, k, span, tr.cfg.min_local_layer) for k in ("pos_avg", "trial_avg")}
+        layer = {k: selected_layer(sel, k, span, tr.cfg.min_local_layer) for k in ("pos_avg", "trial_avg")}
         layer["local"], beats_token = select_local_layer(sel, span, tr.cfg.min_local_layer)
         local_e = states["local_eval"]
         evals = {"local": local_e, "token_control": control_e, "pos_avg": pos_avg(local_e),
@@ -536,7 +414,7 @@ def unit_local(tr: _TaskRun, src: dict, states: dict, control: dict) -> list[dic
         if tr.categorization:  # the mapping-mixed average carries no mapping: a null control
             evals["trial_avg_mixed"] = src["trial_avg"]
             at["trial_avg_mixed"] = layer["trial_avg"]
-        ev = _layer_rows(tr, dummy_e, evals, "answers", {k: [at[k]] for k in evals}, span, "local", "eval")
+        ev = layer_rows(tr, dummy_e, evals, "answers", {k: [at[k]] for k in evals}, span, "local", "eval")
         rows += sel + [dict(r, beats_token=beats_token) if r["vector"] == "local" else r for r in ev]
     for r in rows:
         if r.get("vector") == "token_control":
@@ -555,7 +433,7 @@ def kofn_values(n: int, which: str = "grid") -> list[int]:
 SCORES = ("correct", "target_logprob", "label_correct", "score")  # the scored columns of a row (tr.run)
 
 
-def unit_kofn(tr: _TaskRun, states: dict, layer: int, local: pd.DataFrame | None = None) -> list[dict]:
+def unit_kofn(tr: TaskRun, states: dict, layer: int, local: pd.DataFrame | None = None) -> list[dict]:
     """Only k of the n answer positions of each evaluation dummy prompt patched (local vectors, at the local
     vector's selected layer), k in :func:`kofn_values`, ``kofn_subsets`` random subsets per k, with the n − k
     other slots filled two ways on the same subsets: ``fill="wrong"`` leaves the dummy's random answers there
@@ -612,7 +490,7 @@ def loo_group_means(vectors: torch.Tensor, keys: list, target_keys: list) -> dic
     return out
 
 
-def unit_mediation(tr: _TaskRun, states: dict, local_layer: int, global_layer: int) -> list[dict]:
+def unit_mediation(tr: TaskRun, states: dict, local_layer: int, global_layer: int) -> list[dict]:
     """The **mediation test** of convergence (docs/spec.md A.4): patch the local vectors into the evaluation
     dummy prompts at the local layer, read each dummy's query state at the global layer, and patch their
     (leave-one-out, within-mapping) mean into the zero-shot evaluation prompts like a global vector; beside it the
@@ -630,8 +508,8 @@ def unit_mediation(tr: _TaskRun, states: dict, local_layer: int, global_layer: i
     mediated = read_states(tr.lm, [p.ids for p in dummy], [[p.query_position] for p in dummy], [global_layer],
                            edits=edits)[:, 0, 0]
     plain = states["dummy_query_eval"][:, global_layer]
-    keys = [_mapping(tr, t) for t in tr.eval[:P]]
-    targets = [_mapping(tr, t) for t in tr.eval]
+    keys = [mapping_of(tr, t) for t in tr.eval[:P]]
+    targets = [mapping_of(tr, t) for t in tr.eval]
     zero = tr.zero_shot("eval")
     variants, meta = [], []
     for name, states_at_query in (("mediated", mediated), ("dummy_query", plain)):
@@ -679,7 +557,7 @@ def convergence_rows(local: torch.Tensor, separators: torch.Tensor, query: torch
     return rows
 
 
-def unit_convergence(tr: _TaskRun, src: dict, states: dict) -> list[dict]:
+def unit_convergence(tr: TaskRun, src: dict, states: dict) -> list[dict]:
     """Role-matched convergence geometry (:func:`convergence_rows`) on the evaluation ICL prompts, against the
     global vector of the source prompts (within each prompt's mapping), centred on the mean state over every
     token of the evaluation prompts."""
@@ -722,7 +600,7 @@ def _local_eval_rows(store: RunStore, task: str) -> pd.DataFrame:
     return t[(t.task == task) & (t.experiment == "local") & (t.split == "eval") & t.span.isin(["single", "none"])]
 
 
-def task_files(runs: dict[str, _TaskRun]) -> dict[str, dict]:
+def task_files(runs: dict[str, TaskRun]) -> dict[str, dict]:
     """For the run record (``config.json``): each task file of the run by the name it goes by, with its path and
     the file's counts (rows, duplicates merged, conflicts and the rows they dropped, the ``on_conflict`` policy)."""
     return {tr.name: {"path": task_file_path(spec), **(tr.task.file_stats or {})}
@@ -763,11 +641,11 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
     w.together(lambda: (check_tasks(names), RunStore.check(out, eff.saved(), resume, ADDITIVE)))
     if lm is None:
         lm = w.together(lambda: cfg.load(w.local_rank))
-    runs: dict[str, _TaskRun] = {}
+    runs: dict[str, TaskRun] = {}
 
-    def task_run(name: str) -> _TaskRun:
+    def task_run(name: str) -> TaskRun:
         if name not in runs:
-            runs[name] = _TaskRun(name, eff, lm)
+            runs[name] = TaskRun(name, eff, lm)
         return runs[name]
 
     w.together(lambda: [task_run(name) for name in names])  # fail on a bad task before the run directory exists
@@ -800,6 +678,9 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
             store.run_unit(f"{name}/mediation",
                            lambda: with_tags(unit_mediation(tr, states, local_layer, global_layer)))
             store.run_unit(f"{name}/convergence", lambda: with_tags(unit_convergence(tr, src, states)))
+        if eff.function_vectors:
+            store.run_unit(f"{name}/function_vector", lambda: with_tags(
+                unit_function_vector(tr, task_run(_control_task(name, eff)))))
         if not store.done(f"{name}/chance"):
             store.append(f"{name}/chance", [dict(experiment="chance", score=chance_level(tr), **tag)])
     if eff.with_analyses:

@@ -16,7 +16,9 @@ from matplotlib.ticker import MaxNLocator
 
 from taskvec.claims import ClaimRules, geometry_summary, verdicts
 from taskvec.errors import ConfigError
+from taskvec.method_table import method_table
 from taskvec.report.html import Page, anchor
+from taskvec.report.runs import ANALYSES, write_analysis_report
 from taskvec.runs import RunStore, atomic_path, read_saved, remove_stale_temps, slug
 from taskvec.stats import mean_ci, summarize, welch_ci
 
@@ -36,6 +38,13 @@ EVAL_VECTORS = [  # (experiment, vector, what it is)
     ("local", "dummy", "dummy prompt unpatched"),
     ("mediation", "mediated", "mediation: query state of the locally patched dummy → zero-shot"),
     ("mediation", "dummy_query", "mediation null: query state of the unpatched dummy → zero-shot"),
+    ("function_vector", "function_vector", "function vector (top-k heads) added → zero-shot"),
+    ("function_vector", "random_heads", "null control: k random heads' mean outputs added → zero-shot"),
+    ("function_vector", "other_task", "null control: other task's means of the same heads added → zero-shot"),
+    ("function_vector", "shuffled", "shuffled-label ICL prompt unpatched"),
+    ("function_vector", "function_vector_shuffled", "function vector added → shuffled-label ICL prompt"),
+    ("function_vector", "natural_clean", "natural-text template, generated (answer in the first tokens)"),
+    ("function_vector", "natural_fv", "function vector added → natural-text template, generated"),
 ]
 
 
@@ -157,6 +166,13 @@ def global_figure(task: str, t: pd.DataFrame, span: str = "single") -> Figure:
                                                 ("demo_separators", "demonstrations' separator states")],
                             ["ICL", "zero-shot", "chance"], f"{task}: global patching into zero-shot prompts",
                             "layer l (replaced at the query)", span)
+
+
+def function_vector_figure(task: str, t: pd.DataFrame) -> Figure:
+    """The function vector added at the query of zero-shot prompts, every layer (selection split)."""
+    return _small_multiples(task, t, "function_vector", [("function_vector", "function vector (top-k heads)")],
+                            ["ICL", "zero-shot", "chance"], f"{task}: function vector into zero-shot prompts",
+                            "layer l (added at the query)", "single", panel_width=4.0)
 
 
 def local_figure(task: str, t: pd.DataFrame, span: str = "single") -> Figure:
@@ -317,6 +333,9 @@ def _figure_captions() -> dict[str, str]:
                   "job, the role-matched positive control).",
         "kofn": "How many answer positions must carry a local vector: k of n patched (the others mean-ablated, or "
                 "left with the dummy's wrong answers), next to ICL with k demonstrations.",
+        "function_vector": "The function vector (the top-k heads by causal indirect effect, their mean outputs "
+                           "summed) added at the query of zero-shot prompts at layer l; the dot is the evaluation "
+                           "split at the layer chosen on the selection split.",
         "convergence": "Role-matched geometry: centred cosines of the demonstrations' separator states and of held-out "
                        "query states to the global vector, and of local vectors across slots (late layers shaded).",
     }
@@ -344,6 +363,9 @@ def study_report(run_dir: str | Path) -> Path:
     evaluation = evaluation_table(table)
     with atomic_path(run_dir / "evaluation.csv") as tmp:
         evaluation.to_csv(tmp, index=False)
+    methods = method_table(table, rules)
+    with atomic_path(run_dir / "methods.csv") as tmp:
+        methods.to_csv(tmp, index=False)
 
     page = Page(f"Local vs global task vectors — {cfg['model']}", run_dir / "figures")
     src = saved.get("model_source", {})
@@ -379,6 +401,7 @@ def study_report(run_dir: str | Path) -> Path:
               "(categorization). Controls are evaluated at the layer of the vector they control.", cls="note")
     with page.collapsed("Every condition, including the controls (table)"):
         page.table(evaluation, tall=True)
+    _methods_section(page, methods, table)
     geo, contrast = geometry_table(table, rules, n_layers)
     if not geo.empty:
         with page.collapsed("Convergence geometry between states of the same role (late layers, per task)"):
@@ -398,6 +421,8 @@ def study_report(run_dir: str | Path) -> Path:
         if (t.get("span") == "from").any():
             figs += [(f"{name}_local_from", local_figure(task, t, "from")),
                      (f"{name}_global_from", global_figure(task, t, "from"))]
+        if _has(t, "function_vector", "function_vector", "single"):
+            figs.append((f"{name}_function_vector", function_vector_figure(task, t), captions["function_vector"]))
         figs += [(f"{name}_convergence", convergence_figure(task, t, rules, n_layers), captions["convergence"]),
                  (f"{name}_kofn", kofn_figure(task, t), captions["kofn"])]
         page.figures(figs)
@@ -408,11 +433,53 @@ def study_report(run_dir: str | Path) -> Path:
                   "by string length and label with subspace ablation (A.6), per-head effects at the query. Data in "
                   "analyses/*/.", cls="note")
         for sub in sorted(p for p in analyses.iterdir() if p.is_dir()):
+            if sub.name in ANALYSES and (sub / "config.json").exists():
+                try:  # its own page, and the figures its report draws (dPCA)
+                    write_analysis_report(sub, sub.name)
+                except ConfigError:  # not finished yet: nothing to show
+                    continue
             pngs = sorted((sub / "figures").glob("*.png"))
             if pngs:
                 page.heading(sub.name, level=3)
                 page.images(pngs)
     return page.write(run_dir / "report.html")
+
+
+def methods_of(run_dir: str | Path) -> pd.DataFrame:
+    """The method table (:func:`taskvec.method_table.method_table`) of a study run directory; a one-line
+    :class:`ConfigError` for a directory that is not a study or holds no results yet."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir} is not a study run directory (no config.json): give the --out directory of "
+                          "taskvec study local-global")
+    kind = str(read_saved(run_dir).get("kind") or "study")
+    if kind != "study":
+        raise ConfigError(f"{run_dir} is a {kind} run: the method table needs a study run directory "
+                          "(taskvec study local-global --out DIR)")
+    saved = read_saved(run_dir)
+    table = RunStore(run_dir, saved["config"], resume=True).table()
+    if table.empty:
+        raise ConfigError(f"{run_dir} has no results yet")
+    return method_table(table, ClaimRules(**saved["config"].get("claims", {})))
+
+
+def _methods_section(page: Page, methods: pd.DataFrame, table: pd.DataFrame) -> None:
+    """Every vector method side by side (:func:`taskvec.method_table.method_table`) and the function vector's
+    heads."""
+    if methods.empty or not (methods.method == "function_vector").any():
+        return
+    page.heading("Every vector method side by side", id="methods")
+    page.table(methods.drop(columns=["kind", "note"]), floatfmt="{:.2f}")
+    page.text("Each method at the layer chosen for it on the selection split, scored on the evaluation split; gain "
+              "over its baseline and margin over its strongest null are paired over the same prompts (95% "
+              "bootstrap intervals). works: both above 0; not above null: it beats the baseline but an artefact "
+              "(another task's vector, random heads, the answer token alone) does as well. vs_global: the function "
+              "vector minus the global vector on the same zero-shot prompts. Data: methods.csv.", cls="note")
+    heads = table[(table.experiment == "fv_heads") & (table.get("chosen") == True)]  # noqa: E712
+    if not heads.empty:
+        with page.collapsed("The function vector's heads (top-k by average indirect effect, per task)"):
+            page.table(heads[["task", "rank", "layer", "head", "aie", "aie_low", "aie_high", "n"]]
+                       .astype({"rank": int, "layer": int, "head": int, "n": int}), floatfmt="{:.4f}")
 
 
 def _file_counts(info: dict) -> str:
