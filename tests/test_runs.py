@@ -275,6 +275,30 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one_never_a_torn_one(tmp_pa
     assert not any(f.exists() for f in stale) and live.exists()
 
 
+def test_tables_are_saved_atomically_as_csv_or_parquet(tmp_path, monkeypatch):
+    """The analyses' and the from-scratch runs' tables go through save_table: a write stopped before the rename
+    leaves the old table, whole."""
+    from taskvec.runs import save_table
+
+    old, new = pd.DataFrame({"layer": [0, 1], "x": [0.5, 0.25]}), pd.DataFrame({"layer": [0], "x": [1.0]})
+    for name in ("summary.csv", "ablation.parquet"):
+        path = save_table(old, tmp_path / name)
+        read = pd.read_parquet if name.endswith(".parquet") else pd.read_csv
+        pd.testing.assert_frame_equal(read(path), old)
+
+        def no_rename(*args):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "replace", no_rename)
+        with pytest.raises(KeyboardInterrupt):
+            save_table(new, path)
+        monkeypatch.undo()
+        pd.testing.assert_frame_equal(read(path), old)
+        save_table(new, path)
+        pd.testing.assert_frame_equal(read(path), new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation.parquet", "summary.csv"]
+
+
 def test_a_study_killed_while_writing_its_report_resumes_to_a_whole_report(small_study, smol, tmp_path):
     """kill -9 while the report is being written (its CSVs are out, its figures half drawn, no report.html yet),
     then --resume: no unit is lost or run again (results.jsonl stays byte for byte), every report file is whole, and

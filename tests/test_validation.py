@@ -182,3 +182,36 @@ def test_a_task_file_with_a_conflict_stops_the_study_before_the_run_directory(sm
     with pytest.raises(TaskFileError, match=expected) as err:
         run_study(cfg, tmp_path / "run", lm=smol)
     assert "on_conflict" in _one_line(err) and not (tmp_path / "run").exists()
+
+
+def test_analysis_configs_refuse_what_the_cli_refuses():
+    """The Python API gets the CLI's checks: an empty separator, saliency without demonstrations, dPCA on a task
+    without labels are one-line errors when the config is made (before any model loads or directory is created)."""
+    from taskvec.analysis.runners import DPCAConfig, HeadsConfig, SaliencyConfig
+
+    cases = [(SaliencyConfig, dict(separator=" "), "separator ' ' is empty"),
+             (SaliencyConfig, dict(n_demos=0), "greater than or equal to 1"),
+             (HeadsConfig, dict(separator=""), "separator '' is empty"),
+             (DPCAConfig, dict(separator=""), "separator '' is empty"),
+             (DPCAConfig, dict(task="antonyms"), "knowledge task with no labels")]
+    for cls, fields, text in cases:
+        with pytest.raises(ConfigError, match=text) as err:
+            cls(**fields)
+        assert "\n" not in str(err.value)
+    assert DPCAConfig(task="two_d").task == "two_d"
+
+
+def test_study_on_conflict_reaches_task_files_only(tmp_path):
+    from taskvec.study import StudyConfig
+
+    path = tmp_path / "caps.json"
+    path.write_text('[{"input": "a", "output": "b"}, {"input": "a", "output": "c"}]')
+    spec = f"file:{path}"
+    cfg = StudyConfig(tasks=[spec, "antonyms"], on_conflict="drop_both")
+    assert cfg.task_params_for(spec)["on_conflict"] == "drop_both"
+    assert "on_conflict" not in cfg.task_params_for("antonyms")  # a registered task takes no such parameter
+    own = StudyConfig(tasks=[spec], on_conflict="drop_both", task_params={"caps": {"on_conflict": "keep_first"}})
+    assert own.task_params_for(spec)["on_conflict"] == "keep_first"  # the file's own setting wins
+    assert StudyConfig(tasks=[spec]).task_params_for(spec)["on_conflict"] == "error"
+    with pytest.raises(ConfigError, match="on_conflict"):
+        StudyConfig(tasks=[spec], on_conflict="keep_last")

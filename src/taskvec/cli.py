@@ -80,6 +80,8 @@ def tasks_show(
     n_demos: Optional[int] = typer.Option(None, help="demonstrations in the example prompt (default: the task's)"),
     seed: int = typer.Option(0, help="seed of the example's draw"),
     separator: str = typer.Option("is", help="word between input and answer"),
+    on_conflict: Optional[str] = typer.Option(None, help="a task file's input repeated with another output: error "
+                                                         "(default), keep_first or drop_both"),
 ) -> None:
     """A task's parameters, size, and one example prompt (with its tokenizer check when --model is given)."""
     from taskvec.cli_errors import check_at_least, check_separator
@@ -89,12 +91,23 @@ def tasks_show(
     check_at_least("--n-demos", n_demos, 1)
     check_at_least("--seed", seed, 0)
     check_separator("--separator", separator)
-    task = get_task(name)
+    params = {}
+    if on_conflict is not None:
+        from taskvec.errors import ConfigError
+        from taskvec.tasks import task_file_path
+        from taskvec.tasks.custom import ON_CONFLICT
+
+        if on_conflict not in ON_CONFLICT:
+            raise ConfigError(f"--on-conflict must be one of {', '.join(ON_CONFLICT)}, got {on_conflict!r}")
+        if task_file_path(name) is None:
+            raise ConfigError(f"--on-conflict applies to task files; {name!r} is a registered task")
+        params["on_conflict"] = on_conflict
+    task = get_task(name, **params)
     if model:
         from taskvec.models import load_model
 
         lm = load_model(model)
-        task = task_for(name, lm.tokenizer)
+        task = task_for(name, lm.tokenizer, **params)
         pool = task.answer_pool(task.sample_trials(1, seed=seed)[0])
         if task.kind == "knowledge":
             collisions = first_token_collisions(lm.tokenizer, pool)
@@ -144,6 +157,9 @@ def study_local_global(
                                                     help="also the function vector beside the global and local "
                                                          "vectors [default: on]"),
     fv_k: Optional[int] = typer.Option(None, help="heads summed into the function vector [default: 10]"),
+    on_conflict: Optional[str] = typer.Option(None, help="task files: an input repeated with another output: error, "
+                                                         "keep_first or drop_both (counted in config.json) "
+                                                         "[default: error]"),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML StudyConfig; flags given here override it"),
 ) -> None:
     """The local-vs-global task-vector study (docs/spec.md A.1-A.4, A.8): every task, every vector type, controls, the
@@ -160,7 +176,7 @@ def study_local_global(
     flags = dict(model=model, device=device, dtype=dtype, tasks=_csv(tasks), seed=seed, n_trials=n_trials,
                  n_select=n_select, n_eval=n_eval, n_local_select=n_local_select, n_local_eval=n_local_eval,
                  n_demos=n_demos, spans=_csv(spans), quick=quick, with_analyses=with_analyses,
-                 function_vectors=function_vectors, fv_k=fv_k)
+                 function_vectors=function_vectors, fv_k=fv_k, on_conflict=on_conflict)
     cfg = config_from(StudyConfig, config, flags)
     out = out or Path("runs") / f"local-global-{cfg.model.replace('/', '_')}-s{cfg.seed}{'-quick' if cfg.quick else ''}"
     try:

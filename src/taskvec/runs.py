@@ -107,6 +107,17 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def save_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table atomically (:func:`atomic_path`) as Parquet (``.parquet``) or CSV without the index (any other
+    suffix); returns ``path``."""
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".parquet":
+            table.to_parquet(tmp)
+        else:
+            table.to_csv(tmp, index=False)
+    return Path(path)
+
+
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp(\.[^.]+)?$")
 
 

@@ -76,6 +76,9 @@ class StudyConfig(ModelExperimentConfig):
     separator: str = "is"
     joiner: str = "\n"
     task_params: dict[str, dict] = Field(default_factory=dict, description="per-task parameters, e.g. labels")
+    on_conflict: Literal["error", "keep_first", "drop_both"] = Field(
+        "error", description="task files: an input repeated with a different output is an error (naming the lines), "
+                             "or keep the first, or drop both (counted in config.json); task_params may set it per file")
     demo_counts: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8], min_length=1, description="ICL vs #demos")
     spans: list[Literal["single", "from"]] = Field(default_factory=lambda: ["single"])
     min_local_layer: int = Field(1, ge=0, description="lowest layer local vectors may be selected at: at layer 0 "
@@ -180,7 +183,10 @@ class StudyConfig(ModelExperimentConfig):
     def task_params_for(self, spec: str) -> dict:
         """The ``task_params`` of a task as given in ``tasks`` (keyed by that or by the name it goes by)."""
         name = self.task_names().get(spec, spec)
-        return dict(self.task_params.get(spec) or self.task_params.get(name) or {})
+        params = dict(self.task_params.get(spec) or self.task_params.get(name) or {})
+        if task_file_path(spec) is not None:
+            params.setdefault("on_conflict", self.on_conflict)
+        return params
 
     def effective(self) -> "StudyConfig":
         """The config that runs: ``quick`` applied (fewer trials and demo counts), ``quick`` itself kept."""

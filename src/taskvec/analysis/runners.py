@@ -15,7 +15,7 @@ import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from taskvec.experiment import ModelExperimentConfig, open_store
-from taskvec.runs import RunStore
+from taskvec.runs import RunStore, save_table, write_text_atomic
 
 
 def _check_task(name: str) -> str:
@@ -26,13 +26,21 @@ def _check_task(name: str) -> str:
     return name
 
 
+def _check_separator(v: str) -> str:
+    """An empty separator glues every input to its answer ("France Paris"): the prompts would ask something else."""
+    if not v.strip():
+        raise ValueError(f"separator {v!r} is empty: give the word between input and answer, e.g. 'is' or '->'")
+    return v
+
+
 class SaliencyConfig(ModelExperimentConfig):
     """Saliency flows per task (see :mod:`taskvec.analysis.saliency`)."""
 
     kind: ClassVar[str] = "saliency"
     tasks: list[str] = Field(default_factory=lambda: ["simple_string"], min_length=1)
     n_trials: int = Field(20, ge=1, description="prompts per task")
-    n_demos: int | None = Field(None, ge=0, description="demonstrations per prompt (default: the task's)")
+    n_demos: int | None = Field(None, ge=1, description="demonstrations per prompt (default: the task's; saliency "
+                                "flows from the answers, so at least 1)")
     seed: int = Field(0, ge=0)
     loss: Literal["auto", "vocab", "label"] = "auto"
     batch_size: int = Field(4, ge=1, description="prompts per forward/backward (bounds peak memory)")
@@ -42,6 +50,11 @@ class SaliencyConfig(ModelExperimentConfig):
     @classmethod
     def _tasks(cls, v: list[str]) -> list[str]:
         return [_check_task(t) for t in v]
+
+    @field_validator("separator")
+    @classmethod
+    def _separator(cls, v: str) -> str:
+        return _check_separator(v)
 
 
 class DPCAConfig(ModelExperimentConfig):
@@ -69,7 +82,18 @@ class DPCAConfig(ModelExperimentConfig):
     @field_validator("task")
     @classmethod
     def _task(cls, v: str) -> str:
-        return _check_task(v)
+        from taskvec.tasks import get_task
+
+        _check_task(v)
+        if get_task(v).kind != "categorization":
+            raise ValueError(f"dPCA separates string length from label: task {v!r} is a knowledge task with no labels; "
+                             "give a categorization task, e.g. simple_string")
+        return v
+
+    @field_validator("separator")
+    @classmethod
+    def _separator(cls, v: str) -> str:
+        return _check_separator(v)
 
     @field_validator("shrinkage")
     @classmethod
@@ -119,6 +143,11 @@ class HeadsConfig(ModelExperimentConfig):
     @classmethod
     def _task(cls, v: str) -> str:
         return _check_task(v)
+
+    @field_validator("separator")
+    @classmethod
+    def _separator(cls, v: str) -> str:
+        return _check_separator(v)
 
     @field_validator("null_task")
     @classmethod
@@ -217,7 +246,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path, resume: bool = False, lm=
             if progress:
                 print(f"saliency {task_name}: prompts {rng.stop}/{len(prompts)}", flush=True)
     table = store.table()
-    table.to_parquet(store.path / "saliency.parquet")
+    save_table(table, store.path / "saliency.parquet")
     per_layer = []
     from taskvec.analysis.saliency import FLOWS, SaliencyResult
 
@@ -227,7 +256,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path, resume: bool = False, lm=
         plot_flows(pl, _figures(store.path) / f"saliency_{task_name}", title=f"saliency flows: {task_name} ({lm.name})")
         plot_flows(pl, _figures(store.path) / f"saliency_{task_name}_share", normalize=True,
                    title=f"saliency flow shares: {task_name} ({lm.name})")
-    pd.concat(per_layer).to_csv(store.path / "saliency_per_layer.csv", index=False)
+    save_table(pd.concat(per_layer), store.path / "saliency_per_layer.csv")
     return store.path
 
 
@@ -281,13 +310,13 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
     baselines = part("baselines").iloc[0].to_dict()
     c8_rows = table[table.table == "c8"] if "c8_json" in table else pd.DataFrame()
     c8 = json.loads(c8_rows["c8_json"].iloc[0]) if len(c8_rows) else {}
-    per_layer.to_csv(store.path / "dpca_per_layer.csv", index=False)
-    ablation.to_parquet(store.path / "dpca_ablation.parquet")
-    (store.path / "dpca_baselines.json").write_text(json.dumps(baselines, indent=2))
-    (store.path / "dpca_c8.json").write_text(json.dumps(c8, indent=2))
-    probes.to_csv(store.path / "dpca_probes.csv", index=False)
+    save_table(per_layer, store.path / "dpca_per_layer.csv")
+    save_table(ablation, store.path / "dpca_ablation.parquet")
+    write_text_atomic(store.path / "dpca_baselines.json", json.dumps(baselines, indent=2))
+    write_text_atomic(store.path / "dpca_c8.json", json.dumps(c8, indent=2))
+    save_table(probes, store.path / "dpca_probes.csv")
     if not ablation.empty:
-        ablation_summary(ablation, seed=cfg.seed).to_csv(store.path / "dpca_ablation_summary.csv", index=False)
+        save_table(ablation_summary(ablation, seed=cfg.seed), store.path / "dpca_ablation_summary.csv")
     return store.path
 
 
@@ -412,13 +441,13 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
     effects = table[table.unit.str.endswith(("/mean", "/patch"))].dropna(axis=1, how="all")
     attn = table[table.unit.str.endswith("/attention")].dropna(axis=1, how="all").drop(columns=["unit"])
     if len(effects):
-        effects.to_parquet(store.path / "heads.parquet")
+        save_table(effects, store.path / "heads.parquet")
     parts = [g for _, g in effects.groupby("mode")] if len(effects) else []
     summary = summarize(*parts, attn)
-    summary.to_csv(store.path / "heads_summary.csv", index=False)
+    save_table(summary, store.path / "heads_summary.csv")
     if query_modes:
         by = "patch_effect" if "patch_effect" in summary else "mean_effect"
-        top_heads(summary, cfg.top, by=by).to_csv(store.path / "heads_top.csv", index=False)
+        save_table(top_heads(summary, cfg.top, by=by), store.path / "heads_top.csv")
     for mode in query_modes:
         plot_heads(summary, _figures(store.path) / f"heads_{mode}", value=f"{mode}_effect",
                    title=f"{mode} effect per head: {task_name} ({lm.name})")
@@ -445,9 +474,9 @@ def _local_outputs(path: Path, table: pd.DataFrame, query: pd.DataFrame | None, 
     local = table[table.unit.str.contains(r"/(?:writers|readers)(?:_null)?$", regex=True)]
     heads = local[local.record == "head"].dropna(axis=1, how="all").drop(columns=["record"])
     heads = heads.astype({c: int for c in ("prompt", "layer", "head", "local_layer")})  # NaN-padded rows: floats
-    heads.to_parquet(path / "heads_local.parquet")
+    save_table(heads, path / "heads_local.parquet")
     summary = local_summary(heads.drop(columns=["unit"]))
-    summary.to_csv(path / "heads_local_summary.csv", index=False)
+    save_table(summary, path / "heads_local_summary.csv")
     own = summary[summary.mean_from == "own"]
     null = summary[summary.mean_from != "own"].set_index(["role", "layer", "head"])
     tops = []
@@ -459,7 +488,7 @@ def _local_outputs(path: Path, table: pd.DataFrame, query: pd.DataFrame | None, 
             top["null_effect_low"] = null.effect_low.reindex(idx).to_numpy()
             top["null_effect_high"] = null.effect_high.reindex(idx).to_numpy()
         tops.append(top)
-    pd.concat(tops).to_csv(path / "heads_local_top.csv", index=False)
+    save_table(pd.concat(tops), path / "heads_local_top.csv")
     base = local[local.record == "baseline"].dropna(axis=1, how="all")
     rows = []
     for (role, label), g in base.groupby(["role", "mean_from"], sort=False):
@@ -472,12 +501,12 @@ def _local_outputs(path: Path, table: pd.DataFrame, query: pd.DataFrame | None, 
             m, lo, hi = or_nan(mean_ci, g[col].to_numpy(dtype=float))
             row.update({name: m, f"{name}_low": lo, f"{name}_high": hi})
         rows.append(row)
-    pd.DataFrame(rows).to_csv(path / "heads_local_baselines.csv", index=False)
+    save_table(pd.DataFrame(rows), path / "heads_local_baselines.csv")
     named = {role: own[own.role == role] for role in cfg.modes if role in set(own.role)}  # in --modes order
     if query is not None and "mean_effect" in query:
         named["query"] = query.rename(columns={"mean_effect": "effect"})[["layer", "head", "effect"]]
     if len(named) > 1:
-        head_overlap(named, n=cfg.top).to_csv(path / "heads_overlap.csv", index=False)
+        save_table(head_overlap(named, n=cfg.top), path / "heads_overlap.csv")
     for role, g in named.items():
         if role == "query":
             continue

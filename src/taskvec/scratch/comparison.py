@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, combine, greater, less
 from taskvec.errors import ConfigError, RangeError
 from taskvec.experiment import ExperimentConfig
+from taskvec.runs import save_table
 from taskvec.stats import or_nan, welch_ci
 from taskvec.stats import t_ci as _t_ci
 
@@ -337,8 +338,8 @@ def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False,
     if bar is not None:
         bar.close()
     table = seed_table(store)
-    aggregate(table).to_csv(out / "summary.csv", index=False)
-    verdicts(table, cfg).to_csv(out / "verdicts.csv", index=False)
+    save_table(aggregate(table), out / "summary.csv")
+    save_table(verdicts(table, cfg), out / "verdicts.csv")
     return out
 
 

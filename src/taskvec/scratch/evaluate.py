@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from taskvec.errors import ConfigError, LayerError
 from taskvec.experiment import ExperimentConfig
+from taskvec.runs import write_text_atomic
 from taskvec.hooks import Hooks
 from taskvec.intervene import Edits, hooked, run_until_recorded
 from taskvec.scratch.layouts import plan, query_plan
@@ -715,5 +716,5 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
                     for row in records[f"{label}/{a}"]]
             res[a] = rows[0] if a in ONE_ROW else rows
         results[label] = res
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     return store.path

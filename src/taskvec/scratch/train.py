@@ -35,7 +35,7 @@ from torch import nn
 from taskvec.errors import ConfigError, LayerError, NonFiniteError
 from taskvec.experiment import ExperimentConfig, read_config_file
 from taskvec.intervene import Edits, hooked
-from taskvec.runs import RunStore
+from taskvec.runs import RunStore, save_table
 from taskvec.scratch.layouts import canonical, plan, query_plan
 from taskvec.scratch.model import PRESETS, ScratchModel, build_model, positions_for
 from taskvec.scratch.tasks import Task, TaskConfig, make_task
@@ -507,7 +507,7 @@ def _write_csv(store: RunStore) -> None:
     """``log.csv``: the training curve of the finished intervals (the run store's rows)."""
     table = store.table()
     if len(table):
-        table.drop(columns="unit").to_csv(store.path / "log.csv", index=False)
+        save_table(table.drop(columns="unit"), store.path / "log.csv")
 
 
 def _truncate_log(out_dir: Path, step: int) -> None:

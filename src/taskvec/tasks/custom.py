@@ -359,8 +359,8 @@ def _resolve_rows(records: list[tuple[int, Any]], field: str, where: str,
         y0, k0 = groups[x][0]
         more = f" ({len(conflicts)} inputs conflict in all)" if len(conflicts) > 1 else ""
         raise TaskFileError(f"{where}: {at(k)}: input {x!r} repeats {at(k0)} with a different {field} "
-                            f"({y0!r} vs {y!r}){more}; keep one, or set on_conflict to 'keep_first' or "
-                            "'drop_both'")
+                            f"({y0!r} vs {y!r}){more}; keep one, or set on_conflict (the CLI's --on-conflict) "
+                            "to 'keep_first' or 'drop_both'")
     if on_conflict == "drop_both":
         kept = {x: e[0] for x, e in groups.items() if len(e) == 1}
         dropped = sum(len(e) for e in conflicts.values())
