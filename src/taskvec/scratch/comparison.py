@@ -717,7 +717,7 @@ def _probe(table: pd.DataFrame, layout: str, arm: Arm, sel: pd.DataFrame) -> str
 
 
 def markdown_summary(run_dir: str | Path) -> str:
-    """The verdicts and the headline numbers of a comparison run as Markdown tables (what docs/scratch.md
+    """The verdicts and the headline numbers of a comparison run as Markdown tables (what docs/findings.md
     quotes), computed from the run directory alone. Each cell is ``mean [95% interval over seeds]``."""
     cfg, table = load(run_dir)
     agg = aggregate(table)
