@@ -37,7 +37,14 @@ def _note(page: Page, saved: dict, skip: tuple[str, ...] = ()) -> None:
 
 
 def _csv(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.exists() else None
+    """The table at ``path``; ``None`` when there is none, or it is empty (e.g. no probes: ``ablate_layers=[]``)."""
+    if not path.exists():
+        return None
+    try:
+        table = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return None
+    return None if table.empty else table
 
 
 def _pngs(run_dir: Path, pattern: str) -> list[Path]:
