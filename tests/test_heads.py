@@ -2,6 +2,7 @@
 writers and readers of local vectors against a naive per-head loop on a tiny random model."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -241,3 +242,26 @@ def test_writers_and_readers_run_on_smollm2(smol, tmp_path):
         run_heads(cfg.model_copy(update={"local_layer": 30}), tmp_path / "bad", lm=smol, progress=False)
     with pytest.raises(_RangeError):
         run_heads(cfg.model_copy(update={"heads": [9]}), tmp_path / "bad2", lm=smol, progress=False)
+
+
+def test_heads_run_ranks_function_vector_heads_beside_the_others(smol, tmp_path):
+    """--modes mean,function_vector: the AIE table of the run's own prompts (equal to the library's scan on them)
+    and the overlap of its top heads with the query heads."""
+    from taskvec.analysis.function_vectors import average_indirect_effects, indirect_effects, shuffled_label_prompts
+    from taskvec.analysis.runners import HeadsConfig, _trials
+    from taskvec.kinds import run_heads
+    from taskvec.prompts import build_prompts
+
+    cfg = HeadsConfig(model="smollm2-135m", task="antonyms", n_trials=2, n_demos=3, modes=["mean", "function_vector"],
+                      layers=[8, 9], top=3)
+    out = run_heads(cfg, tmp_path / "heads", lm=smol)
+    aie = pd.read_csv(out / "heads_function_vector.csv")
+    _, trials, template = _trials(smol, "antonyms", 2, 3, 0, "is")
+    prompts = build_prompts(smol, trials, template)
+    ref = average_indirect_effects(indirect_effects(smol, prompts, shuffled_label_prompts(smol, trials, template),
+                                                    layers=[8, 9]))
+    merged = aie.merge(ref, on=["layer", "head"], suffixes=("", "_ref"))
+    assert len(merged) == 2 * 9 and np.allclose(merged.aie, merged.aie_ref, atol=1e-7)
+    overlap = pd.read_csv(out / "heads_overlap.csv")
+    assert {tuple(sorted(p)) for p in zip(overlap.a, overlap.b)} == {("function_vector", "query")}
+    assert "Function-vector heads" in (out / "report.html").read_text()

@@ -159,7 +159,8 @@ def heads(
     seed: Optional[int] = SEED,
     modes: Optional[str] = typer.Option(None, help="comma-separated: mean (mean-ablation), patch (ICL -> dummy) "
                                                    "at the query; writers, readers (heads that write the local "
-                                                   "vectors / read them into the query) [default: mean,patch]"),
+                                                   "vectors / read them into the query); function_vector (each "
+                                                   "head's indirect effect, Todd et al.) [default: mean,patch]"),
     layers: Optional[str] = typer.Option(None, help="layers whose heads to test [default: all]"),
     heads: Optional[str] = typer.Option(None, "--heads", help="head indices to test in each layer, e.g. '0-3' "
                                                               "[default: all]"),
@@ -176,7 +177,8 @@ def heads(
     resume: bool = RESUME,
 ) -> None:
     """Per-head effects at the query (mean-ablation, ICL -> dummy patching), attention to answers, and with
-    --modes writers,readers the heads that write and read the local vectors (docs/analyses.md)."""
+    --modes writers,readers the heads that write and read the local vectors, with function_vector the heads of the
+    function vector; heads_overlap.csv compares their top sets (docs/analyses.md)."""
     from taskvec.analysis.runners import HeadsConfig
     from taskvec.kinds import run_heads
     from taskvec.experiment import config_from

@@ -121,10 +121,11 @@ class HeadsConfig(ModelExperimentConfig):
     n_demos: int | None = Field(None, ge=1, description="demonstrations per prompt (the query's attention to "
                                 "their answers is measured)")
     seed: int = Field(0, ge=0)
-    modes: list[Literal["mean", "patch", "writers", "readers"]] = Field(
+    modes: list[Literal["mean", "patch", "writers", "readers", "function_vector"]] = Field(
         default_factory=lambda: ["mean", "patch"], min_length=1,
         description="mean, patch: heads at the query; writers, readers: heads that write the local vectors at "
-                    "the answer positions / read them into the query")
+                    "the answer positions / read them into the query; function_vector: each head's average "
+                    "indirect effect on shuffled-label prompts (Todd et al.), ranked beside the others")
     layers: list[int] | None = Field(None, description="layers whose heads to test (default all)")
     heads: list[int] | None = Field(None, description="head indices to test in each layer (default all)")
     top: int = Field(10, ge=1, description="heads listed in heads_top.csv (and per role in heads_local_top.csv)")
@@ -436,6 +437,10 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
                     lm, role, prompts, dummies, local_layer, cfg, null_prompts, f"other:{null_name}"))
             if progress:
                 print(f"heads {task_name}: {role} done", flush=True)
+    if "function_vector" in modes:
+        store.run_unit(f"heads/{task_name}/function_vector", lambda: _fv_unit(lm, trials, prompts, template, cfg))
+        if progress:
+            print(f"heads {task_name}: function_vector done", flush=True)
     store.run_unit(f"heads/{task_name}/attention", lambda: attention_to_answers(lm, prompts).to_dict("records"))
     table = store.table()
     effects = table[table.unit.str.endswith(("/mean", "/patch"))].dropna(axis=1, how="all")
@@ -453,9 +458,30 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
                    title=f"{mode} effect per head: {task_name} ({lm.name})")
     plot_heads(summary, _figures(store.path) / "heads_attention", value="attn_to_answers",
                title=f"query attention on answers: {task_name} ({lm.name})")
-    if roles:
-        _local_outputs(store.path, table, summary if "mean" in query_modes else None, cfg, lm.name, lm.n_layers)
+    named = _local_outputs(store.path, table, cfg, lm.name, lm.n_layers) if roles else {}
+    if "mean" in query_modes and "mean_effect" in summary:
+        named["query"] = summary.rename(columns={"mean_effect": "effect"})[["layer", "head", "effect"]]
+    if "function_vector" in modes:
+        from taskvec.analysis.function_vectors import average_indirect_effects
+
+        cie = table[table.unit == f"heads/{task_name}/function_vector"].dropna(axis=1, how="all")
+        aie = average_indirect_effects(cie.drop(columns=["unit"]))
+        save_table(aie, store.path / "heads_function_vector.csv")
+        named["function_vector"] = aie.rename(columns={"aie": "effect"})[["layer", "head", "effect"]]
+    if len(named) > 1:
+        from taskvec.analysis.heads import head_overlap
+
+        save_table(head_overlap(named, n=cfg.top), store.path / "heads_overlap.csv")
     return store.path
+
+
+def _fv_unit(lm, trials, prompts, template, cfg: HeadsConfig) -> list[dict]:
+    """The indirect-effect scan of the heads run: head means over its ICL prompts, each head patched into the same
+    trials with their demonstration answers shuffled (:mod:`taskvec.analysis.function_vectors`)."""
+    from taskvec.analysis.function_vectors import indirect_effects, shuffled_label_prompts
+
+    shuffled = shuffled_label_prompts(lm, trials, template, seed=cfg.seed)
+    return indirect_effects(lm, prompts, shuffled, layers=cfg.layers, heads=cfg.heads).to_dict("records")
 
 
 def task_for_name(lm, name: str):
@@ -465,10 +491,11 @@ def task_for_name(lm, name: str):
     return task_for(name, lm.tokenizer)
 
 
-def _local_outputs(path: Path, table: pd.DataFrame, query: pd.DataFrame | None, cfg: HeadsConfig, model: str,
-                   n_layers: int) -> None:
-    """The writers/readers tables and figures of a heads run (see :func:`run_heads`)."""
-    from taskvec.analysis.heads import head_overlap, local_summary, plot_heads
+def _local_outputs(path: Path, table: pd.DataFrame, cfg: HeadsConfig, model: str,
+                   n_layers: int) -> dict[str, pd.DataFrame]:
+    """The writers/readers tables and figures of a heads run (see :func:`run_heads`); returns their rankings
+    (``layer, head, effect``) by role, for the overlap table."""
+    from taskvec.analysis.heads import local_summary, plot_heads
     from taskvec.stats import mean_ci, or_nan
 
     local = table[table.unit.str.contains(r"/(?:writers|readers)(?:_null)?$", regex=True)]
@@ -503,15 +530,10 @@ def _local_outputs(path: Path, table: pd.DataFrame, query: pd.DataFrame | None, 
         rows.append(row)
     save_table(pd.DataFrame(rows), path / "heads_local_baselines.csv")
     named = {role: own[own.role == role] for role in cfg.modes if role in set(own.role)}  # in --modes order
-    if query is not None and "mean_effect" in query:
-        named["query"] = query.rename(columns={"mean_effect": "effect"})[["layer", "head", "effect"]]
-    if len(named) > 1:
-        save_table(head_overlap(named, n=cfg.top), path / "heads_overlap.csv")
     for role, g in named.items():
-        if role == "query":
-            continue
         grid = pd.DataFrame({"layer": np.repeat(np.arange(n_layers), g["head"].max() + 1),
                              "head": np.tile(np.arange(g["head"].max() + 1), n_layers)})
         grid = grid.merge(g[["layer", "head", "effect"]], on=["layer", "head"], how="left")
         plot_heads(grid, _figures(path) / f"heads_{role}", value="effect",
                    title=f"{role} of local vectors (layer {int(heads.local_layer.iloc[0])}): {cfg.task} ({model})")
+    return named

@@ -167,11 +167,16 @@ def _heads(page: Page, run_dir: Path, saved: dict) -> None:
                           ("heads_local_top.csv", "Writers and readers of local vectors: top heads (effect in "
                                                   "target log-prob, 95% t interval over prompts; null: head means "
                                                   "from another task)"),
-                          ("heads_overlap.csv", "Overlap of the top heads: writers, readers, query heads")):
+                          ("heads_function_vector.csv", "Function-vector heads: average indirect effect on "
+                                                        "shuffled-label prompts (probability gain, 95% t interval "
+                                                        "over prompts)"),
+                          ("heads_overlap.csv", "Overlap of the top heads: writers, readers, query heads, "
+                                                "function-vector heads (with the overlap chance gives)")):
         df = _csv(run_dir / name)
         if df is not None:
             page.heading(heading)
-            page.table(df, floatfmt="{:.3f}")
+            page.table(df.head(20) if name == "heads_function_vector.csv" else df,
+                       floatfmt="{:.4f}" if name == "heads_function_vector.csv" else "{:.3f}")
     summary = _csv(run_dir / "heads_summary.csv")
     if summary is not None:
         with page.collapsed("Every head (table)"):
