@@ -128,6 +128,14 @@ class ModelExperimentConfig(ExperimentConfig):
         return load_model(self.model, device=device, dtype=self.dtype)
 
 
+def nonempty_separator(v: str) -> str:
+    """A config's ``separator`` field, checked: an empty one glues every input to its answer ("France Paris"), so
+    the prompts would ask something else (pydantic turns the ``ValueError`` into a one-line ``ConfigError``)."""
+    if not v.strip():
+        raise ValueError(f"separator {v!r} is empty: give the word between input and answer, e.g. 'is' or '->'")
+    return v
+
+
 def read_config_file(path: str | Path | None) -> dict:
     """A YAML or JSON mapping of config fields from ``path`` (``{}`` for ``None``), or the config a run directory's
     ``config.json`` saved (so ``--config runs/X/config.json`` reruns it); one-line errors."""

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from taskvec.claims import ClaimRules
 from taskvec.distributed import World, world
 from taskvec.errors import ConfigError
-from taskvec.experiment import ModelExperimentConfig, open_store
+from taskvec.experiment import ModelExperimentConfig, nonempty_separator, open_store
 from taskvec.intervene import Edits, read_states
 from taskvec.prompts import build_prompts, zero_shot
 from taskvec.runs import RunStore, versions
@@ -129,9 +129,7 @@ class StudyConfig(ModelExperimentConfig):
     @field_validator("separator")
     @classmethod
     def _separator(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError(f"separator {v!r} is empty: give the word between input and answer, e.g. 'is' or '->'")
-        return v
+        return nonempty_separator(v)
 
     @model_validator(mode="after")
     def _task_params_name_tasks_of_the_run(self) -> "StudyConfig":

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from taskvec.experiment import ModelExperimentConfig, open_store
+from taskvec.experiment import ModelExperimentConfig, nonempty_separator, open_store
 from taskvec.runs import RunStore, save_table, write_text_atomic
 
 
@@ -24,13 +24,6 @@ def _check_task(name: str) -> str:
 
     get_task(name)
     return name
-
-
-def _check_separator(v: str) -> str:
-    """An empty separator glues every input to its answer ("France Paris"): the prompts would ask something else."""
-    if not v.strip():
-        raise ValueError(f"separator {v!r} is empty: give the word between input and answer, e.g. 'is' or '->'")
-    return v
 
 
 class SaliencyConfig(ModelExperimentConfig):
@@ -54,7 +47,7 @@ class SaliencyConfig(ModelExperimentConfig):
     @field_validator("separator")
     @classmethod
     def _separator(cls, v: str) -> str:
-        return _check_separator(v)
+        return nonempty_separator(v)
 
 
 class DPCAConfig(ModelExperimentConfig):
@@ -93,7 +86,7 @@ class DPCAConfig(ModelExperimentConfig):
     @field_validator("separator")
     @classmethod
     def _separator(cls, v: str) -> str:
-        return _check_separator(v)
+        return nonempty_separator(v)
 
     @field_validator("shrinkage")
     @classmethod
@@ -148,7 +141,7 @@ class HeadsConfig(ModelExperimentConfig):
     @field_validator("separator")
     @classmethod
     def _separator(cls, v: str) -> str:
-        return _check_separator(v)
+        return nonempty_separator(v)
 
     @field_validator("null_task")
     @classmethod
