@@ -339,3 +339,27 @@ def test_a_study_killed_while_writing_its_report_resumes_to_a_whole_report(small
     assert not pd.read_csv(run / "evaluation.csv").empty and not pd.read_parquet(run / "results.parquet").empty
     leftovers = [p.name for d in (run, run / "figures") for p in d.iterdir() if ".tmp" in p.name]
     assert leftovers == [] and not (run / LOCK).exists() and not (run / FAILED).exists()
+
+
+def test_a_run_from_before_an_upgrade_resumes_when_the_new_fields_hold_their_defaults(tmp_path):
+    """config.json saved without a field that a newer taskvec added: a resume with that field at its default is
+    accepted (and records it); at another value it is a different config, refused in one line."""
+    import json
+
+    from taskvec.analysis.runners import HeadsConfig
+    from taskvec.experiment import open_store
+
+    cfg = HeadsConfig(model="smollm2-135m", n_trials=2)
+    older = {k: v for k, v in cfg.saved().items() if k not in ("null_task", "n_select")}  # an older version's
+    store = RunStore(tmp_path / "run", older, extra={"kind": "heads"}, writer=True)
+    store.append("heads/simple_string/mean", [{"layer": 0, "head": 0, "effect": 0.1}])
+    store.close()
+    assert set(cfg.newer_fields(tmp_path / "run")) == {"null_task", "n_select"}
+    with pytest.raises(ConfigError, match="differs in: n_select"):
+        RunStore.check(tmp_path / "run", cfg.model_copy(update={"n_select": 3}).saved(), resume=True,
+                       additive=cfg.model_copy(update={"n_select": 3}).newer_fields(tmp_path / "run"))
+    again = open_store(cfg, tmp_path / "run", resume=True)
+    assert again.done("heads/simple_string/mean")
+    again.close()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["null_task"] == "auto"
+    assert cfg.newer_fields(tmp_path / "run") == ()

@@ -21,6 +21,7 @@ Example::
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -89,6 +90,21 @@ class ExperimentConfig(ValidatedModel):
     def saved(self) -> dict:
         """The JSON form saved in ``config.json`` (and compared on resume)."""
         return self.model_dump(mode="json")
+
+    def newer_fields(self, out: str | Path) -> tuple[str, ...]:
+        """The fields of this config that the run in ``out`` saved no value for and that hold their default here:
+        fields a newer taskvec added. A resume accepts them (like additive keys: they only add units, or none)
+        and records them, so a run started before an upgrade continues after it."""
+        path = Path(out) / "config.json"
+        if not path.is_file():
+            return ()
+        try:
+            saved = json.loads(path.read_text()).get("config", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return ()  # RunStore.check says what is wrong with it
+        fresh = type(self).model_construct().model_dump(mode="json")  # every field at its default
+        now = self.saved()
+        return tuple(k for k in now if k not in saved and k in fresh and now[k] == fresh[k])
 
 
 class ModelExperimentConfig(ExperimentConfig):
@@ -171,6 +187,7 @@ def open_store(cfg: ExperimentConfig, out: str | Path, resume: bool, lm: Any = N
     Call :meth:`RunStore.check` (cheap) before loading a model; this one writes ``config.json`` if it is new (on
     rank 0 of a torchrun world; a rank > 0 opens the run rank 0 made, see :class:`RunStore`)."""
     info = {"kind": cfg.kind, **(extra or {})}
+    additive = (*additive, *cfg.newer_fields(out))
     if lm is not None:
         info.setdefault("model_source", dict(getattr(lm, "source", {}) or {}))
         info.setdefault("n_layers", lm.n_layers)

@@ -642,7 +642,7 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
                w: World) -> Path:
     w.agree({"config": eff.saved(), "out": str(out), "resume": resume, "versions": versions()})
     # every rank checks before rank 0 writes config.json; a refused resume costs no model load
-    w.together(lambda: (check_tasks(names), RunStore.check(out, eff.saved(), resume, ADDITIVE)))
+    w.together(lambda: (check_tasks(names), RunStore.check(out, eff.saved(), resume, (*ADDITIVE, *eff.newer_fields(out)))))
     if lm is None:
         lm = w.together(lambda: cfg.load(w.local_rank))
     runs: dict[str, TaskRun] = {}

@@ -226,7 +226,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path, resume: bool = False, lm=
     from taskvec.analysis.saliency import plot_flows, saliency
     from taskvec.batching import chunks
 
-    RunStore.check(out, cfg.saved(), resume)
+    RunStore.check(out, cfg.saved(), resume, cfg.newer_fields(out))
     lm = _model(cfg, lm)
     per_task = {t: _prompts(lm, t, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator)[3] for t in cfg.tasks}
     store = open_store(cfg, out, resume, lm)  # once every task's prompts are built
@@ -272,7 +272,7 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
 
     from taskvec.analysis.dpca import ablation_summary, dpca_analysis
 
-    RunStore.check(out, cfg.saved(), resume)
+    RunStore.check(out, cfg.saved(), resume, cfg.newer_fields(out))
     lm = _model(cfg, lm)
     task_name = cfg.task
     task, trials, template = _trials(lm, task_name, cfg.n_trials, cfg.n_demos, cfg.seed, cfg.separator,
@@ -383,7 +383,7 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
     ``heads/<task>/<role>_null``."""
     from taskvec.analysis.heads import attention_to_answers, head_effects, plot_heads, summarize, top_heads
 
-    RunStore.check(out, cfg.saved(), resume)
+    RunStore.check(out, cfg.saved(), resume, cfg.newer_fields(out))
     lm = _model(cfg, lm)
     task_name, modes = cfg.task, cfg.modes
     query_modes = [m for m in modes if m in ("mean", "patch")]

@@ -673,7 +673,7 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
     from taskvec.models.devices import resolve_device
 
     resolve_device(cfg.device)  # --device cuda without a GPU: one line, before any model is loaded
-    RunStore.check(out, cfg.saved(), resume, ADDITIVE)  # a refused resume costs no model load
+    RunStore.check(out, cfg.saved(), resume, (*ADDITIVE, *cfg.newer_fields(out)))  # a refused resume costs no model load
     hashes = {label: weights_hash(p) for label, p in paths.items()}
     if (out / "config.json").exists():
         from taskvec.runs import read_saved
@@ -686,7 +686,7 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
                                   "--out")
     setups = {label: prepare(ScratchModel.from_pretrained(p), cfg) for label, p in paths.items()}  # before out exists
     store = RunStore(out, cfg.saved(), resume=resume, extra={"kind": cfg.kind, "weights": hashes},
-                     additive=ADDITIVE, writer=True)
+                     additive=(*ADDITIVE, *cfg.newer_fields(out)), writer=True)
     steps = [a for a in ANALYSES if a in cfg.analyses]
     units = [(label, a) for label in setups for a in steps]
     bar = None

@@ -483,7 +483,7 @@ def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> None:
             raise ConfigError(f"--resume: {out_dir} was written by an older taskvec (config.yaml, no config.json) "
                               "and cannot be resumed by this one; start a new --out")
         raise ConfigError(f"--resume: {out_dir} holds no run (no config.json); drop --resume to start one")
-    RunStore.check(out_dir, cfg.saved(), resume, ADDITIVE)
+    RunStore.check(out_dir, cfg.saved(), resume, (*ADDITIVE, *cfg.newer_fields(out_dir)))
 
 
 def save_checkpoint(out_dir: Path, model: ScratchModel, opt: torch.optim.Optimizer, step: int,
@@ -585,8 +585,8 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
         dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
     store = None
     if rank == 0:  # config.json: the config, versions, world size and device
-        store = RunStore(out_dir, cfg.saved(), resume=resume, additive=ADDITIVE, writer=True,
-                         extra={"kind": cfg.kind, "world_size": world, "device": device})
+        store = RunStore(out_dir, cfg.saved(), resume=resume, additive=(*ADDITIVE, *cfg.newer_fields(out_dir)),
+                         writer=True, extra={"kind": cfg.kind, "world_size": world, "device": device})
     start, last_ckpt = 0, None
     ckpts = checkpoints(out_dir) if resume else []
     opt_state = None
