@@ -35,8 +35,11 @@ CIE_SALT = 20_011  # the CIE prompts' seed offset: disjoint from source (seed), 
 
 
 def head_outputs(tr: TaskRun) -> torch.Tensor:
-    """Every head's last-token output on the source ICL prompts: ``[P_source, L, H, hd]`` float32."""
-    return record_head_outputs(tr.lm, list(tr.source_prompts)).float()
+    """Every head's last-token output on the source ICL prompts: ``[P_source, L, H, hd]`` float32; recorded once
+    per task run (the control task's serve every task that it controls)."""
+    if "_head_outputs" not in tr.__dict__:
+        tr.__dict__["_head_outputs"] = record_head_outputs(tr.lm, list(tr.source_prompts)).float()
+    return tr.__dict__["_head_outputs"]
 
 
 def _vectors(tr: TaskRun, contrib: torch.Tensor, heads: list[tuple[int, int]], trials) -> torch.Tensor:
