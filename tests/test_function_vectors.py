@@ -143,7 +143,7 @@ def test_head_contributions_equal_the_projection_of_one_block(family):
     lm = _tiny(family)
     projs, H, hd = head_geometry(lm)
     means = torch.randn(len(projs), H, hd, generator=torch.Generator().manual_seed(3))
-    got = head_contributions(lm, means)
+    got = head_contributions(lm, means, residual=False)
     assert got.shape == (len(projs), H, lm.d_model)
     for l, proj in enumerate(projs):
         for h in range(H):
@@ -154,6 +154,34 @@ def test_head_contributions_equal_the_projection_of_one_block(family):
     # the blocks add up to the projection of the whole concatenated input
     full = projs[0](means[0].reshape(1, -1)) - projs[0](torch.zeros(1, H * hd))
     torch.testing.assert_close(got[0].sum(0), full[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f in HEAD_FAMILIES])
+def test_head_contributions_add_up_to_what_the_attention_adds_to_the_residual(family):
+    """residual=True: the heads' terms sum to what the layer adds to the residual stream from its attention —
+    the projection, through the post-attention norm where there is one (Gemma 2/3, OLMo 2), times Granite's
+    residual multiplier — bias aside."""
+    from taskvec.analysis.function_vectors import output_norm
+
+    lm = _tiny(family)
+    projs, H, hd = head_geometry(lm)
+    means = torch.randn(len(projs), H, hd, generator=torch.Generator().manual_seed(5))
+    got = head_contributions(lm, means)
+    multiplier = float(getattr(lm.model.config, "residual_multiplier", None) or 1.0)
+    normed = 0
+    for l, proj in enumerate(projs):
+        o = proj(means[l].reshape(1, -1))
+        bias = proj(torch.zeros(1, H * hd))
+        norm = output_norm(lm, l)
+        if norm is None:
+            ref = (o - bias)[0]
+        else:
+            normed += 1
+            g_over_rms = norm(o)[0] / o[0]  # the norm is a gain over a scalar rms: elementwise ratio
+            ref = g_over_rms * (o - bias)[0]
+        torch.testing.assert_close(got[l].sum(0), ref * multiplier, atol=1e-4, rtol=1e-3)
+    block = lm.profile.layers[0]
+    assert (normed > 0) == hasattr(block, "pre_feedforward_layernorm") or not hasattr(block, "input_layernorm")
 
 
 def test_gpt2_conv1d_block_is_rows_not_columns():

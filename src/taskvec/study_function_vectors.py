@@ -52,8 +52,9 @@ def _vectors(tr: TaskRun, contrib: torch.Tensor, heads: list[tuple[int, int]], t
 
 
 def _contributions(tr: TaskRun, outputs: torch.Tensor) -> torch.Tensor:
-    """``[P, L, H, d]``: each source prompt's head outputs written through the output projection (per mapping the
-    mean of these is the mean contribution, the map being linear)."""
+    """``[P, L, H, d]``: each source prompt's head outputs written into the residual stream (through the output
+    projection, and a post-attention norm at that prompt's scale; :func:`head_contributions`); the function vector
+    averages these within a mapping."""
     return torch.stack([head_contributions(tr.lm, o) for o in outputs])
 
 
@@ -91,7 +92,7 @@ def unit_function_vector(tr: TaskRun, control: TaskRun) -> list[dict]:
     sel = layer_rows(tr, tr.zero_shot("select"), {"function_vector": _vectors(tr, contrib, chosen, tr.select)},
                      "query", {"function_vector": list(range(L))}, "single", "function_vector", "select", mode="add")
     layer = selected_layer(sel, "function_vector", "single")
-    other = head_contributions(lm, head_outputs(control).mean(0))  # [L, H, d]: the control task's mean, mixed
+    other = head_contributions(lm, head_outputs(control))  # [L, H, d]: the control task's mean terms, mappings mixed
     other_fv = torch.stack([other[l, h] for l, h in chosen]).sum(0)
     nulls = random_heads(L, H, k, chosen, cfg.seed)
     evals = {"function_vector": _vectors(tr, contrib, chosen, tr.eval),

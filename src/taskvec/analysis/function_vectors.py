@@ -26,9 +26,11 @@ Example::
     sweep = fv_layer_sweep(lm, build_prompts(lm, zero_shot(trials)), fv)
 
 Conventions to know: ``h_l`` is the *input* of layer ``l`` (Todd et al.'s code edits the *output* of layer ``l``,
-our ``h_{l+1}``). The contribution ``c[l, h]`` is what the head adds through the output projection; in families that
-normalize or scale the attention output before the residual add (Gemma 2/3's post-attention norm, OLMo 2, Granite's
-``residual_multiplier``) it is not literally the residual increment — it is the quantity Todd et al. sum.
+our ``h_{l+1}``). The contribution ``c[l, h]`` is the head's term in the residual stream: its block of the output
+projection, and in families that normalize or scale the attention output before the residual add (Gemma 2/3's
+post-attention norm, OLMo 2, Granite's ``residual_multiplier``) that block through the norm's gain and scale at these
+head outputs (:func:`head_contributions`; ``residual=False`` gives the bare projection Todd et al. sum, which on
+gemma3-270m yields a vector that does nothing at any layer).
 """
 from __future__ import annotations
 
@@ -142,28 +144,59 @@ def mean_head_outputs(lm, prompts: Sequence[Prompt]) -> torch.Tensor:
     return record_head_outputs(lm, list(prompts)).mean(0)
 
 
+def output_norm(lm, layer: int) -> nn.Module | None:
+    """The norm decoder layer ``layer`` applies to its attention output before the residual add (Gemma 2/3's and
+    OLMo 2's ``post_attention_layernorm``), or ``None`` (Llama's ``post_attention_layernorm`` is the MLP's input
+    norm: a layer with an ``input_layernorm`` and no ``pre_feedforward_layernorm`` has none)."""
+    block = lm.profile.layers[layer]
+    norm = getattr(block, "post_attention_layernorm", None)
+    if norm is not None and (hasattr(block, "pre_feedforward_layernorm") or not hasattr(block, "input_layernorm")):
+        return norm
+    return None
+
+
 @torch.no_grad()
-def head_contributions(lm, head_means: torch.Tensor) -> torch.Tensor:
-    """Each head's output written through its block of the output projection (no bias).
+def head_contributions(lm, head_means: torch.Tensor, residual: bool = True) -> torch.Tensor:
+    """Each head's output written through its block of the output projection (no bias), and with ``residual``
+    (default) on into the residual stream.
 
     For ``nn.Linear`` (weight ``[d_model, H*hd]``) head ``h`` owns the columns ``h*hd:(h+1)*hd``; for GPT-2's
     ``Conv1D`` (weight ``[H*hd, d_model]``) the same rows. Any other module is applied to the one-block input and
     its output at zero input (the bias) subtracted.
 
+    ``residual=True``: where a layer normalizes its attention output before adding it to the residual stream
+    (Gemma 2/3, OLMo 2: :func:`output_norm`), the RMS norm of the whole output ``o = Σ_h c_h + bias`` is a gain
+    ``g`` over a scalar ``rms(o)``, so ``norm(o) = Σ_h g ⊙ c_h / rms(o) + g ⊙ bias / rms(o)`` exactly: head ``h``'s
+    term ``g ⊙ c_h / rms(o)`` is its contribution to the residual stream at these head outputs. Granite's
+    ``residual_multiplier`` scales it. Elsewhere the projection's block is the residual term itself. (Todd et al.
+    sum the projection's blocks; on a post-norm model those miss the norm's gain and scale.)
+
+    The norm's scale belongs to one forward pass: on a post-norm model pass every prompt's head outputs
+    (``[P, L, H, hd]``, :func:`taskvec.analysis.heads.record_head_outputs`) to get the mean over prompts of each
+    head's term; the terms of the mean output overshoot (the mean of the prompts' outputs is shorter than each, so
+    its ``1 / rms`` is larger: 7,600 against residual norms of 4,000-5,000 on gemma3-270m). Without a norm the two
+    are equal (the map is linear).
+
     Args:
-        head_means: ``[n_layers, n_heads, head_dim]``.
+        head_means: ``[n_layers, n_heads, head_dim]``, or ``[n_prompts, n_layers, n_heads, head_dim]`` (the
+            result is then the mean over prompts of each prompt's terms).
 
     Returns:
         ``[n_layers, n_heads, d_model]`` float32 on the CPU.
     """
     projs, H, hd = geometry(lm)
     head_means = torch.as_tensor(head_means).float().cpu()
+    if head_means.dim() == 4 and tuple(head_means.shape[1:]) == (len(projs), H, hd):
+        if len(head_means) == 0:
+            raise EmptyInputError("no prompts' head outputs to write through the output projection")
+        return torch.stack([head_contributions(lm, m, residual) for m in head_means]).mean(0)
     if tuple(head_means.shape) != (len(projs), H, hd):
-        raise WidthError(f"head means must have shape [{len(projs)}, {H}, {hd}] (layers, heads, head_dim), "
-                         f"got {list(head_means.shape)}")
+        raise WidthError(f"head means must have shape [{len(projs)}, {H}, {hd}] (layers, heads, head_dim) or "
+                         f"[prompts, {len(projs)}, {H}, {hd}], got {list(head_means.shape)}")
     out = torch.empty(len(projs), H, lm.d_model)
     for l, proj in enumerate(projs):
         a = head_means[l]  # [H, hd]
+        bias = getattr(proj, "bias", None)
         if isinstance(proj, nn.Linear):
             W = proj.weight.detach().float().cpu().reshape(-1, H, hd)  # [d, H, hd]
             out[l] = torch.einsum("dhk,hk->hd", W, a)
@@ -173,7 +206,21 @@ def head_contributions(lm, head_means: torch.Tensor) -> torch.Tensor:
         else:
             p = next(proj.parameters())
             x = torch.block_diag(*a).to(device=p.device, dtype=p.dtype)  # [H, H*hd], row h = block h
-            out[l] = (proj(x) - proj(torch.zeros_like(x[:1]))).float().cpu()
+            zero = proj(torch.zeros_like(x[:1]))
+            out[l] = (proj(x) - zero).float().cpu()
+            bias = zero[0]
+        norm = output_norm(lm, l) if residual else None
+        if norm is not None:
+            whole = out[l].sum(0) + (bias.detach().float().cpu() if bias is not None else 0.0)
+            eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+            q = next(norm.parameters())
+            v = out[l]  # g ⊙ v = norm(v) · rms(v), with the module's own gain and eps
+            gained = norm(v.to(device=q.device, dtype=q.dtype)).float().cpu() * torch.sqrt(
+                v.pow(2).mean(-1, keepdim=True) + eps)
+            out[l] = gained / torch.sqrt(whole.pow(2).mean() + eps)
+    multiplier = getattr(getattr(lm.model, "config", None), "residual_multiplier", None) if residual else None
+    if multiplier is not None:
+        out *= float(multiplier)
     return out
 
 
@@ -286,7 +333,9 @@ def function_vector(lm, head_means: torch.Tensor, aie: pd.DataFrame | torch.Tens
     """The sum of the top-``k`` heads' mean contributions (:func:`head_contributions`).
 
     Args:
-        head_means: ``[L, H, hd]`` (:func:`mean_head_outputs`).
+        head_means: ``[L, H, hd]`` (:func:`mean_head_outputs`), or every prompt's ``[P, L, H, hd]``
+            (:func:`taskvec.analysis.heads.record_head_outputs`; what a post-norm model such as Gemma needs, see
+            :func:`head_contributions`).
         aie: :func:`average_indirect_effects` (or an ``[L, H]`` tensor); ``k`` must be in ``1..`` its heads.
 
     Returns:
