@@ -96,7 +96,7 @@ def _rows(tk: TaskResults) -> list[dict]:
             base = _series(tk, base_ref)
             if not base.empty:
                 gain, _ = tk.diff(s, base)
-                row.update(baseline=base_ref if isinstance(base_ref, str) else base_ref[1],
+                row.update(baseline="zero_shot" if base_ref == "zero" else base_ref[1],
                            baseline_acc=float(base.mean()), gain=gain[0], gain_low=gain[1], gain_high=gain[2])
         nulls = {f"{e}/{v}": tk.vector(e, v) for e, v in null_refs}
         nulls = {k: v for k, v in nulls.items() if not v.empty}
