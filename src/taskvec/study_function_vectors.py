@@ -28,18 +28,9 @@ import torch
 from taskvec.analysis.function_vectors import (average_indirect_effects, geometry, head_contributions,
                                                indirect_effects, natural_text_scores, shuffled_label_prompts,
                                                top_heads)
-from taskvec.analysis.heads import record_head_outputs
 from taskvec.task_run import TaskRun, by_mapping, layer_rows, selected_layer
 
 CIE_SALT = 20_011  # the CIE prompts' seed offset: disjoint from source (seed), select/eval (seed + 10_007)
-
-
-def head_outputs(tr: TaskRun) -> torch.Tensor:
-    """Every head's last-token output on the source ICL prompts: ``[P_source, L, H, hd]`` float32; recorded once
-    per task run (the control task's serve every task that it controls)."""
-    if "_head_outputs" not in tr.__dict__:
-        tr.__dict__["_head_outputs"] = record_head_outputs(tr.lm, list(tr.source_prompts)).float()
-    return tr.__dict__["_head_outputs"]
 
 
 def _vectors(tr: TaskRun, contrib: torch.Tensor, heads: list[tuple[int, int]], trials) -> torch.Tensor:
@@ -66,7 +57,7 @@ def random_heads(n_layers: int, n_heads: int, k: int, exclude: list[tuple[int, i
 
 def aie_rows(tr: TaskRun) -> tuple[pd.DataFrame, torch.Tensor]:
     """The indirect-effect scan: ``(AIE table with rank, head outputs [P_source, L, H, hd])``."""
-    outputs = head_outputs(tr)
+    outputs = tr.head_outputs
     trials = tr.task.sample_trials(tr.cfg.fv_n_cie, tr.cfg.n_demos, seed=tr.cfg.seed + CIE_SALT)
     shuffled = shuffled_label_prompts(tr.lm, trials, tr.template, seed=tr.cfg.seed)
     means = by_mapping(tr, outputs, trials)  # [P_cie, L, H, hd]: each prompt's mapping
@@ -92,7 +83,7 @@ def unit_function_vector(tr: TaskRun, control: TaskRun) -> list[dict]:
     sel = layer_rows(tr, tr.zero_shot("select"), {"function_vector": _vectors(tr, contrib, chosen, tr.select)},
                      "query", {"function_vector": list(range(L))}, "single", "function_vector", "select", mode="add")
     layer = selected_layer(sel, "function_vector", "single")
-    other = head_contributions(lm, head_outputs(control))  # [L, H, d]: the control task's mean terms, mappings mixed
+    other = head_contributions(lm, control.head_outputs)  # [L, H, d]: the control task's mean terms, mappings mixed
     other_fv = torch.stack([other[l, h] for l, h in chosen]).sum(0)
     nulls = random_heads(L, H, k, chosen, cfg.seed)
     evals = {"function_vector": _vectors(tr, contrib, chosen, tr.eval),

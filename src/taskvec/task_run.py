@@ -62,6 +62,14 @@ class TaskRun:
         return build_prompts(self.lm, self.source, self.template)
 
     @cached_property
+    def head_outputs(self) -> torch.Tensor:
+        """Every head's last-token output on the source prompts, ``[P_source, L, H, hd]`` float32: recorded once
+        per task (the function vector's head means; a control task's serve every task it controls)."""
+        from taskvec.analysis.heads import record_head_outputs
+
+        return record_head_outputs(self.lm, list(self.source_prompts)).float()
+
+    @cached_property
     def eval_prompts(self):
         return build_prompts(self.lm, self.eval, self.template)
 

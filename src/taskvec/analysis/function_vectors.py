@@ -146,9 +146,12 @@ def mean_head_outputs(lm, prompts: Sequence[Prompt]) -> torch.Tensor:
 
 def output_norm(lm, layer: int) -> nn.Module | None:
     """The norm decoder layer ``layer`` applies to its attention output before the residual add (Gemma 2/3's and
-    OLMo 2's ``post_attention_layernorm``), or ``None`` (Llama's ``post_attention_layernorm`` is the MLP's input
-    norm: a layer with an ``input_layernorm`` and no ``pre_feedforward_layernorm`` has none)."""
+    OLMo 2's ``post_attention_layernorm``, GLM-4's ``post_self_attn_layernorm``), or ``None`` (Llama's
+    ``post_attention_layernorm`` is the MLP's input norm: a layer with an ``input_layernorm`` and no
+    ``pre_feedforward_layernorm`` has none)."""
     block = lm.profile.layers[layer]
+    if getattr(block, "post_self_attn_layernorm", None) is not None:
+        return block.post_self_attn_layernorm
     norm = getattr(block, "post_attention_layernorm", None)
     if norm is not None and (hasattr(block, "pre_feedforward_layernorm") or not hasattr(block, "input_layernorm")):
         return norm
@@ -165,7 +168,7 @@ def head_contributions(lm, head_means: torch.Tensor, residual: bool = True) -> t
     its output at zero input (the bias) subtracted.
 
     ``residual=True``: where a layer normalizes its attention output before adding it to the residual stream
-    (Gemma 2/3, OLMo 2: :func:`output_norm`), the RMS norm of the whole output ``o = Σ_h c_h + bias`` is a gain
+    (Gemma 2/3, OLMo 2, GLM-4: :func:`output_norm`), the RMS norm of the whole output ``o = Σ_h c_h + bias`` is a gain
     ``g`` over a scalar ``rms(o)``, so ``norm(o) = Σ_h g ⊙ c_h / rms(o) + g ⊙ bias / rms(o)`` exactly: head ``h``'s
     term ``g ⊙ c_h / rms(o)`` is its contribution to the residual stream at these head outputs. Granite's
     ``residual_multiplier`` scales it. Elsewhere the projection's block is the residual term itself. (Todd et al.
