@@ -74,6 +74,16 @@ def test_tasks_are_dealt_round_robin():
     assert [World(r, 2).share(tasks) for r in (0, 1)] == [["a", "c", "e"], ["b", "d"]]
 
 
+def test_tasks_with_costs_are_dealt_costliest_first_to_the_least_loaded_rank():
+    tasks, cost = list("abcdef"), [1, 1, 1, 1, 9, 5]
+    mine = [World(r, 2).share(tasks, cost) for r in (0, 1)]
+    assert mine == [["e"], ["a", "b", "c", "d", "f"]]  # 9 against 5 + 4 x 1, each list in the tasks' order
+    assert sorted(sum(mine, [])) == tasks and World().share(tasks, cost) == tasks
+    assert [World(r, 3).share(tasks, cost) for r in range(3)] == [["e"], ["f"], ["a", "b", "c", "d"]]
+    with pytest.raises(ValueError, match="2 costs for 6 items"):
+        World(0, 2).share(tasks, [1, 2])
+
+
 def test_rank_files_are_one_run_store_that_resumes_with_any_world_size(tmp_path):
     cfg = {"seed": 0}
     with pytest.raises(ConfigError, match="rank 0 writes it"):

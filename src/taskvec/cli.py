@@ -157,6 +157,11 @@ def study_local_global(
                                                     help="also the function vector beside the global and local "
                                                          "vectors [default: on]"),
     fv_k: Optional[int] = typer.Option(None, help="heads summed into the function vector [default: 10]"),
+    fv_tasks: Optional[str] = typer.Option(None, help="tasks that get the function vector: knowledge or all "
+                                                      "[default: knowledge]"),
+    local_sweep: Optional[str] = typer.Option(None, help="layers Pos Avg / Trial Avg are swept at on the selection "
+                                                         "split: beats_token (where own local vectors beat their "
+                                                         "token) or all (full curves, slower) [default: beats_token]"),
     on_conflict: Optional[str] = typer.Option(None, help="task files: an input repeated with another output: error, "
                                                          "keep_first or drop_both (counted in config.json) "
                                                          "[default: error]"),
@@ -176,7 +181,8 @@ def study_local_global(
     flags = dict(model=model, device=device, dtype=dtype, tasks=_csv(tasks), seed=seed, n_trials=n_trials,
                  n_select=n_select, n_eval=n_eval, n_local_select=n_local_select, n_local_eval=n_local_eval,
                  n_demos=n_demos, spans=_csv(spans), quick=quick, with_analyses=with_analyses,
-                 function_vectors=function_vectors, fv_k=fv_k, on_conflict=on_conflict)
+                 function_vectors=function_vectors, fv_k=fv_k, fv_tasks=fv_tasks, local_sweep=local_sweep,
+                 on_conflict=on_conflict)
     cfg = config_from(StudyConfig, config, flags)
     out = out or Path("runs") / f"local-global-{cfg.model.replace('/', '_')}-s{cfg.seed}{'-quick' if cfg.quick else ''}"
     try:

@@ -19,7 +19,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from taskvec.errors import RankError, TaskvecError
 
@@ -46,9 +46,21 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def share(self, items: list[T]) -> list[T]:
-        """This rank's items: item ``i`` goes to rank ``i % size`` (the same on every re-run of the same world)."""
-        return [x for i, x in enumerate(items) if i % self.size == self.rank]
+    def share(self, items: list[T], cost: Sequence[float] | None = None) -> list[T]:
+        """This rank's items, the same on every re-run of the same world: item ``i`` goes to rank ``i % size``;
+        with an estimated ``cost`` per item, the costliest first, each to the rank with the least cost so far
+        (longest processing time first: the ranks finish closer together), in the items' order."""
+        if cost is None:
+            return [x for i, x in enumerate(items) if i % self.size == self.rank]
+        if len(cost) != len(items):
+            raise ValueError(f"share: {len(cost)} costs for {len(items)} items")
+        load, mine = [0.0] * self.size, set()
+        for i in sorted(range(len(items)), key=lambda i: (-cost[i], i)):
+            r = min(range(self.size), key=lambda r: (load[r], r))
+            load[r] += cost[i]
+            if r == self.rank:
+                mine.add(i)
+        return [x for i, x in enumerate(items) if i in mine]
 
     def barrier(self) -> None:
         if self.distributed:

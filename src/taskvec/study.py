@@ -54,7 +54,7 @@ from taskvec.vectors import (load_vectors, norm_matched_random, pos_avg, read_ro
 
 KNOWLEDGE_TASKS = ["country_capital", "antonyms", "english_french", "present_past", "lowercase_uppercase"]
 CATEGORIZATION_TASKS = ["simple_string", "digit", "two_d", "animal_object", "food_body", "color_number"]
-ADDITIVE = ("with_analyses", "function_vectors")  # config keys a resume may change: they only add units, never change finished ones
+ADDITIVE = ("with_analyses", "function_vectors", "fv_tasks")  # config keys a resume may change: they only add units, never change finished ones
 QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, fv_n_cie=4, demo_counts=[0, 2])  # --quick
 
 
@@ -86,12 +86,21 @@ class StudyConfig(ModelExperimentConfig):
                                  "prompt itself (no task vector involved)")
     kofn_subsets: int = Field(1, ge=1, description="random subsets per k in the k-of-n ablation")
     kofn_ks: Literal["grid", "all"] = Field("grid", description="k values of the k-of-n ablation: every k, or "
-                                            "0-4 and the quarters of n (all k when n <= 8)")
+                                            "the k the C5 rules read (0, 1, 2, n/2, n) and the demo_counts below n, "
+                                            "where ICL(k) is run on the same prompts")
+    local_sweep: Literal["beats_token", "all"] = Field(
+        "beats_token", description="layers at which Pos Avg and Trial Avg are swept on the selection split: where "
+        "the own local vectors beat their token-identity control (an average of answer-token states is compared "
+        "where there is more than tokens to average; at the local layer when no layer qualifies), or every layer "
+        "(paper A's full curves; about 40% more local patching)")
     control_task: str = Field("auto", description="task whose vectors serve as the other-task control")
     quick: bool = False
     with_analyses: bool = Field(False, description="also run saliency, dPCA and heads (claims C7, C8)")
     function_vectors: bool = Field(True, description="also the function vector (Todd et al.; docs/spec.md A.9) "
                                    "beside the global and local vectors")
+    fv_tasks: Literal["knowledge", "all"] = Field(
+        "knowledge", description="tasks that get the function vector: the knowledge tasks (Todd et al.'s kind: one "
+        "fixed input -> output function), or every task (categorization too, within each label mapping)")
     fv_k: int = Field(10, ge=1, description="heads summed into the function vector (top by AIE)")
     fv_n_cie: int = Field(10, ge=1, le=MAX_TRIALS, description="shuffled-label prompts of the indirect-effect scan")
     fv_template: str = Field('The word "{x}" means', description="natural-text template of the function vector's "
@@ -364,12 +373,10 @@ def unit_global(tr: TaskRun, src: dict, control: dict) -> list[dict]:
     return rows
 
 
-def select_local_layer(rows: list[dict], span: str, min_layer: int) -> tuple[int, bool]:
-    """The local vector's layer, chosen on the selection split **only among layers where it carries more than its
-    answer token**: own − token-identity control, paired over the selection prompts, has a target log-probability
-    margin whose lower 95% bound is above 0 and no loss in accuracy; among those, :func:`select_layer`. Where no
-    layer does (``False``: the local vector is its token at every layer, as on knowledge tasks, whose control is
-    the same answer in another context), the best own layer, and the verdicts show local − control ≤ 0."""
+def token_beating_layers(rows: list[dict], span: str, min_layer: int) -> list[int]:
+    """The layers (from ``min_layer`` on) where the own local vectors carry **more than their answer token** on
+    the selection split: own − token-identity control, paired over the selection prompts, has a target
+    log-probability margin whose lower 95% bound is above 0, and no loss in accuracy."""
     df = pd.DataFrame(rows)
     df = df[(df.split == "select") & (df.span == span) & (df.layer >= min_layer)]
     own = df[df.vector == "local"].set_index(["layer", "prompt"])
@@ -377,18 +384,31 @@ def select_local_layer(rows: list[dict], span: str, min_layer: int) -> tuple[int
     lp = (own.target_logprob - ctl.target_logprob).groupby("layer")
     lower = lp.mean() - Z95 * lp.std(ddof=1).fillna(0.0) / np.sqrt(lp.count())
     acc = (own.score - ctl.score).groupby("layer").mean()
-    above = lower[(lower > 0) & (acc >= 0)].index
-    chosen = own.reset_index()
-    if len(above):
+    return [int(layer) for layer in lower[(lower > 0) & (acc >= 0)].index]
+
+
+def select_local_layer(rows: list[dict], span: str, min_layer: int) -> tuple[int, bool]:
+    """The local vector's layer, chosen on the selection split **only among layers where it carries more than its
+    answer token** (:func:`token_beating_layers`); among those, :func:`select_layer`. Where no layer does
+    (``False``: the local vector is its token at every layer, as on knowledge tasks, whose control is the same
+    answer in another context), the best own layer, and the verdicts show local − control ≤ 0."""
+    df = pd.DataFrame(rows)
+    chosen = df[(df.split == "select") & (df.span == span) & (df.layer >= min_layer) & (df.vector == "local")]
+    above = token_beating_layers(rows, span, min_layer)
+    if above:
         return select_layer(chosen[chosen.layer.isin(above)]), True
     return select_layer(chosen), False
 
 
 def unit_local(tr: TaskRun, src: dict, states: dict, control: dict) -> list[dict]:
-    """Local vectors (own, Pos Avg, Trial Avg within a mapping) into dummy prompts, with the token-identity control
-    at every layer: every layer from ``min_local_layer`` on, on the selection split (below it nothing can be
-    selected: at layer 0 a local vector is its answer token's embedding, equal to its token-identity control); on the evaluation split each vector at its own selected
-    layer, the controls at the local vector's layer, and the unpatched dummy.
+    """Local vectors (own, Pos Avg, Trial Avg within a mapping) into dummy prompts, with the token-identity control.
+
+    Selection split, in two sweeps: the own vectors and their token-identity control at every layer from
+    ``min_local_layer`` on (below it nothing can be selected: at layer 0 a local vector is its answer token's
+    embedding, equal to its control), then Pos Avg and Trial Avg at the layers where the own vectors beat their
+    token (``local_sweep="beats_token"``; at the local layer when none does) or at every layer (``"all"``). On
+    the evaluation split each vector at its own selected layer, the controls at the local vector's layer, and the
+    unpatched dummy.
 
     Null controls keep the prompt in distribution (a norm-matched random vector destroys it: 0.00, below the
     dummy): the token-identity control, the own vectors in shuffled slots, the dummy's slot means, another task's
@@ -399,15 +419,18 @@ def unit_local(tr: TaskRun, src: dict, states: dict, control: dict) -> list[dict
     rows = tr.clean(dummy_e, experiment="local", vector="dummy", span="none", split="eval", layer=-1)
     control_s, cover_s = token_control(tr, src, states, "select")
     control_e, cover_e = token_control(tr, src, states, "eval")
+    swept = list(range(tr.cfg.min_local_layer, L))  # below it a local vector is its token (never selected)
     for span in tr.cfg.spans:
         local_s = states["local_select"]
-        sel_vectors = {"local": local_s, "token_control": control_s, "pos_avg": pos_avg(local_s),
-                       "trial_avg": mapping_trial_avg(tr, src, tr.select[:len(dummy_s)])}
-        swept = list(range(tr.cfg.min_local_layer, L))  # below it a local vector is its token (never selected)
-        sel = layer_rows(tr, dummy_s, sel_vectors, "answers", {k: swept for k in sel_vectors}, span, "local",
-                          "select")
-        layer = {k: selected_layer(sel, k, span, tr.cfg.min_local_layer) for k in ("pos_avg", "trial_avg")}
+        own = {"local": local_s, "token_control": control_s}
+        sel = layer_rows(tr, dummy_s, own, "answers", {k: swept for k in own}, span, "local", "select")
+        layer = {}
         layer["local"], beats_token = select_local_layer(sel, span, tr.cfg.min_local_layer)
+        averages = {"pos_avg": pos_avg(local_s), "trial_avg": mapping_trial_avg(tr, src, tr.select[:len(dummy_s)])}
+        at_layers = (swept if tr.cfg.local_sweep == "all"
+                     else token_beating_layers(sel, span, tr.cfg.min_local_layer) or [layer["local"]])
+        sel += layer_rows(tr, dummy_s, averages, "answers", {k: at_layers for k in averages}, span, "local", "select")
+        layer.update({k: selected_layer(sel, k, span, tr.cfg.min_local_layer) for k in averages})
         local_e = states["local_eval"]
         evals = {"local": local_e, "token_control": control_e, "pos_avg": pos_avg(local_e),
                  "trial_avg": mapping_trial_avg(tr, src, tr.eval[:len(dummy_e)]),
@@ -426,12 +449,13 @@ def unit_local(tr: TaskRun, src: dict, states: dict, control: dict) -> list[dict
     return rows
 
 
-def kofn_values(n: int, which: str = "grid") -> list[int]:
-    """The k values of the k-of-n ablation: every k (``"all"``, or n <= 8), else 0-4 and the quarters of n (what
-    the C5 rules read — k = 0, 1, 2, n/2, n — plus the shape of the curve)."""
-    if which == "all" or n <= 8:
+def kofn_values(n: int, which: str = "grid", icl_counts: list[int] | tuple[int, ...] = ()) -> list[int]:
+    """The k values of the k-of-n ablation: every k (``"all"``, or n <= 4), else the k the C5 rules read (0, 1,
+    2, n/2, n) and the ``icl_counts`` below n (the demonstration counts ICL(k) is run at on the same prompts, so
+    the two curves are compared at the same k)."""
+    if which == "all" or n <= 4:
         return list(range(n + 1))
-    return sorted({0, 1, 2, 3, 4, n // 4, n // 2, (3 * n) // 4, n})
+    return sorted({0, 1, 2, n // 2, n} | {k for k in icl_counts if 0 <= k < n})
 
 
 SCORES = ("correct", "target_logprob", "label_correct", "score")  # the scored columns of a row (tr.run)
@@ -461,7 +485,7 @@ def unit_kofn(tr: TaskRun, states: dict, layer: int, local: pd.DataFrame | None 
     variants, meta, copied = [], [], []
     for p in range(len(dummy)):
         answers = torch.tensor(dummy[p].answer_positions, dtype=torch.long)
-        for k in kofn_values(n, tr.cfg.kofn_ks):
+        for k in kofn_values(n, tr.cfg.kofn_ks, tr.cfg.demo_counts):
             for s in range(tr.cfg.kofn_subsets if 0 < k < n else 1):
                 slots = sorted(rng.sample(range(n), k))
                 rest = [i for i in range(n) if i not in slots]
@@ -604,6 +628,18 @@ def _local_eval_rows(store: RunStore, task: str) -> pd.DataFrame:
     return t[(t.task == task) & (t.experiment == "local") & (t.split == "eval") & t.span.isin(["single", "none"])]
 
 
+def has_function_vector(tr: TaskRun) -> bool:
+    """Whether the study computes ``tr``'s function vector (``function_vectors``, and ``fv_tasks``: knowledge
+    tasks only by default)."""
+    return tr.cfg.function_vectors and (tr.cfg.fv_tasks == "all" or not tr.categorization)
+
+
+def task_cost(tr: TaskRun) -> float:
+    """A task's estimated share of the study's time, to deal tasks to ranks: its full ICL prompt's length in tokens
+    (local patching and k-of-n re-run the suffix from the first answer on), a quarter more with a function vector."""
+    return len(tr.eval_prompts[0].ids) * (1.25 if has_function_vector(tr) else 1.0)
+
+
 def task_files(runs: dict[str, TaskRun]) -> dict[str, dict]:
     """For the run record (``config.json``): each task file of the run by the name it goes by, with its path and
     the file's counts (rows, duplicates merged, conflicts and the rows they dropped, the ``on_conflict`` policy)."""
@@ -659,7 +695,7 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
     w.barrier()  # config.json is written before the other ranks open the run
     if w.rank > 0:
         store = open_store(eff, out, resume, lm, additive=ADDITIVE, rank=w.rank)
-    bar = tqdm(w.share(names), desc=f"tasks of rank {w.rank}" if w.distributed else "tasks")
+    bar = tqdm(w.share(names, [task_cost(task_run(n)) for n in names]), desc=f"tasks of rank {w.rank}" if w.distributed else "tasks")
     for spec in bar:
         tr = task_run(spec)
         name = tr.name  # a task file goes by its stem; its path is in config.json ("task_files")
@@ -682,7 +718,7 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
             store.run_unit(f"{name}/mediation",
                            lambda: with_tags(unit_mediation(tr, states, local_layer, global_layer)))
             store.run_unit(f"{name}/convergence", lambda: with_tags(unit_convergence(tr, src, states)))
-        if eff.function_vectors:
+        if has_function_vector(tr):
             store.run_unit(f"{name}/function_vector", lambda: with_tags(
                 unit_function_vector(tr, task_run(_control_task(name, eff)))))
         if not store.done(f"{name}/chance"):

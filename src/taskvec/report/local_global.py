@@ -98,12 +98,15 @@ def _has(t: pd.DataFrame, exp: str, vec: str, span: str) -> bool:
 
 def _curve(ax, t: pd.DataFrame, exp: str, vec: str, color: str = "C0", span: str = "single",
            label: str = "patched") -> None:
-    """One vector's patching curve: the selection split per layer (mean, 95% band), and the evaluation split at
-    the selected layer (a point with its interval)."""
+    """One vector's patching curve: the selection split per layer (mean, 95% band; dotted with markers where only
+    some layers were swept, as Pos Avg and Trial Avg at the layers where local vectors beat their token), and the
+    evaluation split at the selected layer (a point with its interval)."""
     sel = t[(t.experiment == exp) & (t.vector == vec) & (t.split == "select") & (t.span == span)]
     if not sel.empty:
         s = summarize(sel, ["layer"], "score")
-        ax.plot(s.layer, s["mean"], color=color, lw=1.8, label=f"{label}: selection split, 95% band")
+        gaps = len(s) < s.layer.max() - s.layer.min() + 1 or len(s) == 1
+        ax.plot(s.layer, s["mean"], color=color, lw=1.8, label=f"{label}: selection split, 95% band",
+                **({"ls": ":", "marker": "s", "ms": 4} if gaps else {}))
         ax.fill_between(s.layer, s.low, s.high, color=color, alpha=0.18, lw=0)
     point = _eval_point(t, exp, vec, span)
     if point is not None:
