@@ -74,14 +74,25 @@ def test_tasks_are_dealt_round_robin():
     assert [World(r, 2).share(tasks) for r in (0, 1)] == [["a", "c", "e"], ["b", "d"]]
 
 
-def test_tasks_with_costs_are_dealt_costliest_first_to_the_least_loaded_rank():
-    tasks, cost = list("abcdef"), [1, 1, 1, 1, 9, 5]
-    mine = [World(r, 2).share(tasks, cost) for r in (0, 1)]
-    assert mine == [["e"], ["a", "b", "c", "d", "f"]]  # 9 against 5 + 4 x 1, each list in the tasks' order
-    assert sorted(sum(mine, [])) == tasks and World().share(tasks, cost) == tasks
-    assert [World(r, 3).share(tasks, cost) for r in range(3)] == [["e"], ["f"], ["a", "b", "c", "d"]]
-    with pytest.raises(ValueError, match="2 costs for 6 items"):
-        World(0, 2).share(tasks, [1, 2])
+def test_a_world_of_one_takes_every_item_in_order_and_bad_costs_are_refused(tmp_path):
+    tasks = list("abc")
+    assert list(World().take(tasks, [1, 9, 5], tmp_path)) == tasks and not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="2 costs for 3 items"):
+        list(World().take(tasks, [1, 2], tmp_path))
+
+
+def test_ranks_take_each_item_once_costliest_first_and_a_new_launch_takes_anew(tmp_path):
+    class Launch(World):  # the ranks of one launch agree on rank 0's launch id (gather), here without gloo
+        def gather(self, obj):
+            return [f"launch-{tmp_path.name}-{self.size}"] * self.size
+
+    tasks, cost = list("abcde"), [1, 9, 5, 7, 3]
+    r0, r1 = Launch(0, 2).take(tasks, cost, tmp_path), Launch(1, 2).take(tasks, cost, tmp_path)
+    assert next(r0) == "b" and next(r1) == "d" and next(r1) == "c"  # whichever rank is free takes the next
+    rest0, rest1 = list(r0), list(r1)
+    assert sorted(["b", "d", "c", *rest0, *rest1]) == tasks and not set(rest0) & set(rest1)
+    again = Launch(0, 3).take(tasks, cost, tmp_path)  # another launch: nothing is taken yet
+    assert list(again) == ["b", "d", "c", "e", "a"]
 
 
 def test_rank_files_are_one_run_store_that_resumes_with_any_world_size(tmp_path):

@@ -10,15 +10,18 @@ Example::
     with world() as w:
         w.agree({"config": cfg.saved()})     # every rank the same config, or RankError
         mine = w.share(tasks)                # this rank's tasks, dealt round robin
+        mine = w.take(tasks, cost, run_dir / ".taken")   # or taken from a shared queue, costliest first
         ...
         w.barrier()
 """
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from taskvec.errors import RankError, TaskvecError
@@ -46,21 +49,29 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def share(self, items: list[T], cost: Sequence[float] | None = None) -> list[T]:
-        """This rank's items, the same on every re-run of the same world: item ``i`` goes to rank ``i % size``;
-        with an estimated ``cost`` per item, the costliest first, each to the rank with the least cost so far
-        (longest processing time first: the ranks finish closer together), in the items' order."""
-        if cost is None:
-            return [x for i, x in enumerate(items) if i % self.size == self.rank]
+    def share(self, items: list[T]) -> list[T]:
+        """This rank's items: item ``i`` goes to rank ``i % size`` (the same on every re-run of the same world)."""
+        return [x for i, x in enumerate(items) if i % self.size == self.rank]
+
+    def take(self, items: list[T], cost: Sequence[float], where: str | os.PathLike) -> Iterator[T]:
+        """This rank's items, taken one at a time by whichever rank is free, the costliest first: a work queue on
+        the file system the ranks share (a rank takes item ``i`` by creating ``where/<launch>/<i>`` exclusively,
+        ``<launch>`` fresh for every launch, so a resumed run takes anew what a killed one had taken), so the ranks
+        finish together whatever the error of the estimated ``cost``. Which rank computes an item must not change
+        its result. A world of one takes every item, in the items' order."""
         if len(cost) != len(items):
-            raise ValueError(f"share: {len(cost)} costs for {len(items)} items")
-        load, mine = [0.0] * self.size, set()
+            raise ValueError(f"take: {len(cost)} costs for {len(items)} items")
+        if not self.distributed:
+            yield from items
+            return
+        launch = Path(where) / str(self.gather(f"{time.time_ns()}-{os.getpid()}")[0])
+        launch.mkdir(parents=True, exist_ok=True)
         for i in sorted(range(len(items)), key=lambda i: (-cost[i], i)):
-            r = min(range(self.size), key=lambda r: (load[r], r))
-            load[r] += cost[i]
-            if r == self.rank:
-                mine.add(i)
-        return [x for i, x in enumerate(items) if i in mine]
+            try:
+                os.close(os.open(launch / str(i), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue  # another rank took it
+            yield items[i]
 
     def barrier(self) -> None:
         if self.distributed:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -58,6 +59,7 @@ ADDITIVE = ("with_analyses", "function_vectors", "fv_tasks")  # config keys a re
 QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, fv_n_cie=4, demo_counts=[0, 2])  # --quick
 
 
+TAKEN = ".taken"  # the ranks' work queue in the run directory (World.take); removed when the study ends
 MAX_TRIALS = 10_000  # per set of trials and task (a bound that keeps a typo from filling the memory)
 
 
@@ -695,7 +697,9 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
     w.barrier()  # config.json is written before the other ranks open the run
     if w.rank > 0:
         store = open_store(eff, out, resume, lm, additive=ADDITIVE, rank=w.rank)
-    bar = tqdm(w.share(names, [task_cost(task_run(n)) for n in names]), desc=f"tasks of rank {w.rank}" if w.distributed else "tasks")
+    mine = w.take(names, [task_cost(task_run(n)) for n in names], store.path / TAKEN)
+    bar = tqdm(mine, total=None if w.distributed else len(names),
+               desc=f"tasks of rank {w.rank}" if w.distributed else "tasks")
     for spec in bar:
         tr = task_run(spec)
         name = tr.name  # a task file goes by its stem; its path is in config.json ("task_files")
@@ -728,4 +732,5 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
     w.barrier()  # every rank has recorded its units
     if w.rank == 0:
         store.merge([task_run(n).name for n in names])
+        shutil.rmtree(store.path / TAKEN, ignore_errors=True)
     return store.path
