@@ -460,12 +460,20 @@ def kofn_values(n: int, which: str = "grid", icl_counts: list[int] | tuple[int, 
     return sorted({0, 1, 2, n // 2, n} | {k for k in icl_counts if 0 <= k < n})
 
 
+def kofn_slots(seed: int, task: str, prompt: int, k: int, subset: int, n: int) -> list[int]:
+    """The ``k`` patched slots (of ``n``) of one k-of-n variant, sorted: each (prompt, k, subset) drawn from its own
+    seed, so adding or removing a k of the grid leaves every other k's slots as they were (a shared generator
+    shifted them all, and C5's cells moved with the grid)."""
+    return sorted(random.Random(f"{seed}/{task}/kofn/{prompt}/{k}/{subset}").sample(range(n), k))
+
+
 SCORES = ("correct", "target_logprob", "label_correct", "score")  # the scored columns of a row (tr.run)
 
 
 def unit_kofn(tr: TaskRun, states: dict, layer: int, local: pd.DataFrame | None = None) -> list[dict]:
     """Only k of the n answer positions of each evaluation dummy prompt patched (local vectors, at the local
-    vector's selected layer), k in :func:`kofn_values`, ``kofn_subsets`` random subsets per k, with the n − k
+    vector's selected layer), k in :func:`kofn_values`, ``kofn_subsets`` random subsets per k (each drawn from its
+    own seed: adding a k to the grid leaves every other k's subsets as they were), with the n − k
     other slots filled two ways on the same subsets: ``fill="wrong"`` leaves the dummy's random answers there
     (they contradict the task), ``fill="mean"`` mean-ablates them (the dummy's slot mean over prompts; only at the
     k the C5 rules read: 0, 1, 2, n/2, n).
@@ -483,13 +491,12 @@ def unit_kofn(tr: TaskRun, states: dict, layer: int, local: pd.DataFrame | None 
         at = local[(local.layer == layer) | (local.vector == "dummy")]
         same = {(0, "wrong"): "dummy", (0, "mean"): "slot_mean", (n, "wrong"): "local"}
         same = {key: at[at.vector == v].set_index("prompt") for key, v in same.items() if (at.vector == v).any()}
-    rng = random.Random(tr.cfg.seed)
     variants, meta, copied = [], [], []
     for p in range(len(dummy)):
         answers = torch.tensor(dummy[p].answer_positions, dtype=torch.long)
         for k in kofn_values(n, tr.cfg.kofn_ks, tr.cfg.demo_counts):
             for s in range(tr.cfg.kofn_subsets if 0 < k < n else 1):
-                slots = sorted(rng.sample(range(n), k))
+                slots = kofn_slots(tr.cfg.seed, tr.name, p, k, s, n)
                 rest = [i for i in range(n) if i not in slots]
                 fills = {"wrong": (slots, own[p, slots])}
                 if k in mean_ks and k < n:
