@@ -147,7 +147,7 @@ def _small_multiples(task: str, t: pd.DataFrame, exp: str, panels: list[tuple[st
     present = [(v, label) for v, label in panels if _has(t, exp, v, span)] or panels[:1]
     n = len(present)
     fig = Figure(figsize=(panel_width * n + 0.6, 3.2), layout="constrained")
-    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, n, sharex=True, sharey=True, squeeze=False)[0]  # one layer axis: curves over fewer layers line up
     for i, (ax, (vec, label)) in enumerate(zip(axes, present)):
         _curve(ax, t, exp, vec, "C0", span)
         if i == 0 and control and _has(t, exp, control[0], span):
