@@ -96,3 +96,9 @@ def one_line(err: BaseException) -> str:
     """The error's message on one line (inner line breaks become ``; ``), or its class name if it has none."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return "; ".join(lines) or type(err).__name__
+
+
+__all__ = ["TaskvecError", "ModelNotFoundError", "LayerError", "PositionError", "WidthError", "EmptyInputError",
+           "TokenizationError", "AlignmentError", "TaskFileError", "ConfigError", "NonFiniteError", "ChoiceError",
+           "RangeError", "ParseError", "DeviceError", "RankError", "TooFewTrialsError", "EagerAttentionError",
+           "LayerSkippingWarning"]

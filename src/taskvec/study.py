@@ -667,7 +667,7 @@ def check_tasks(names: list[str]) -> None:
 
 def run_study(cfg: StudyConfig, out: str | Path, resume: bool = False, lm=None) -> Path:
     """Run (or resume) the study into ``out``; returns the run directory. Writes the tables, not ``report.html``:
-    :func:`taskvec.run_study` (:mod:`taskvec.kinds`) is this plus the report.
+    :func:`taskvec.run` (:mod:`taskvec.kinds`) is this plus the report.
 
     The run directory is created only once the config is valid, every task resolves and the model has loaded,
     so a mistyped model or task leaves nothing behind.

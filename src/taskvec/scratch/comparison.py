@@ -283,7 +283,7 @@ def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False,
 
     Writes ``config.json``, ``results.jsonl`` (one record per unit, fsynced), ``models/`` (one training run
     directory per model), ``summary.csv`` (:func:`aggregate`) and ``verdicts.csv`` (:func:`verdicts`);
-    :func:`taskvec.run_comparison` (:mod:`taskvec.kinds`) adds ``report.html``.
+    :func:`taskvec.run` (:mod:`taskvec.kinds`) adds ``report.html``.
     """
     from taskvec.runs import RunStore
 

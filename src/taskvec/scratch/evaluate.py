@@ -649,7 +649,7 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
     the models' labels and absolute paths), package versions and each model's weights sha256 (``weights``);
     ``results.jsonl`` one unit ``LABEL/ANALYSIS`` per model and analysis, appended and fsynced as it finishes
     (rows tagged with ``model`` and ``analysis``); then ``results.json`` (``{label: evaluate_model(...)}``).
-    :func:`taskvec.run_evaluation` (:mod:`taskvec.kinds`) adds ``report.html``.
+    :func:`taskvec.run` (:mod:`taskvec.kinds`) adds ``report.html``.
 
     Args:
         cfg: the config; ``cfg.models`` must name at least one model (see :func:`default_labels`).

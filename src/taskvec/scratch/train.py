@@ -532,7 +532,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
           progress: bool = True, tensorboard: bool = True,
           on_step: Callable[[int, ScratchModel], None] | None = None, compile: bool = False) -> Path:
     """Train a model; returns the directory of the final model (``out_dir/model``). Writes no ``report.html``:
-    :func:`taskvec.train` (:mod:`taskvec.kinds`) is this plus the report.
+    :func:`taskvec.run` (:mod:`taskvec.kinds`) is this plus the report.
 
     Args:
         cfg: the run config. out_dir: run directory (config.json, results.jsonl, log.jsonl/csv, tb/,
