@@ -63,7 +63,7 @@ _MOVED = {
 }
 """Names of the old front door, still resolved (with a FutureWarning naming their module)."""
 
-__all__ = sorted([*_LAZY, "errors", "TaskvecError", "__version__"])
+__all__ = ["TaskvecError", "__version__", "errors", *_LAZY]
 
 
 def __getattr__(name: str):
