@@ -263,15 +263,13 @@ def test_grid_has_one_row_per_claim_and_a_column_per_task():
     ({0: 1.0}, NOT_SUPPORTED),                  # a sharp peak at the bottom
     ({2: 1.0, 5: 1.0, 9: 1.0, 11: 1.0}, INCONCLUSIVE),  # a flat top over the depth: the region is wide
 ])
-def test_c7_states_the_peak_as_a_region_that_can_be_wide(tmp_path, curve, verdict):
+def test_c7_states_the_peak_as_a_region_that_can_be_wide(curve, verdict):
     """Defect 8: a bootstrap of an argmax gave degenerate intervals ([0.61, 0.61]). The peak is now the region of
-    layers not significantly below it."""
+    layers not significantly below it. (The saliency rows are the saliency kind's ``tables(run_dir)["saliency"]``.)"""
     rng = np.random.default_rng(0)
     rows = [dict(task="t", prompt=p, layer=l, answers_to_query=curve.get(l, 0.1) + 0.05 * rng.standard_normal())
             for p in range(20) for l in range(L)]
-    (tmp_path / "analyses" / "saliency").mkdir(parents=True)
-    pd.DataFrame(rows).to_parquet(tmp_path / "analyses" / "saliency" / "saliency.parquet")
-    row = cell(verdicts(task_table(), L, run_dir=tmp_path), "C7", "t")
+    row = cell(verdicts(task_table(), L, saliency=pd.DataFrame(rows)), "C7", "t")
     assert row.verdict == verdict
     if len(curve) > 1:
         assert row.high - row.low >= (max(curve) - min(curve)) / L - 1e-9
@@ -284,29 +282,21 @@ def test_c7_states_the_peak_as_a_region_that_can_be_wide(tmp_path, curve, verdic
     (True, (0.2, 0.1, 0.35), (1.0, 0.9, 1.1), (-0.1, -0.3, 0.1), INCONCLUSIVE),
     (None, (0.2, 0.1, 0.35), (1.0, 0.9, 1.1), (-0.2, -0.3, -0.1), INCONCLUSIVE),
 ])
-def test_c8_reads_the_dpca_statistics(tmp_path, in_early, length, klass, cost, verdict):
+def test_c8_reads_the_dpca_statistics(in_early, length, klass, cost, verdict):
     """Defect 5: the early layer was an argmax over layers 1–11, so 'length peaks early' was never tested; the
-    label factor was the word. C8 now reads the fixed early window, where the length peak lies, and the class."""
-    import json
-
+    label factor was the word. C8 now reads the fixed early window, where the length peak lies, and the class.
+    (The statistics are the dPCA kind's ``tables(run_dir)["c8"]`` row.)"""
     ci = lambda v: dict(zip(("estimate", "low", "high"), v))  # noqa: E731
-    (tmp_path / "analyses" / "dpca").mkdir(parents=True)
-    (tmp_path / "analyses" / "dpca" / "dpca_c8.json").write_text(json.dumps(
-        {"task": "simple_string", "length_ratio": ci(length), "class_ratio": ci(klass), "word_ratio": ci((0.1,) * 3),
-         "early_window": [1, 4], "length_peak": {"layer": 2, "region": [1, 3], "in_early": in_early},
-         "ablation_cost": {"late_minus_early": ci(cost)}}))
+    c8 = {"task": "simple_string", "length_ratio": ci(length), "class_ratio": ci(klass), "word_ratio": ci((0.1,) * 3),
+          "early_window": [1, 4], "length_peak": {"layer": 2, "region": [1, 3], "in_early": in_early},
+          "ablation_cost": {"late_minus_early": ci(cost)}}
     t = task_table("simple_string", "categorization", zero=0.5, glob=0.5)
-    assert cell(verdicts(t, L, run_dir=tmp_path), "C8", "simple_string").verdict == verdict
+    assert cell(verdicts(t, L, c8=c8), "C8", "simple_string").verdict == verdict
 
 
-def test_c8_of_an_older_dpca_run_is_inconclusive(tmp_path):
-    import json
-
-    (tmp_path / "analyses" / "dpca").mkdir(parents=True)
-    (tmp_path / "analyses" / "dpca" / "dpca_c8.json").write_text(json.dumps({"task": "simple_string",
-                                                                            "label_ratio": {"estimate": 1.0}}))
+def test_c8_of_an_older_dpca_run_is_inconclusive():
     t = task_table("simple_string", "categorization", zero=0.5, glob=0.5)
-    row = cell(verdicts(t, L, run_dir=tmp_path), "C8", "simple_string")
+    row = cell(verdicts(t, L, c8={"task": "simple_string", "label_ratio": {"estimate": 1.0}}), "C8", "simple_string")
     assert row.verdict == INCONCLUSIVE and "rerun" in row.detail
 
 

@@ -1,17 +1,19 @@
 """Bad input on the command line: every command answers a user mistake with exit code 2 and exactly one line
-``error: ...`` on stderr, never a traceback. Each case runs ``python -m taskvec.cli`` in a fresh process.
+``error: ...`` on stderr, never a traceback. Each case runs the console entry point (``taskvec.cli.main``) in this
+process under typer's ``CliRunner`` (:func:`conftest.cli`); ``tests/test_cli.py`` runs the installed ``taskvec``
+script once in a fresh process.
 
-Errors that do not need a model are raised before one is loaded, so those cases take the CLI's start-up time
-only and their stderr is that one line and nothing else (no loading bars); they also leave no run directory
-behind. The few that need a model load smollm2-135m, never gemma."""
+Errors that do not need a model are raised before one is loaded, so their stderr is that one line and nothing else
+(no loading bars); they also leave no run directory behind. The one that needs a model loads the tiny Llama's
+checkpoint (``{tiny}`` in its arguments), never a real model."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import cli  # noqa: E402
 
 SMOL = ["--model", "smollm2-135m"]
 
@@ -46,7 +48,7 @@ CASES = [
      False),
     ("dpca-k-0", ["dpca", *SMOL, "--k", "0", "--out", "{tmp}/run"], "(--k): Input should be greater than or equal to 1",
      False),
-    ("dpca-layer-beyond-model", ["dpca", *SMOL, "--layers", "0,99", "--out", "{tmp}/run"],
+    ("dpca-layer-beyond-model", ["dpca", "--model", "{tiny}", "--layers", "0,99", "--out", "{tmp}/run"],
      "layer 99 is out of range", True),
     ("heads-bad-mode", ["heads", *SMOL, "--modes", "sideways", "--out", "{tmp}/run"],
      "field 'modes.0' (--modes): Input should be 'mean'", False),
@@ -91,24 +93,21 @@ CASES = [
 ]
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-m", "taskvec.cli", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env=env)
-
-
 @pytest.fixture
-def workdir(tmp_path):
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory (the command's cwd: a mistake must leave no ``runs/`` here) with bad configs."""
     (tmp_path / "bad.yaml").write_text("steps: [1, 2\n")
     (tmp_path / "cmp.yaml").write_text("train: {seed: 3}\n")
     (tmp_path / "dpca.yaml").write_text("k: 3\nn_trials: 12\n")  # the flag --k 0 must win over the file's k
+    monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 @pytest.mark.parametrize("args, expected, loads", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_error_line_and_exit_code_2(workdir, args, expected, loads):
-    out = _cli([a.replace("{tmp}", str(workdir)) for a in args], workdir)
-    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+def test_bad_input_is_one_error_line_and_exit_code_2(workdir, args, expected, loads, request):
+    tiny = str(request.getfixturevalue("tiny_llama").path) if loads else "{tiny}"
+    out = cli(*[a.replace("{tmp}", str(workdir)).replace("{tiny}", tiny) for a in args])
+    assert out.exit_code == 2, (out.exit_code, out.stderr[-2000:])
     assert "Traceback" not in out.stderr and "Traceback" not in out.stdout
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
@@ -127,8 +126,8 @@ def test_bad_input_is_one_error_line_and_exit_code_2(workdir, args, expected, lo
     ids=["unknown-option", "non-integer", "missing-required"])
 def test_usage_errors_are_one_line_too(workdir, args, expected):
     """Typer's own usage errors are one line ``error: ...`` naming the command (not click's boxed panel), exit 2."""
-    out = _cli(args, workdir)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
+    out = cli(*args)
+    assert out.exit_code == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith(expected), out.stderr
 
 
@@ -399,13 +398,10 @@ EXEMPT = {
 }
 
 
-def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    from taskvec.cli import main
-
-    with pytest.raises(SystemExit) as end:
-        main(args)
-    out = capsys.readouterr()
-    return end.value.code, out.out, out.err
+def _main(args: list[str]) -> tuple[int, str, str]:
+    """``(exit code, stdout, stderr)`` of the command line on ``args``, in this process (:func:`conftest.cli`)."""
+    out = cli(*args)
+    return out.exit_code, out.stdout, out.stderr
 
 
 @pytest.fixture
@@ -436,28 +432,29 @@ def damaged(workdir):
 
 
 @pytest.mark.parametrize("args, expected", [c[2:] for c in IN_PROCESS], ids=[c[0] for c in IN_PROCESS])
-def test_bad_input_in_process_is_one_error_line_and_exit_code_2(damaged, monkeypatch, capsys, args, expected):
+def test_bad_input_in_process_is_one_error_line_and_exit_code_2(damaged, monkeypatch, args, expected):
     monkeypatch.chdir(damaged)
     monkeypatch.setenv("TASKVEC_CACHE", str(damaged / "afile") if args == ["models", "list"] else
                        os.environ.get("TASKVEC_CACHE", str(Path.home() / ".cache" / "taskvec")))
-    code, _, err = _main([a.replace("{tmp}", str(damaged)) for a in args], capsys)
+    code, out, err = _main([a.replace("{tmp}", str(damaged)) for a in args])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and lines == [lines[0]] and lines[0].startswith("error: "), err[-2000:]
+    assert "Traceback" not in out + err
     assert expected.replace("{tmp}", str(damaged)) in lines[0], lines[0]
     assert not (damaged / "run").exists() and not (damaged / "runs").exists()
     assert not (damaged / "noconfig" / "config.json").exists()  # a refused run changes nothing
 
 
-def test_report_says_how_many_torn_lines_it_skipped(workdir, capsys):
+def test_report_says_how_many_torn_lines_it_skipped(workdir):
     """A run killed mid-write: the report is written, and says that one line was skipped."""
     import json
 
     run = workdir / "trained"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": {"steps": 2}, "kind": "train", "versions": {}}))
-    (run / "log.csv").write_text("step,loss,icl_loss,tvp_loss,icl_err,seq_per_s\n1,1.0,1.0,0.0,1.0,10\n")
-    (run / "results.jsonl").write_text(json.dumps({"unit": "train/step-0000001", "rows": []}) + '\n{"unit": "tr')
-    code, out, err = _main(["report", str(run)], capsys)
+    row = {"step": 1, "loss": 1.0, "icl_loss": 1.0, "tvp_loss": 0.0, "icl_err": 1.0, "seq_per_s": 10}
+    (run / "results.jsonl").write_text(json.dumps({"unit": "train/step-0000001", "rows": [row]}) + '\n{"unit": "tr')
+    code, out, err = _main(["report", str(run)])
     assert code == 0 and "report: " in out and (run / "report.html").exists()
     assert "skipped 1 torn last line" in err
 

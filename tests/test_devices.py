@@ -44,7 +44,7 @@ def test_half_precision_on_a_cpu_warns_once_and_float32_does_not():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, smol):
+def checkpoint(tmp_path_factory, tiny_llama):
     """A tiny random Llama with smollm2's tokenizer (ids above its 6000 words unused), saved as a checkpoint."""
     import transformers
 
@@ -55,7 +55,7 @@ def checkpoint(tmp_path_factory, smol):
     model = transformers.AutoModelForCausalLM.from_config(config)
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path)
-    smol.tokenizer.save_pretrained(path)
+    tiny_llama.tokenizer.save_pretrained(path)  # SmolLM2's
     return path
 
 

@@ -23,6 +23,16 @@ CFG = dict(model="smollm2-135m", tasks=["antonyms", "simple_string"], n_trials=4
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _on_the_tiny_llama(tiny_llama):
+    """CFG's study runs on the tiny Llama's checkpoint (SmolLM2's tokenizer, random weights; every process loads it
+    by its path): these tests check that ranks reproduce one process's numbers and lose nothing, whatever the
+    numbers are."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(CFG, "model", str(tiny_llama.path))
+        yield
+
+
 def _study(tmp: Path, out: Path, ranks: int = 1, *flags: str, **popen) -> list[str]:
     """The command line of the study on CFG: ``python -m taskvec`` or torchrun with ``ranks`` processes."""
     (tmp / "cfg.json").write_text(json.dumps(CFG))
@@ -170,7 +180,7 @@ def test_killing_a_rank_then_resuming_recomputes_nothing_that_finished(single_ru
         while "simple_string/global" not in (rank1.read_text() if rank1.exists() else ""):
             assert proc.poll() is None, "the run ended before a rank could be killed"
             assert time.time() < deadline, "rank 1 finished no unit within 300 s"
-            time.sleep(0.2)
+            time.sleep(0.02)  # the tiny model finishes units fast: look often
         os.kill(_pid_of_rank(tmp_path.name, 1), signal.SIGKILL)
         assert proc.wait(timeout=120) != 0  # torchrun stops the other rank and fails
     finally:

@@ -3,7 +3,7 @@ coordinates, the whole marginal subspace is ablated (levels - 1 axes) against ra
 probes show whether the information is gone; length nested in class (simple_string) is demixed as class and length
 within class, with the class (not the label word) as the label factor; the C8 statistics use an early window fixed
 before the data, locate the length peak with an honest region, and separate a fading from a constant signal; the
-full analysis runs on smollm2-135m and writes its files."""
+full analysis runs on the tiny Llama and writes its files (and, slow, on smollm2-135m with its 30 layers' windows)."""
 from __future__ import annotations
 
 import json
@@ -391,24 +391,23 @@ def test_c8_ablation_cost_and_guards():
         c8_statistics(X[:24], lengths[:24], cls[:24], trial[:24], list(range(9)), 9)  # 3 trials, 2 folds
 
 
-# ----------------------------------------------------------------------------------------------- real model
-def test_dpca_run_on_smollm(smol, tmp_path):
-    """One end-to-end run (simple_string with 4 lengths x 2 labels; few trials, demos and layers)."""
-    import matplotlib
-
-    from taskvec.analysis.dpca import DPCAResult
+# ----------------------------------------------------------------------------------------------- run
+def _dpca_run(lm, out, layers: list[int], ablate_layers: list[int]):
+    """One end-to-end run (simple_string with 4 lengths x 2 labels; few trials, demos and layers) and the checks
+    that hold on any model: every file, one row per analysed layer, the nested design's dimensions, every ablation
+    variant, summary and probe. Returns ``(per_layer, ablation, probes, c8, baselines)``."""
     from taskvec.analysis.runners import DPCAConfig
     from taskvec.kinds import run_dpca
 
-    cfg = DPCAConfig(model="smollm2-135m", n_trials=8, n_demos=5, layers=[3, 12, 22, 26], ablate_layers=[3, 22],
+    cfg = DPCAConfig(model="smollm2-135m", n_trials=8, n_demos=5, layers=layers, ablate_layers=ablate_layers,
                      n_boot=50, task_params={"short": (2, 3), "long": (8, 9)})  # 8 cells, all covered
-    out = run_dpca(cfg, tmp_path / "run", lm=smol, progress=False)
+    out = run_dpca(cfg, out, lm=lm, progress=False)
     for name in ("dpca_per_layer.csv", "dpca_ablation.parquet", "dpca_ablation_summary.csv", "dpca_probes.csv",
                  "dpca_c8.json", "dpca_baselines.json", "figures/dpca_simple_string.png",
                  "figures/dpca_simple_string.svg"):
         assert (out / name).exists(), name
     per_layer = pd.read_csv(out / "dpca_per_layer.csv")
-    assert list(per_layer.layer) == [3, 12, 22, 26]
+    assert list(per_layer.layer) == layers
     assert np.isfinite(per_layer.drop(columns="layer").to_numpy()).all()
     assert (per_layer.dim_length == 2).all() and (per_layer.dim_label == 1).all()  # 4 lengths nested in 2 classes
     assert (per_layer.var_interaction == 0).all() and {"maha_word", "maha_word_cv"} <= set(per_layer.columns)
@@ -427,14 +426,41 @@ def test_dpca_run_on_smollm(smol, tmp_path):
     assert np.allclose(probes.chance[probes.factor == "label"], 1 / 2)
     assert {"accuracy", "majority", "n_folds"} <= set(probes.columns)
     c8 = json.loads((out / "dpca_c8.json").read_text())
-    assert c8["task"] == "simple_string" and c8["n_layers"] == 30 and c8["design"] == "nested"
-    assert c8["early_window"] == [1, 10] and c8["early_layers"] == [3] and c8["late_layers"] == [22, 26]
+    assert c8["task"] == "simple_string" and c8["n_layers"] == lm.n_layers and c8["design"] == "nested"
     for key in ("length_ratio", "class_ratio", "word_ratio"):
         assert set(c8[key]) == {"estimate", "low", "high"}
-    assert c8["length_peak"]["layer"] in (3, 12, 22, 26) and c8["length_peak"]["in_early"] in (True, False, None)
-    assert c8["ablation_cost"]["early_layers"] == [3] and c8["ablation_cost"]["late_layers"] == [22]
+    assert c8["length_peak"]["layer"] in layers and c8["length_peak"]["in_early"] in (True, False, None)
     baselines = json.loads((out / "dpca_baselines.json").read_text())
     assert 0 <= baselines["icl"] <= 1 and baselines["chance"] == 0.5
+    return per_layer, ablation, probes, c8, baselines
+
+
+def test_dpca_run_on_the_tiny_llama(tiny_llama, tmp_path):
+    """The run's mechanics on the tiny Llama (SmolLM2's tokenizer): files, tables, design, ablations, probes, and the
+    early window of its 6 layers; the figure leaves matplotlib's backend alone."""
+    import matplotlib
+
+    from taskvec.analysis.dpca import DPCAResult
+
+    per_layer, ablation, probes, c8, baselines = _dpca_run(tiny_llama, tmp_path / "run", [1, 3, 4, 5], [1, 4])
+    assert c8["early_window"] == [1, 2] and c8["early_layers"] == [1] and c8["late_layers"] == [4, 5]
+    backend = matplotlib.get_backend()
+    files = plot_dpca(DPCAResult(per_layer, ablation, baselines, probes=probes, c8=c8), tmp_path / "again")
+    assert all(f.exists() for f in files) and matplotlib.get_backend() == backend
+
+
+@pytest.mark.slow
+def test_dpca_run_on_smollm(smol, tmp_path):
+    """The run on the real model: its C8 windows are the real model's 30 layers; the figure leaves matplotlib's
+    backend alone."""
+    import matplotlib
+
+    from taskvec.analysis.dpca import DPCAResult
+
+    per_layer, ablation, probes, c8, baselines = _dpca_run(smol, tmp_path / "run", [3, 12, 22, 26], [3, 22])
+    assert c8["n_layers"] == 30
+    assert c8["early_window"] == [1, 10] and c8["early_layers"] == [3] and c8["late_layers"] == [22, 26]
+    assert c8["ablation_cost"]["early_layers"] == [3] and c8["ablation_cost"]["late_layers"] == [22]
     # the figure does not touch the matplotlib backend
     backend = matplotlib.get_backend()
     res = DPCAResult(per_layer, ablation, baselines, probes=probes, c8=c8)
@@ -442,14 +468,14 @@ def test_dpca_run_on_smollm(smol, tmp_path):
     assert all(f.exists() for f in files) and matplotlib.get_backend() == backend
 
 
-def test_dpca_too_few_trials(smol):
+def test_dpca_too_few_trials(tiny_llama):
     from taskvec.tasks import get_task
 
     task = get_task("simple_string", short=(2, 3), long=(8, 9), labels=("A", "B"))  # 8 conditions
     with pytest.raises(TooFewTrialsError, match="trials"):
-        dpca_analysis(smol, task.sample_trials(3, 8, seed=0), task=task, ablate_layers=[])
+        dpca_analysis(tiny_llama, task.sample_trials(3, 8, seed=0), task=task, ablate_layers=[])
 
 
-def test_dpca_needs_length_meta(smol, capital_trials):
+def test_dpca_needs_length_meta(tiny_llama, capital_trials):
     with pytest.raises(ConfigError, match="length"):
-        dpca_analysis(smol, capital_trials, ablate_layers=[])
+        dpca_analysis(tiny_llama, capital_trials, ablate_layers=[])

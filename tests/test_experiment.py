@@ -34,18 +34,18 @@ def test_config_mistakes_are_one_line_errors_naming_the_field(cls, data, expecte
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
-def test_an_analysis_run_saves_its_kind_model_hash_and_resumes(smol, tmp_path):
+def test_an_analysis_run_saves_its_kind_model_hash_and_resumes(tiny_llama, tmp_path):
     cfg = HeadsConfig(model="smollm2-135m", n_trials=2, n_demos=3, modes=["mean"], layers=[0])
-    out = run_heads(cfg, tmp_path / "heads", lm=smol, progress=False)
+    out = run_heads(cfg, tmp_path / "heads", lm=tiny_llama, progress=False)
     saved = json.loads((out / "config.json").read_text())
     assert saved["kind"] == "heads" and saved["config"] == cfg.saved()
     assert saved["model_source"]["sha256"] and set(saved["versions"]) >= {"taskvec", "torch", "transformers"}
     assert (out / "report.html").exists()
     lines = (out / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["unit"] for line in lines] == ["heads/simple_string/mean", "heads/simple_string/attention"]
-    run_heads(cfg, out, resume=True, lm=smol, progress=False)  # nothing left to do: no unit runs again
+    run_heads(cfg, out, resume=True, lm=tiny_llama, progress=False)  # nothing left to do: no unit runs again
     assert (out / "results.jsonl").read_text().splitlines() == lines
     with pytest.raises(ConfigError, match="already holds a run"):
-        run_heads(cfg, out, lm=smol, progress=False)
+        run_heads(cfg, out, lm=tiny_llama, progress=False)
     with pytest.raises(ConfigError, match="differs in: n_trials"):
-        run_heads(cfg.model_copy(update={"n_trials": 3}), out, resume=True, lm=smol, progress=False)
+        run_heads(cfg.model_copy(update={"n_trials": 3}), out, resume=True, lm=tiny_llama, progress=False)

@@ -1,10 +1,12 @@
 """One contract for every kind of run (taskvec.kinds.KINDS, issue 22), checked the same way for each kind:
 
-* ``tv.run(cfg, out)`` makes a run directory whose ``config.json`` names the kind, and ``tv.run_kind`` reads it back;
+* ``tv.run(cfg, out)`` makes a run directory whose ``config.json`` names the kind, and ``run_kind`` reads it back;
 * rerun from its ``config.json`` (``config_from(Config, out/config.json, {})``) is the same config;
 * killed half way (``results.jsonl`` cut after half its units) and resumed, it ends with the same units and rows, and a
   resume of a finished run runs nothing (``results.jsonl`` unchanged, byte for byte);
-* ``tv.write_report(out)`` writes ``report.html`` from the directory alone.
+* ``tv.write_report(out)`` writes ``report.html`` from the directory alone;
+* the run writes only the entries its kind declares (``KINDS[kind].artifacts``, named in ``taskvec.artifacts``), and
+  its ``tables(out)`` are DataFrames read from its store (issue 22: one run-directory schema).
 
 Every kind is in the table below: a kind added to KINDS without a tiny config fails here.
 """
@@ -14,9 +16,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import taskvec as tv
+from taskvec.kinds import run_kind
+from taskvec import artifacts as A
 from taskvec.experiment import config_from
 from taskvec.kinds import KINDS
 
@@ -38,8 +43,8 @@ def _tiny(name: str, tmp: Path):
     if name == "train":
         return tv.TrainConfig(preset="tiny", task={"name": "token_offset"}, steps=4, log_every=2, save_every=2)
     if name == "evaluate":
-        model = tv.train(_tiny("train", tmp), tmp / "trained", progress=False, tensorboard=False, report=False)
-        return tv.EvalConfig(models={"tiny": str(model)}, n_trials=8, analyses=["layers", "noisy"])
+        trained = tv.run(_tiny("train", tmp), tmp / "trained", progress=False, tensorboard=False, report=False)
+        return tv.EvalConfig(models={"tiny": str(trained / "model")}, n_trials=8, analyses=["layers", "noisy"])
     if name == "compare":
         return tv.ComparisonConfig(train={"preset": "tiny", "task": {"name": "token_offset"}, "k_max": 4, "steps": 2,
                                           "batch_size": 4, "save_every": 2, "log_every": 1},
@@ -66,8 +71,14 @@ def test_every_kind_keeps_the_contract(name, smol, tmp_path):
     opts = _options(name, smol)
     run_dir = tv.run(cfg, out, **opts)
     assert run_dir == out and (out / "report.html").exists()
+    written = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # .lock and temp files aside
+    declared = set(KINDS[name].artifacts)
+    assert written <= declared, f"{name} wrote entries it does not declare: {sorted(written - declared)}"
+    assert {A.CONFIG, A.RESULTS, A.REPORT} <= written
+    tables = KINDS[name].tables(out)
+    assert len(tables) and all(isinstance(tables[t], pd.DataFrame) for t in tables), name
     saved = json.loads((out / "config.json").read_text())
-    assert saved["kind"] == name and tv.run_kind(out) == name
+    assert saved["kind"] == name and run_kind(out) == name
     again = config_from(type(cfg), out / "config.json", {})
     assert again.saved() == cfg.saved()  # rerun from config.json: the same config
 

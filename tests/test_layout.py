@@ -12,14 +12,15 @@ import taskvec
 SRC = Path(taskvec.__file__).parent
 
 FLOORS: list[tuple[str, list[str]]] = [
-    ("base", ["errors", "stats", "version"]),
+    ("base", ["errors", "stats", "version", "artifacts"]),
     ("engine", ["models", "tasks", "prompts", "hooks", "intervene", "sweep", "vectors", "scoring", "batching",
                 "unembed", "distributed", "runs", "experiment", "figures"]),
     ("methods", ["analysis.heads", "analysis.saliency", "analysis.demix", "analysis.geometry", "analysis.subspaces",
                  "analysis.probes", "analysis.dpca", "analysis.dpca_c8", "analysis.function_vectors",
                  "scratch.model", "scratch.layouts", "scratch.tasks"]),
     ("claims", ["claims", "method_table"]),
-    ("experiments", ["study", "task_run", "study_function_vectors", "analysis.runners", "scratch.train", "scratch.evaluate", "scratch.comparison"]),
+    ("experiments", ["study", "task_run", "study_function_vectors", "study_tables", "analysis.runners",
+                     "analysis.tables", "scratch.train", "scratch.evaluate", "scratch.comparison"]),
     ("report", ["report"]),
     ("registry", ["kinds"]),
     ("faces", ["cli", "cli_errors", "analysis.cli", "scratch.cli", "__main__", "analysis", "scratch", ""]),

@@ -53,13 +53,13 @@ FAMILIES = {
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_any_hf_checkpoint_directory_loads_and_hooks_match_hidden_states(family, tmp_path, smol):
+def test_any_hf_checkpoint_directory_loads_and_hooks_match_hidden_states(family, tmp_path, tiny_llama):
     """Randomly initialised tiny models of each family: saved as ordinary HF checkpoints, loaded by path, and
     ``h_l`` read by the hooks equals ``hidden_states[l]``."""
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(FAMILIES[family]())
     model.save_pretrained(tmp_path)
-    smol.tokenizer.save_pretrained(tmp_path)
+    tiny_llama.tokenizer.save_pretrained(tmp_path)  # SmolLM2's
     lm = taskvec.load_model(str(tmp_path))
     assert lm.profile.family == family and lm.n_layers == 3 and lm.d_model == 64
     ids = lm.tokenizer("Paris is in France", add_special_tokens=False).input_ids
@@ -88,7 +88,7 @@ def test_named_model_hash_is_the_converted_checkpoints_sha256(smol):
     assert model_hash(smol) == weights_hash(directory) == sha  # memoised: no second read of 540 MB here
 
 
-def test_checkpoint_directory_hash_follows_the_weights(tmp_path, smol, monkeypatch):
+def test_checkpoint_directory_hash_follows_the_weights(tmp_path, tiny_llama, monkeypatch):
     import hashlib
 
     from taskvec.models import registry
@@ -103,7 +103,7 @@ def test_checkpoint_directory_hash_follows_the_weights(tmp_path, smol, monkeypat
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(FAMILIES["llama"]())
         model.save_pretrained(where, **kw)
-        smol.tokenizer.save_pretrained(where)
+        tiny_llama.tokenizer.save_pretrained(where)
         return where
 
     a = save(0, tmp_path / "a")

@@ -1,4 +1,4 @@
-"""Prompts carry the right positions on the real tokenizers, under each model's BOS policy."""
+"""Prompts carry the right positions on the real tokenizer (SmolLM2's, on the tiny Llama), under its BOS policy."""
 from __future__ import annotations
 
 import pytest
@@ -14,36 +14,37 @@ def _tokens(lm, prompt, positions):
 
 
 @pytest.mark.parametrize("separator", ["is", "->"])
-def test_positions_on_smollm2(smol, separator):
+def test_positions_on_smollm2(tiny_llama, separator):
     trial = Trial((Example("France", "Paris"), Example("Mauritius", "Port Louis"), Example("cat", "CAT")),
                   Example("Spain", "Madrid"))
-    p = build_prompts(smol, [trial], Template(separator=separator))[0]
-    assert p.text == f"France {separator} Paris\nMauritius {separator} Port Louis\ncat {separator} CAT\nSpain {separator}"
-    assert _tokens(smol, p, p.answer_positions) == ["ĠParis", "ĠPort", "ĠCAT"]
+    p = build_prompts(tiny_llama, [trial], Template(separator=separator))[0]
+    assert p.text == (f"France {separator} Paris\nMauritius {separator} Port Louis\ncat {separator} CAT\n"
+                      f"Spain {separator}")
+    assert _tokens(tiny_llama, p, p.answer_positions) == ["ĠParis", "ĠPort", "ĠCAT"]
     assert p.query_position == len(p.ids) - 1
-    assert _tokens(smol, p, [p.query_position]) == ["Ġ" + separator]
-    assert p.ids[0] == smol.tokenizer.convert_tokens_to_ids("<|endoftext|>")  # SmolLM2 needs it prepended
-    assert smol.tokenizer.convert_ids_to_tokens([p.target_id]) == ["ĠMadrid"]
+    assert _tokens(tiny_llama, p, [p.query_position]) == ["Ġ" + separator]
+    assert p.ids[0] == tiny_llama.tokenizer.convert_tokens_to_ids("<|endoftext|>")  # SmolLM2 needs it prepended
+    assert tiny_llama.tokenizer.convert_ids_to_tokens([p.target_id]) == ["ĠMadrid"]
 
 
-def test_answer_position_is_first_token_of_answer_alone(smol, capital_trials):
-    for p in build_prompts(smol, capital_trials):
+def test_answer_position_is_first_token_of_answer_alone(tiny_llama, capital_trials):
+    for p in build_prompts(tiny_llama, capital_trials):
         for ex, pos in zip(p.trial.demos, p.answer_positions):
-            alone = smol.tokenizer(" " + ex.output, add_special_tokens=False).input_ids
+            alone = tiny_llama.tokenizer(" " + ex.output, add_special_tokens=False).input_ids
             assert p.ids[pos] == alone[0]
 
 
-def test_zero_shot_and_label_ids(smol):
+def test_zero_shot_and_label_ids(tiny_llama):
     trial = Trial((Example("abc", "foo"), Example("abcdefghij", "bar")), Example("xy", "foo"), ("foo", "bar"))
-    p = build_prompts(smol, zero_shot([trial]))[0]
+    p = build_prompts(tiny_llama, zero_shot([trial]))[0]
     assert p.text == "xy is" and p.answer_positions == []
-    assert p.label_ids == [smol.tokenizer(" foo").input_ids[0], smol.tokenizer(" bar").input_ids[0]]
+    assert p.label_ids == [tiny_llama.tokenizer(" foo").input_ids[0], tiny_llama.tokenizer(" bar").input_ids[0]]
 
 
-def test_dummy_prompts_keep_layout_and_change_answers(smol, capital_trials):
+def test_dummy_prompts_keep_layout_and_change_answers(tiny_llama, capital_trials):
     pools = [[ex.output for ex in t.demos] + [t.query.output] for t in capital_trials]
-    dummies = dummy_trials(capital_trials, pools, seed=0, tokenizer=smol.tokenizer)
-    icl, dummy = build_prompts(smol, capital_trials), build_prompts(smol, dummies)
+    dummies = dummy_trials(capital_trials, pools, seed=0, tokenizer=tiny_llama.tokenizer)
+    icl, dummy = build_prompts(tiny_llama, capital_trials), build_prompts(tiny_llama, dummies)
     check_aligned(icl, dummy)
     changed = sum(a.output != b.output for t, d in zip(capital_trials, dummies) for a, b in zip(t.demos, d.demos))
     assert changed == sum(len(t.demos) for t in capital_trials)  # every answer replaced
@@ -67,15 +68,15 @@ def test_categorization_dummy_labels_are_independent_uniform_draws():
     assert [e.input for e in dummies[5].demos] == [e.input for e in trials[5].demos]
 
 
-def test_knowledge_dummy_answers_never_show_the_query_answer(smol):
+def test_knowledge_dummy_answers_never_show_the_query_answer(tiny_llama):
     """Defect 2: the query's answer could appear among the dummy answers (the model could copy it); a
     demonstration must also never keep its own answer."""
     from taskvec.tasks import task_for
 
-    task = task_for("country_capital", smol.tokenizer)
+    task = task_for("country_capital", tiny_llama.tokenizer)
     trials = task.sample_trials(60, 10, seed=1)
-    dummies = dummy_trials(trials, [task.answer_pool(t) for t in trials], seed=0, tokenizer=smol.tokenizer)
-    n_tokens = lambda a: len(smol.tokenizer(" " + a, add_special_tokens=False).input_ids)  # noqa: E731
+    dummies = dummy_trials(trials, [task.answer_pool(t) for t in trials], seed=0, tokenizer=tiny_llama.tokenizer)
+    n_tokens = lambda a: len(tiny_llama.tokenizer(" " + a, add_special_tokens=False).input_ids)  # noqa: E731
     pool = task.answer_pool(trials[0])
     kept = 0
     for t, d in zip(trials, dummies):
@@ -88,13 +89,13 @@ def test_knowledge_dummy_answers_never_show_the_query_answer(smol):
     assert kept <= 3
 
 
-def test_misaligned_prompts_fail_loudly(smol, capital_trials):
+def test_misaligned_prompts_fail_loudly(tiny_llama, capital_trials):
     t = capital_trials[0]
     longer = Trial((Example(t.demos[0].input, "Port Moresby and more"),) + t.demos[1:], t.query)
     with pytest.raises(AlignmentError, match="token layout"):
-        check_aligned(build_prompts(smol, [t]), build_prompts(smol, [longer]))
+        check_aligned(build_prompts(tiny_llama, [t]), build_prompts(tiny_llama, [longer]))
 
 
-def test_empty_trials_rejected(smol):
+def test_empty_trials_rejected(tiny_llama):
     with pytest.raises(EmptyInputError):
-        build_prompts(smol, [])
+        build_prompts(tiny_llama, [])

@@ -149,7 +149,7 @@ def test_study_report_loads_every_figure_and_fits_a_laptop_screen(chromium, stud
     assert png.exists() and png.stat().st_size > 10_000
 
 
-def test_analysis_and_evaluation_reports_render_in_the_browser(chromium, smol, tmp_path):
+def test_analysis_and_evaluation_reports_render_in_the_browser(chromium, tiny_llama, tmp_path):
     """The one report writer (``taskvec.write_report``) on an analysis run and a from-scratch evaluation."""
     import torch
 
@@ -160,7 +160,7 @@ def test_analysis_and_evaluation_reports_render_in_the_browser(chromium, smol, t
     from taskvec.scratch.model import build_model
 
     heads = run_heads(HeadsConfig(model="smollm2-135m", n_trials=2, n_demos=3, modes=["mean"], layers=[0, 1]),
-                      tmp_path / "heads", lm=smol, progress=False)
+                      tmp_path / "heads", lm=tiny_llama, progress=False)
     assert run_kind(heads) == "heads"
     check_layout(probe_report(chromium, write_report(heads)), min_images=2)
 

@@ -299,7 +299,7 @@ def test_tables_are_saved_atomically_as_csv_or_parquet(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation.parquet", "summary.csv"]
 
 
-def test_a_study_killed_while_writing_its_report_resumes_to_a_whole_report(small_study, smol, tmp_path):
+def test_a_study_killed_while_writing_its_report_resumes_to_a_whole_report(small_study, tiny_llama, tmp_path):
     """kill -9 while the report is being written (its CSVs are out, its figures half drawn, no report.html yet),
     then --resume: no unit is lost or run again (results.jsonl stays byte for byte), every report file is whole, and
     the temp files the killed writer left are gone."""
@@ -332,7 +332,7 @@ def test_a_study_killed_while_writing_its_report_resumes_to_a_whole_report(small
     assert (run / "results.jsonl").read_bytes() == units
     pd.read_csv(run / "summary.csv")  # what was written before the kill is whole
 
-    run_study(StudyConfig(**SMALL_STUDY), run, resume=True, lm=smol)
+    run_study(StudyConfig(**SMALL_STUDY), run, resume=True, lm=tiny_llama)
     assert (run / "results.jsonl").read_bytes() == units  # nothing lost, nothing repeated
     assert (run / "report.html").read_text().rstrip().endswith("</html>")
     assert set(pd.read_csv(run / "summary.csv").task) == {"antonyms", "simple_string"}

@@ -1,4 +1,5 @@
-"""Saliency (SPEC A.5) on the real smollm2-135m: shapes, zero diagonal, finite values, eager switched back."""
+"""Saliency (SPEC A.5) on the tiny Llama with SmolLM2's tokenizer: shapes, zero diagonal, finite values, eager
+switched back."""
 from __future__ import annotations
 
 import pytest
@@ -12,20 +13,20 @@ from taskvec.tasks import get_task
 
 
 @pytest.fixture(scope="module")
-def cat_prompts(smol):
+def cat_prompts(tiny_llama):
     trials = get_task("simple_string").sample_trials(3, 6, seed=1)
-    return build_prompts(smol, trials)
+    return build_prompts(tiny_llama, trials)
 
 
-def test_input_spans_cover_demo_inputs(smol, cat_prompts):
+def test_input_spans_cover_demo_inputs(tiny_llama, cat_prompts):
     p = cat_prompts[0]
-    spans = input_token_spans(smol, p)
+    spans = input_token_spans(tiny_llama, p)
     assert len(spans) == len(p.answer_positions)
     for span, a, demo in zip(spans, p.answer_positions, p.trial.demos):
         assert span and max(span) < a
-        text = smol.tokenizer.decode([p.ids[t] for t in span]).strip()
+        text = tiny_llama.tokenizer.decode([p.ids[t] for t in span]).strip()
         assert demo.input in text or text in demo.input
-    masks = flow_masks(smol, p)
+    masks = flow_masks(tiny_llama, p)
     T = len(p.ids)
     assert all(m.shape == (T, T) for m in masks.values())
     total = sum(m.int() for m in masks.values())
@@ -33,47 +34,47 @@ def test_input_spans_cover_demo_inputs(smol, cat_prompts):
     assert int(total.sum()) == T * (T - 1) // 2  # and cover every causal pair
 
 
-def test_saliency_shapes_diagonal_finite_and_eager_restored(smol, cat_prompts):
-    before = smol.model.config._attn_implementation
+def test_saliency_shapes_diagonal_finite_and_eager_restored(tiny_llama, cat_prompts):
+    before = tiny_llama.model.config._attn_implementation
     assert before != "eager"
-    res = saliency(smol, cat_prompts, batch_size=2, keep_matrices=True)
-    assert smol.model.config._attn_implementation == before
+    res = saliency(tiny_llama, cat_prompts, batch_size=2, keep_matrices=True)
+    assert tiny_llama.model.config._attn_implementation == before
     assert res.loss == "label"
-    assert len(res.flows) == len(cat_prompts) * smol.n_layers
+    assert len(res.flows) == len(cat_prompts) * tiny_llama.n_layers
     assert set(FLOWS) <= set(res.flows.columns)
     values = torch.tensor(res.flows[list(FLOWS)].to_numpy())
     assert torch.isfinite(values).all() and (values >= 0).all() and values.sum() > 0
     for i, m in res.matrices.items():
         T = len(cat_prompts[i].ids)
-        assert m.shape == (smol.n_layers, T, T)
+        assert m.shape == (tiny_llama.n_layers, T, T)
         assert torch.all(m.diagonal(dim1=-2, dim2=-1) == 0)
         assert torch.all(m.triu(1) == 0)  # causal: nothing flows from the future
     per_layer = res.flows_per_layer()
-    assert list(per_layer.layer) == list(range(smol.n_layers))
+    assert list(per_layer.layer) == list(range(tiny_llama.n_layers))
 
 
-def test_batching_does_not_change_saliency(smol, cat_prompts):
-    a = saliency(smol, cat_prompts[:2], batch_size=1, loss="vocab")
-    b = saliency(smol, cat_prompts[:2], batch_size=2, loss="vocab")
+def test_batching_does_not_change_saliency(tiny_llama, cat_prompts):
+    a = saliency(tiny_llama, cat_prompts[:2], batch_size=1, loss="vocab")
+    b = saliency(tiny_llama, cat_prompts[:2], batch_size=2, loss="vocab")
     diff = (a.flows[list(FLOWS)] - b.flows[list(FLOWS)]).abs().to_numpy().max()
     scale = a.flows[list(FLOWS)].abs().to_numpy().max()
     assert diff <= 1e-3 * scale
 
 
-def test_plot(tmp_path, smol, cat_prompts):
-    res = saliency(smol, cat_prompts[:1], batch_size=1)
+def test_plot(tmp_path, tiny_llama, cat_prompts):
+    res = saliency(tiny_llama, cat_prompts[:1], batch_size=1)
     files = plot_flows(res.flows_per_layer(), tmp_path / "flows")
     assert all(f.exists() and f.stat().st_size > 0 for f in files)
 
 
-def test_bad_inputs(smol, capital_trials):
+def test_bad_inputs(tiny_llama, capital_trials):
     with pytest.raises(EmptyInputError):
-        saliency(smol, [])
-    knowledge = build_prompts(smol, capital_trials[:1])
+        saliency(tiny_llama, [])
+    knowledge = build_prompts(tiny_llama, capital_trials[:1])
     with pytest.raises(TokenizationError, match="label"):
-        saliency(smol, knowledge, loss="label")
+        saliency(tiny_llama, knowledge, loss="label")
     with pytest.raises(ValueError):
-        saliency(smol, knowledge, batch_size=0)
+        saliency(tiny_llama, knowledge, batch_size=0)
 
 
 def test_model_without_switchable_attention():
@@ -85,10 +86,10 @@ def test_model_without_switchable_attention():
             pass
 
 
-def test_eager_restored_after_error(smol, cat_prompts):
-    before = smol.model.config._attn_implementation
+def test_eager_restored_after_error(tiny_llama, cat_prompts):
+    before = tiny_llama.model.config._attn_implementation
     with pytest.raises(RuntimeError):
-        with eager_attention(smol.model):
-            assert smol.model.config._attn_implementation == "eager"
+        with eager_attention(tiny_llama.model):
+            assert tiny_llama.model.config._attn_implementation == "eager"
             raise RuntimeError("boom")
-    assert smol.model.config._attn_implementation == before
+    assert tiny_llama.model.config._attn_implementation == before

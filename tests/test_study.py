@@ -1,4 +1,5 @@
-"""The local-vs-global study end to end on the real smollm2-135m with small trial counts: the selection /
+"""The local-vs-global study end to end on the tiny random Llama with SmolLM2's tokenizer (``tiny_llama``: the
+mechanics; the real model's numbers are the slow end-to-end runs') with small trial counts: the selection /
 evaluation protocol, every vector type and control, cross-checks between experiments, the run record, resume after
 killing a real run, custom task files, and bad input."""
 from __future__ import annotations
@@ -19,10 +20,10 @@ from taskvec.runs import RunStore
 from taskvec.scoring import select_layer
 from taskvec.kinds import run_study
 from taskvec.study import (StudyConfig, TaskRun, by_mapping, convergence_rows, mapping_trial_avg,
-                           select_local_layer)
+                           select_local_layer, token_beating_layers)
 from taskvec.vectors import load_vectors
 
-from conftest import SMALL_STUDY as SMALL  # noqa: E402
+from conftest import SMALL_STUDY as SMALL, cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,9 @@ def small_run(small_study):
     return small_study, pd.read_parquet(small_study / "results.parquet")
 
 
-def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(small_run, smol):
+def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(small_run, tiny_llama):
     out, t = small_run
-    L = smol.n_layers
+    L = tiny_llama.n_layers
     for task in ("antonyms", "simple_string"):
         tt = t[t.task == task]
         for exp, vectors, n_sel in [("global", ["global", "demo_separators"], 4),
@@ -40,8 +41,13 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
             for vec in vectors:
                 for span in ("single", "from"):
                     sel = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span) & (tt.split == "select")]
-                    # local vectors from min_local_layer (1) on: below it a local vector is its token
-                    assert sorted(sel.layer.unique()) == list(range(1 if exp == "local" else 0, L)), (task, exp, vec)
+                    # local vectors from min_local_layer (1) on: below it a local vector is its token; Pos Avg
+                    # and Trial Avg where the own vectors beat their token (else at the local layer)
+                    local_rows = tt[tt.experiment == "local"].to_dict("records")
+                    swept = (list(range(1 if exp == "local" else 0, L)) if vec not in ("pos_avg", "trial_avg")
+                             else token_beating_layers(local_rows, span, 1)
+                             or [select_local_layer(local_rows, span, 1)[0]])
+                    assert sorted(sel.layer.unique()) == swept, (task, exp, vec)
                     assert sel.groupby("layer").size().eq(n_sel).all()
                     ev = tt[(tt.experiment == exp) & (tt.vector == vec) & (tt.span == span) & (tt.split == "eval")]
                     assert ev.layer.nunique() == 1, (task, vec)
@@ -75,9 +81,9 @@ def test_selection_sweeps_every_layer_and_evaluation_uses_one_layer_per_vector(s
     assert "trial_avg_mixed" not in set(t[t.task == "antonyms"].vector)
 
 
-def test_selection_and_evaluation_queries_are_disjoint(smol):
+def test_selection_and_evaluation_queries_are_disjoint(tiny_llama):
     for name in ("country_capital", "simple_string"):
-        tr = TaskRun(name, StudyConfig(**{**SMALL, "n_select": 24, "n_eval": 50}), smol)
+        tr = TaskRun(name, StudyConfig(**{**SMALL, "n_select": 24, "n_eval": 50}), tiny_llama)
         sel, ev = {t.query.input for t in tr.select}, [t.query.input for t in tr.eval]
         assert len(tr.select) == 24 and len(tr.eval) == 50
         assert not sel & set(ev) and len(set(ev)) == 50  # distinct queries: no zero-shot prompt counted twice
@@ -112,17 +118,17 @@ def test_kofn_endpoints_equal_the_dummy_and_the_full_local_patch(small_run):
                                   atol=1e-4), (task, fill)
 
 
-def test_local_patching_at_layer_0_is_the_icl_prompt_itself(smol):
+def test_local_patching_at_layer_0_is_the_icl_prompt_itself(tiny_llama):
     """Why local layers are selected from layer 1 on (``min_local_layer``): h_0 at an answer position is the answer
     token's embedding, so local patching at layer 0 turns the dummy prompt back into the ICL prompt."""
     from taskvec.sweep import patch_layers
     from taskvec.vectors import read_icl_states
 
-    tr = TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    tr = TaskRun("simple_string", StudyConfig(**SMALL), tiny_llama)
     icl, dummy = tr.dummy_select
-    _, local = read_icl_states(smol, icl)
-    patched = patch_layers(smol, dummy, local, "answers", layers=[0])
-    clean = patch_layers(smol, icl, local, "answers", layers=[0])  # writing a prompt's own states changes nothing
+    _, local = read_icl_states(tiny_llama, icl)
+    patched = patch_layers(tiny_llama, dummy, local, "answers", layers=[0])
+    clean = patch_layers(tiny_llama, icl, local, "answers", layers=[0])  # writing a prompt's own states changes nothing
     assert torch.allclose(torch.tensor(patched.target_logprob.values), torch.tensor(clean.target_logprob.values),
                           atol=1e-4)
 
@@ -130,17 +136,18 @@ def test_local_patching_at_layer_0_is_the_icl_prompt_itself(smol):
 def test_kofn_grid_holds_every_k_the_claims_read():
     from taskvec.study import kofn_values
 
-    assert kofn_values(16) == [0, 1, 2, 3, 4, 8, 12, 16]
-    assert kofn_values(10) == [0, 1, 2, 3, 4, 5, 7, 10]
-    assert kofn_values(6) == list(range(7)) and kofn_values(16, "all") == list(range(17))
+    assert kofn_values(16) == [0, 1, 2, 8, 16]  # what the C5 rules read
+    assert kofn_values(16, icl_counts=[0, 1, 2, 4, 8]) == [0, 1, 2, 4, 8, 16]  # and where ICL(k) is run
+    assert kofn_values(10, icl_counts=[0, 1, 2, 4, 8, 32]) == [0, 1, 2, 4, 5, 8, 10]
+    assert kofn_values(4) == list(range(5)) and kofn_values(16, "all") == list(range(17))
     for n in range(1, 33):
         assert {0, n // 2, n} | ({1, 2} & set(range(n))) <= set(kofn_values(n))
 
 
-def test_vectors_are_saved_with_shapes_and_reload(small_run, smol):
+def test_vectors_are_saved_with_shapes_and_reload(small_run, tiny_llama):
     out, _ = small_run
     vec, meta = load_vectors(out / "vectors" / "antonyms.safetensors")
-    L, d = smol.n_layers, smol.d_model
+    L, d = tiny_llama.n_layers, tiny_llama.d_model
     assert vec["global_per_prompt"].shape == (4, L, d)
     assert vec["local"].shape == (4, L, 4, d)
     assert torch.equal(vec["global"], vec["global_per_prompt"].mean(0))
@@ -151,10 +158,35 @@ def test_vectors_are_saved_with_shapes_and_reload(small_run, smol):
     assert (out / "vectors" / "country_capital.safetensors").exists()  # the other-task control
 
 
-def test_trial_avg_averages_within_one_label_mapping(smol):
+def test_kofn_slots_are_seeded_per_prompt_k_and_subset():
+    from taskvec.study import kofn_slots
+
+    draws = {(p, k, s): kofn_slots(0, "antonyms", p, k, s, 10) for p in range(4) for k in (1, 2, 5) for s in range(2)}
+    assert all(len(v) == k and v == sorted(set(v)) and set(v) <= set(range(10)) for (_, k, _), v in draws.items())
+    assert draws == {key: kofn_slots(0, "antonyms", *key, 10) for key in draws}  # the same whatever else is drawn
+    assert len({tuple(v) for (_, k, _), v in draws.items() if k == 2}) > 1  # prompts and subsets differ
+    assert kofn_slots(1, "antonyms", 0, 5, 0, 10) != kofn_slots(0, "antonyms", 0, 5, 0, 10) or \
+        kofn_slots(1, "antonyms", 1, 5, 0, 10) != kofn_slots(0, "antonyms", 1, 5, 0, 10)  # the seed matters
+
+
+def test_function_vectors_go_to_knowledge_tasks_by_default_and_tasks_are_dealt_by_cost(tiny_llama):
+    from taskvec.study import has_function_vector, task_cost
+
+    runs = {cfg: {name: TaskRun(name, StudyConfig(**{**SMALL, "fv_tasks": cfg}), tiny_llama)
+                  for name in ("antonyms", "simple_string")} for cfg in ("knowledge", "all")}
+    assert StudyConfig(model="smollm2-135m").fv_tasks == "knowledge"
+    assert has_function_vector(runs["knowledge"]["antonyms"]) and not has_function_vector(runs["knowledge"]["simple_string"])
+    assert all(has_function_vector(tr) for tr in runs["all"].values())
+    off = TaskRun("antonyms", StudyConfig(**{**SMALL, "function_vectors": False}), tiny_llama)
+    assert not has_function_vector(off)
+    tr = runs["knowledge"]["antonyms"]
+    assert task_cost(tr) == pytest.approx(1.25 * len(tr.eval_prompts[0].ids)) and task_cost(off) == task_cost(tr) / 1.25
+
+
+def test_trial_avg_averages_within_one_label_mapping(tiny_llama):
     """Defect 5: Trial Avg on categorization averaged over per-trial label mappings (so it carried no mapping).
     A planted mapping signal must survive the within-mapping average and vanish from the mixed one."""
-    tr = TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), smol)
+    tr = TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), tiny_llama)
     sign = torch.tensor([1.0 if t.label_words == ("A", "B") else -1.0 for t in tr.source])
     assert 0 < (sign > 0).sum() < 40  # both mappings occur
     local = sign[:, None, None, None] * torch.ones(40, 2, 4, 3)  # [P, L, n, d]: +1 for A/B prompts, -1 for B/A
@@ -193,27 +225,28 @@ def test_convergence_rows_from_the_run_are_cosines(small_run):
     assert "local_as_global" not in set(t.vector.dropna())
 
 
-def test_mediation_is_the_locally_patched_dummys_query_state(smol):
+def test_mediation_is_the_locally_patched_dummys_query_state(tiny_llama):
     """Defect 1, the mediation test: the dummy's query state read at the global layer after local patching at the
     local layer. Patching at layer 0 turns the dummy into its ICL prompt (single-token labels), so the mediated
     state equals the ICL prompt's own query state; a patch at or above the read layer cannot reach it."""
     from taskvec.intervene import Edits, read_states
     from taskvec.vectors import read_role_states
 
-    tr = TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    tr = TaskRun("simple_string", StudyConfig(**SMALL), tiny_llama)
     icl, dummy = tr.dummy_eval
-    own, plain = read_role_states(smol, icl), read_role_states(smol, dummy)
-    n, d = len(dummy[0].answer_positions), smol.d_model
+    own, plain = read_role_states(tiny_llama, icl), read_role_states(tiny_llama, dummy)
+    n, d = len(dummy[0].answer_positions), tiny_llama.d_model
 
     def mediated(layer: int, read_at: int) -> torch.Tensor:
         edits = Edits.at(rows=[p for p in range(len(dummy)) for _ in range(n)], layers=[layer] * (len(dummy) * n),
                          positions=[a for p in dummy for a in p.answer_positions],
                          vectors=own["answers"][:, layer].reshape(-1, d))
-        return read_states(smol, [p.ids for p in dummy], [[p.query_position] for p in dummy], [read_at],
+        return read_states(tiny_llama, [p.ids for p in dummy], [[p.query_position] for p in dummy], [read_at],
                            edits=edits)[:, 0, 0]
 
-    assert torch.allclose(mediated(0, 9), own["query"][:, 9], atol=1e-3)
-    assert torch.allclose(mediated(9, 9), plain["query"][:, 9], atol=1e-5)
+    top = tiny_llama.n_layers - 1
+    assert torch.allclose(mediated(0, top), own["query"][:, top], atol=1e-3)
+    assert torch.allclose(mediated(top, top), plain["query"][:, top], atol=1e-5)
 
 
 def test_mediation_rows_pair_every_zero_shot_prompt(small_run):
@@ -224,12 +257,12 @@ def test_mediation_rows_pair_every_zero_shot_prompt(small_run):
         assert m.groupby("vector").prompt.nunique().eq(6).all()  # every zero-shot evaluation prompt, paired
 
 
-def test_token_identity_control_is_the_same_word_from_another_prompt(smol):
+def test_token_identity_control_is_the_same_word_from_another_prompt(tiny_llama):
     """Defect 2: local vectors at the selected layers were the answer token's identity. The control fills each
     slot with the same answer word's state from a *different* prompt, preferring the same slot."""
     from taskvec.study import token_control
 
-    tr = TaskRun("simple_string", StudyConfig(**SMALL), smol)
+    tr = TaskRun("simple_string", StudyConfig(**SMALL), tiny_llama)
     P, L, n, d = 3, 2, 4, 1
     ids = lambda k: torch.arange(k * L * n, dtype=torch.float).reshape(k, L, n, d)  # noqa: E731
     src = {"local": 1000 + ids(len(tr.source))}
@@ -262,9 +295,9 @@ def test_local_layers_are_selected_only_where_local_beats_its_token():
     assert select_local_layer(rows({1: (0.9, 0.9, 0.0), 2: (1.0, 1.0, 0.0)}), "single", 1) == (2, False)
 
 
-def test_global_vector_is_built_within_each_label_mapping(smol):
+def test_global_vector_is_built_within_each_label_mapping(tiny_llama):
     """Defect 6: the global vector of a categorization task averaged over label mappings."""
-    tr = TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), smol)
+    tr = TaskRun("simple_string", StudyConfig(**{**SMALL, "n_trials": 40}), tiny_llama)
     sign = torch.tensor([1.0 if t.label_words == ("A", "B") else -1.0 for t in tr.source])
     per_prompt = sign[:, None, None] * torch.ones(40, 2, 3)  # [P, L, d]
     g = by_mapping(tr, per_prompt, tr.eval)
@@ -272,7 +305,7 @@ def test_global_vector_is_built_within_each_label_mapping(smol):
         assert torch.allclose(v, torch.full_like(v, 1.0 if t.label_words == ("A", "B") else -1.0))
 
 
-def test_report_verdicts_and_tables_are_written_from_the_run(small_run, smol):
+def test_report_verdicts_and_tables_are_written_from_the_run(small_run, tiny_llama):
     from taskvec.claims import ClaimRules, verdicts
 
     out, t = small_run
@@ -282,7 +315,7 @@ def test_report_verdicts_and_tables_are_written_from_the_run(small_run, smol):
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary.claim) >= {"C1", "C2", "C3", "C4", "C5", "C6"}
     assert set(summary.verdict) <= {"supported", "not supported", "inconclusive"}
-    again = verdicts(t, smol.n_layers, ClaimRules(), out)  # recomputed from the saved rows: the same cells
+    again = verdicts(t, tiny_llama.n_layers, ClaimRules())  # recomputed from the saved rows: the same cells
     assert list(again.verdict) == list(summary.verdict)
     evaluation = pd.read_csv(out / "evaluation.csv")
     assert {"accuracy", "low", "high", "layer", "n"} <= set(evaluation.columns)
@@ -291,37 +324,38 @@ def test_report_verdicts_and_tables_are_written_from_the_run(small_run, smol):
         assert (out / "figures" / f"{name}.png").exists() and (out / "figures" / f"{name}.svg").exists()
 
 
-def test_run_record_saves_the_config_that_ran_and_the_model_hash(smol, tmp_path):
+def test_run_record_saves_the_config_that_ran_and_the_model_hash(tiny_llama, tmp_path):
     """Defect 8: config.json stored the requested config (a --quick run reported trial counts it never ran) and no
     model hash."""
     out = tmp_path / "q"
     run_study(StudyConfig(**{**SMALL, "tasks": ["antonyms"], "spans": ["single"], "n_trials": 40, "quick": True}),
-              out, lm=smol, report=False)
+              out, lm=tiny_llama, report=False)
     saved = json.loads((out / "config.json").read_text())
     assert saved["config"]["n_trials"] == 12 and saved["config"]["quick"] is True  # what ran
     assert saved["config"]["demo_counts"] == [0, 2]
     assert saved["requested"]["n_trials"] == 40
-    assert saved["model_source"]["sha256"] and saved["model_source"]["gguf_sha256"]
-    assert saved["n_layers"] == smol.n_layers
+    source = saved["model_source"]  # the weights that ran, by their sha256
+    assert source["sha256"] == tiny_llama.source["sha256"] and source["hf"] == tiny_llama.path
+    assert saved["n_layers"] == tiny_llama.n_layers
     assert load_vectors(out / "vectors" / "antonyms.safetensors")[0]["local"].shape[0] == 12
 
 
-def test_finished_run_resumes_without_recomputing(small_run, smol):
+def test_finished_run_resumes_without_recomputing(small_run, tiny_llama):
     out, _ = small_run
     before = (out / "results.jsonl").read_text()
-    run_study(StudyConfig(**SMALL), out, resume=True, lm=smol, report=False)
+    run_study(StudyConfig(**SMALL), out, resume=True, lm=tiny_llama, report=False)
     assert (out / "results.jsonl").read_text() == before
 
 
-def test_resume_with_a_different_config_is_refused(small_run, smol):
+def test_resume_with_a_different_config_is_refused(small_run, tiny_llama):
     out, _ = small_run
     with pytest.raises(ConfigError, match="different config"):
-        run_study(StudyConfig(**{**SMALL, "seed": 1}), out, resume=True, lm=smol)
+        run_study(StudyConfig(**{**SMALL, "seed": 1}), out, resume=True, lm=tiny_llama)
     with pytest.raises(ConfigError, match="--resume"):
-        run_study(StudyConfig(**SMALL), out, lm=smol)
+        run_study(StudyConfig(**SMALL), out, lm=tiny_llama)
 
 
-def test_task_files_go_by_their_stem_and_keep_their_path_in_the_run_record(smol, tmp_path):
+def test_task_files_go_by_their_stem_and_keep_their_path_in_the_run_record(tiny_llama, tmp_path):
     """Defect 8 (a task given as file:PATH crashed the report) and issue 24: a task file is named by its stem in the
     results, the report, the CSVs, the file names and the markdown summary, never by its path (two files with one
     stem: capitals and capitals-2); the paths and the files' counts stay in config.json; task_params and
@@ -340,7 +374,7 @@ def test_task_files_go_by_their_stem_and_keep_their_path_in_the_run_record(smol,
     out = tmp_path / "run"
     cfg = {**SMALL, "tasks": [f"file:{a}", f"file:{b}"], "spans": ["single"], "n_select": 4, "n_eval": 6,
            "control_task": "capitals", "task_params": {"capitals-2": {"on_conflict": "keep_first"}}}
-    run_study(StudyConfig(**cfg), out, lm=smol)
+    run_study(StudyConfig(**cfg), out, lm=tiny_llama)
     assert (out / "report.html").exists()
     for table in ("summary.csv", "evaluation.csv"):
         assert set(pd.read_csv(out / table).task) == {"capitals", "capitals-2"}
@@ -385,8 +419,9 @@ def test_bad_study_configs_are_one_line_errors(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "taskvec.cli", *args], capture_output=True, text=True, **kw)
+def _cli(*args):
+    """The ``taskvec`` command line, in this process (:func:`conftest.cli`): ``exit_code``, ``stderr``."""
+    return cli(*args)
 
 
 def test_cli_errors_are_one_line_without_traceback(small_run, tmp_path):
@@ -400,7 +435,7 @@ def test_cli_errors_are_one_line_without_traceback(small_run, tmp_path):
                          (["tasks", "show", "nope"], "unknown task"),
                          (["report", "/nonexistent"], "not a study run")]:
         res = _cli(*args)
-        assert res.returncode == 2, (args, res.stderr)
+        assert res.exit_code == 2, (args, res.stderr)
         assert "Traceback" not in res.stderr and needle in res.stderr, res.stderr
         assert res.stderr.strip().startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "typo").exists()  # a mistyped --model leaves no run directory behind
@@ -410,16 +445,16 @@ def test_cli_flags_override_a_config_file_and_defaults_never_do(tmp_path):
     """A flag left at its default must not override the file (the old CLI's defaults table could)."""
     (tmp_path / "cfg.yaml").write_text("model: smollm2-135m\ntasks: [nope_task]\nseed: 3\n")
     res = _cli("study", "local-global", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "r"))
-    assert res.returncode == 2 and "unknown task 'nope_task'" in res.stderr  # the file's task, not the default
+    assert res.exit_code == 2 and "unknown task 'nope_task'" in res.stderr  # the file's task, not the default
     res = _cli("study", "local-global", "--config", str(tmp_path / "cfg.yaml"), "--tasks", "also_nope",
                "--out", str(tmp_path / "r"))
     assert "unknown task 'also_nope'" in res.stderr  # the flag wins over the file
 
 
-def test_resume_after_killing_a_real_run(tmp_path, smol):
+def test_resume_after_killing_a_real_run(tmp_path, tiny_llama):
     """Start the study CLI in a subprocess, kill -9 it once units are finished, resume: finished units are kept
     byte for byte and not recomputed; the resumed run completes every unit exactly once."""
-    cfg = dict(SMALL, tasks=["antonyms"], spans=["single"])
+    cfg = dict(SMALL, tasks=["antonyms"], spans=["single"], model=str(tiny_llama.path))  # the same checkpoint
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     out = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -436,7 +471,7 @@ def test_resume_after_killing_a_real_run(tmp_path, smol):
                 break
             assert proc.poll() is None, ("the study exited before it could be killed: "
                                          + (tmp_path / "stderr.txt").read_text()[-1500:])
-            time.sleep(0.2)
+            time.sleep(0.02)
         else:
             pytest.fail("no finished unit within 300 s")
     finally:
@@ -445,7 +480,7 @@ def test_resume_after_killing_a_real_run(tmp_path, smol):
     kept = results.read_text()
     kept_units = [json.loads(x)["unit"] for x in kept.splitlines()]
     assert "antonyms/local" not in kept_units  # killed mid-run, not after it
-    run_study(StudyConfig(**cfg), out, resume=True, lm=smol)
+    run_study(StudyConfig(**cfg), out, resume=True, lm=tiny_llama)
     after = results.read_text()
     assert after.startswith(kept)
     units = [json.loads(x)["unit"] for x in after.splitlines()]
@@ -469,28 +504,28 @@ def test_resume_may_add_the_analyses_but_nothing_else(tmp_path):
         RunStore(tmp_path / "r", {"a": 2, "with_analyses": True}, resume=True, additive=("with_analyses",))
 
 
-def test_role_states_with_the_mean_are_the_two_passes_in_one(smol, capital_trials):
+def test_role_states_with_the_mean_are_the_two_passes_in_one(tiny_llama, capital_trials):
     """patch_states reads the evaluation prompts' role states and the centring mean in one pass: both equal what
     the two separate passes give."""
     from taskvec.prompts import Template, build_prompts
     from taskvec.vectors import mean_state, read_role_states
 
-    prompts = build_prompts(smol, capital_trials[:5], Template())
-    one = read_role_states(smol, prompts, batch_size=4, with_mean=True)
-    apart = read_role_states(smol, prompts, batch_size=4)
+    prompts = build_prompts(tiny_llama, capital_trials[:5], Template())
+    one = read_role_states(tiny_llama, prompts, batch_size=4, with_mean=True)
+    apart = read_role_states(tiny_llama, prompts, batch_size=4)
     for k in ("query", "answers", "separators"):
         assert torch.equal(one[k], apart[k]), k
-    assert torch.allclose(one["mean"], mean_state(smol, prompts, batch_size=4), atol=1e-6)
+    assert torch.allclose(one["mean"], mean_state(tiny_llama, prompts, batch_size=4), atol=1e-6)
 
 
-def test_kofn_copies_the_variants_the_local_sweep_ran(smol, monkeypatch):
+def test_kofn_copies_the_variants_the_local_sweep_ran(tiny_llama, monkeypatch):
     """k = 0 with wrong answers (the dummy), k = 0 mean-ablated (slot_mean) and k = n (local) are variants the
     local sweep already scored on the same prompts at the same layer: copied, not run again."""
     from taskvec.study import unit_kofn
 
-    tr = TaskRun("antonyms", StudyConfig(**SMALL), smol)
+    tr = TaskRun("antonyms", StudyConfig(**SMALL), tiny_llama)
     _, dummy = tr.dummy_eval
-    P, n, L, d = len(dummy), len(dummy[0].answer_positions), smol.n_layers, smol.d_model
+    P, n, L, d = len(dummy), len(dummy[0].answer_positions), tiny_llama.n_layers, tiny_llama.d_model
     gen = torch.Generator().manual_seed(0)
     states = {"local_eval": torch.randn(P, L, n, d, generator=gen), "dummy_eval": torch.randn(P, L, n, d, generator=gen)}
     ran = []

@@ -1,6 +1,6 @@
 """The function vector inside the study (docs/spec.md A.9) and the table of every vector method: the unit's rows on
-the small real study (selection at every layer, evaluation at the selected layer only, its nulls), its numbers
-against the library's own chain (mean head outputs -> contributions -> the layer sweep), the method table's
+the small study of the tiny Llama (selection at every layer, evaluation at the selected layer only, its nulls), its
+numbers against the library's own chain (mean head outputs -> contributions -> the layer sweep), the method table's
 verdicts on constructed results (each verdict reachable, each null able to veto), and ``taskvec methods``."""
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ def results(small_study):
     return pd.read_parquet(small_study / "results.parquet")
 
 
-def test_function_vector_rows_select_every_layer_and_evaluate_one(results, smol):
+def test_function_vector_rows_select_every_layer_and_evaluate_one(results, tiny_llama):
     from taskvec.analysis.heads import head_geometry
 
-    L, H = smol.n_layers, head_geometry(smol)[1]
+    L, H = tiny_llama.n_layers, head_geometry(tiny_llama)[1]
     for task in ("antonyms", "simple_string"):
         t = results[results.task == task]
         heads = t[t.experiment == "fv_heads"]
@@ -49,7 +49,7 @@ def test_function_vector_rows_select_every_layer_and_evaluate_one(results, smol)
                                                        for _, r in chosen.sort_values("rank").iterrows())}
 
 
-def test_the_units_numbers_equal_the_library_chain(results, smol):
+def test_the_units_numbers_equal_the_library_chain(results, tiny_llama):
     """The study's function vector equals the library's: head means over the same source prompts, written through
     the output projection, the chosen heads summed, added at the selected layer (the library chain is itself
     checked against a naive per-head loop in test_function_vectors.py)."""
@@ -57,14 +57,14 @@ def test_the_units_numbers_equal_the_library_chain(results, smol):
     from taskvec.study import StudyConfig
     from taskvec.task_run import TaskRun
 
-    tr = TaskRun("antonyms", StudyConfig(**SMALL).effective(), smol)
+    tr = TaskRun("antonyms", StudyConfig(**SMALL).effective(), tiny_llama)
     t = results[results.task == "antonyms"]
     chosen = t[(t.experiment == "fv_heads") & t.chosen.astype(bool)]
-    contrib = head_contributions(smol, mean_head_outputs(smol, tr.source_prompts))
+    contrib = head_contributions(tiny_llama, mean_head_outputs(tiny_llama, tr.source_prompts))
     fv = torch.stack([contrib[int(r.layer), int(r["head"])] for _, r in chosen.iterrows()]).sum(0)
     ev = t[(t.experiment == "function_vector") & (t.vector == "function_vector") & (t.split == "eval")]
     layer = int(ev.layer.iloc[0])
-    ref = fv_layer_sweep(smol, tr.zero_shot("eval"), fv, layers=[layer])
+    ref = fv_layer_sweep(tiny_llama, tr.zero_shot("eval"), fv, layers=[layer])
     np.testing.assert_allclose(ev.sort_values("prompt").target_logprob.to_numpy(), ref.target_logprob.to_numpy(),
                                atol=2e-4)
     assert (ev.sort_values("prompt").correct.to_numpy() == ref.correct.to_numpy()).all()

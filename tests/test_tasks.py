@@ -350,15 +350,15 @@ def test_word_categorization_trials(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", WORD_CATEGORIZATION)
-def test_word_categorization_task_for_smollm2(name: str, smol) -> None:
+def test_word_categorization_task_for_smollm2(name: str, tiny_llama) -> None:
     from taskvec.tasks import task_for
 
-    task = task_for(name, smol.tokenizer)
+    task = task_for(name, tiny_llama.tokenizer)
     assert task.labels == ("A", "B")
-    ids = check_label_words(smol.tokenizer, task.labels)
+    ids = check_label_words(tiny_llama.tokenizer, task.labels)
     assert len(set(ids)) == 2
-    assert all(len(smol.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in task.labels)
-    xy = task_for(name, smol.tokenizer, labels=("X", "Y"))
+    assert all(len(tiny_llama.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1 for w in task.labels)
+    xy = task_for(name, tiny_llama.tokenizer, labels=("X", "Y"))
     assert xy.labels == ("X", "Y") and sorted(xy.sample_trials(1, seed=0)[0].label_words) == ["X", "Y"]
 
 

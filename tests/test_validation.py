@@ -97,20 +97,20 @@ def test_a_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch):
     _one_line(err)
 
 
-def test_edits_and_token_ids_outside_the_batch_or_vocabulary(smol):
+def test_edits_and_token_ids_outside_the_batch_or_vocabulary(tiny_llama):
     from taskvec.intervene import Edits, patched_logits, read_states
 
-    ids = smol.tokenizer("The capital of France is", add_special_tokens=False).input_ids
-    vector = torch.zeros(smol.d_model)
+    ids = tiny_llama.tokenizer("The capital of France is", add_special_tokens=False).input_ids
+    vector = torch.zeros(tiny_llama.d_model)
     with pytest.raises(PositionError, match="row 1 is outside the batch") as err:
-        patched_logits(smol, [ids], Edits.at(rows=[1], layers=[0], positions=[0], vectors=vector))
+        patched_logits(tiny_llama, [ids], Edits.at(rows=[1], layers=[0], positions=[0], vectors=vector))
     _one_line(err)
-    vocab = smol.model.get_input_embeddings().num_embeddings
+    vocab = tiny_llama.model.get_input_embeddings().num_embeddings
     for bad in (vocab, -1):
         with pytest.raises(TokenizationError, match=f"token id {bad} is outside"):
-            patched_logits(smol, [[*ids, bad]])
+            patched_logits(tiny_llama, [[*ids, bad]])
         with pytest.raises(TokenizationError):
-            read_states(smol, [[*ids, bad]], [[-1]])
+            read_states(tiny_llama, [[*ids, bad]], [[-1]])
 
 
 # --- task files in a study (issue 24): refused before any work or file, their params found by the name they go by
@@ -125,7 +125,7 @@ def _clash_file(tmp_path):
 
 
 @pytest.mark.parametrize("key", ["clash", "file:{path}"])
-def test_use_file_labels_whose_labels_collide_is_refused_before_the_run_directory(smol, tmp_path, key):
+def test_use_file_labels_whose_labels_collide_is_refused_before_the_run_directory(tiny_llama, tmp_path, key):
     """Keyed by the file's stem (as the report names it) or by file:PATH, use_file_labels takes effect, and labels
     that the model cannot score apart stop the study in one line before anything is written."""
     from taskvec.kinds import run_study
@@ -137,19 +137,19 @@ def test_use_file_labels_whose_labels_collide_is_refused_before_the_run_director
     expected = (r"task 'clash': the labels of .*clash.csv \(shown with use_file_labels\) cannot be scored apart: "
                 r"label 'A1' is 2 tokens")
     with pytest.raises(TokenizationError, match=expected) as err:
-        run_study(cfg, tmp_path / "run", lm=smol)
+        run_study(cfg, tmp_path / "run", lm=tiny_llama)
     _one_line(err)
     assert not (tmp_path / "run").exists()
 
 
-def test_task_params_keyed_by_a_files_stem_reach_the_task(smol, tmp_path):
+def test_task_params_keyed_by_a_files_stem_reach_the_task(tiny_llama, tmp_path):
     from taskvec.study import StudyConfig, TaskRun
 
     path = _clash_file(tmp_path)
     path.write_text(path.read_text().replace("A1", "yes").replace("A2", "no"))
     cfg = StudyConfig(model="smollm2-135m", tasks=["antonyms", f"file:{path}"], quick=True,
                       task_params={"clash": {"use_file_labels": True, "n_demos": 4}})
-    tr = TaskRun(f"file:{path}", cfg.effective(), smol)
+    tr = TaskRun(f"file:{path}", cfg.effective(), tiny_llama)
     assert tr.name == "clash" and tr.file == "clash" and tr.task.name == "clash"
     assert tr.task.labels == ("yes", "no") and tr.task.use_file_labels and tr.task.n_demos == 4
     assert {t.label_words for t in tr.source} == {("yes", "no")}
@@ -169,7 +169,7 @@ def test_task_params_naming_no_task_or_one_task_twice_are_refused(tmp_path, para
     assert needle in _one_line(err)
 
 
-def test_a_task_file_with_a_conflict_stops_the_study_before_the_run_directory(smol, tmp_path):
+def test_a_task_file_with_a_conflict_stops_the_study_before_the_run_directory(tiny_llama, tmp_path):
     from taskvec.errors import TaskFileError
     from taskvec.kinds import run_study
     from taskvec.study import StudyConfig
@@ -180,7 +180,7 @@ def test_a_task_file_with_a_conflict_stops_the_study_before_the_run_directory(sm
     cfg = StudyConfig(model="smollm2-135m", tasks=[f"file:{peer}"], quick=True)
     expected = r"line 1 \(entry 31\): input 'w3' repeats line 1 \(entry 4\) with a different output \('v3' vs 'other'\)"
     with pytest.raises(TaskFileError, match=expected) as err:
-        run_study(cfg, tmp_path / "run", lm=smol)
+        run_study(cfg, tmp_path / "run", lm=tiny_llama)
     assert "on_conflict" in _one_line(err) and not (tmp_path / "run").exists()
 
 

@@ -24,10 +24,8 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -465,11 +463,11 @@ def _peak_region(m: np.ndarray, rules: ClaimRules) -> tuple[int, list[int]]:
     return peak, [int(l) for l in np.nonzero(upper >= 0)[0]]
 
 
-def _c7(run_dir: Path, tasks: dict[str, str], rules: ClaimRules, n_layers: int) -> list[dict]:
-    path = run_dir / "analyses" / "saliency" / "saliency.parquet"
-    if not path.exists():
+def _c7(s: pd.DataFrame | None, tasks: dict[str, str], rules: ClaimRules, n_layers: int) -> list[dict]:
+    """C7 per task of the saliency rows ``s`` (``task, prompt, layer, answers_to_query, ...``; ``None``: no
+    saliency analysis, no rows)."""
+    if s is None:
         return []
-    s = pd.read_parquet(path)
     lo, hi = rules.saliency_depth
     rows = []
     for task, g in s.groupby("task"):
@@ -492,11 +490,11 @@ def _c7(run_dir: Path, tasks: dict[str, str], rules: ClaimRules, n_layers: int) 
     return rows
 
 
-def _c8(run_dir: Path, tasks: dict[str, str], rules: ClaimRules) -> list[dict]:
-    path = run_dir / "analyses" / "dpca" / "dpca_c8.json"
-    if not path.exists():
+def _c8(c8: dict | None, tasks: dict[str, str], rules: ClaimRules) -> list[dict]:
+    """C8 of the dPCA's statistics ``c8`` (:func:`taskvec.analysis.dpca_c8.c8_statistics`; ``None``: no dPCA
+    analysis, no row)."""
+    if c8 is None:
         return []
-    c8 = json.loads(path.read_text())
     task = c8.get("task", "simple_string")
     kind = tasks.get(task, "categorization")
     if "class_ratio" not in c8:
@@ -554,9 +552,12 @@ def adjust(v: pd.DataFrame, rules: ClaimRules) -> pd.DataFrame:
     return out
 
 
-def verdicts(table: pd.DataFrame, n_layers: int, rules: ClaimRules | None = None,
-             run_dir: str | Path | None = None) -> pd.DataFrame:
-    """Every claim for every task of a study's result table (and the analyses in ``run_dir/analyses``, if any).
+def verdicts(table: pd.DataFrame, n_layers: int, rules: ClaimRules | None = None, *,
+             saliency: pd.DataFrame | None = None, c8: dict | None = None) -> pd.DataFrame:
+    """Every claim for every task of a study's result table, and C7 / C8 of the analyses' tables when given:
+    ``saliency``, the saliency rows (``task, prompt, layer, answers_to_query, ...``: the saliency kind's
+    ``tables(run_dir)["saliency"]``), and ``c8``, the dPCA's C8 statistics (its ``tables(run_dir)["c8"]`` row as a
+    dict). A study's are read by :func:`taskvec.study_tables.study_tables`.
 
     Returns one row per (claim, task): :data:`COLUMNS` (the statistic with its interval, the verdict, how it was
     reached, the positive control that had to pass, the null controls, the unit of analysis and n, one-sided p
@@ -577,9 +578,9 @@ def verdicts(table: pd.DataFrame, n_layers: int, rules: ClaimRules | None = None
             rows.append({"C1": lambda: _c1(tk, n_layers), "C2": lambda: _c2(tk, knowledge_effect),
                          "C3": lambda: _c3(tk), "C4": lambda: _c4(tk), "C5": lambda: _c5(tk),
                          "C6": lambda: _c6(tk, n_layers)}[claim]())
-    if run_dir is not None:
+    if saliency is not None or c8 is not None:
         kinds = {tk.name: tk.kind for tk in tasks}
-        for row in _c7(Path(run_dir), kinds, rules, n_layers) + _c8(Path(run_dir), kinds, rules):
+        for row in _c7(saliency, kinds, rules, n_layers) + _c8(c8, kinds, rules):
             gate = gates.get(row["task"])
             rows.append(row if gate is None else _missing(row["claim"], row["task"], row["kind"], gate))
     out = pd.DataFrame(rows, columns=COLUMNS)

@@ -17,6 +17,7 @@ from typing import Optional
 
 import typer
 
+import taskvec.artifacts as A
 from taskvec.cli_errors import friendly
 
 app = typer.Typer(help="taskvec: task vectors in in-context learning, on real transformers.",
@@ -193,9 +194,9 @@ def study_local_global(
         raise
     if World.from_env().rank > 0:
         return
-    typer.echo(f"report: {run_dir / 'report.html'}\nverdicts: {run_dir / 'summary.csv'}\n"
-               f"accuracies: {run_dir / 'evaluation.csv'}\nmethods side by side: {run_dir / 'methods.csv'}")
-    summary = run_dir / "summary.csv"
+    typer.echo(f"report: {run_dir / A.REPORT}\nverdicts: {run_dir / A.SUMMARY}\n"
+               f"accuracies: {run_dir / A.EVALUATION}\nmethods side by side: {run_dir / A.METHODS}")
+    summary = run_dir / A.SUMMARY
     if summary.exists():
         import pandas as pd
 
@@ -233,7 +234,7 @@ def methods(run_dir: Path = typer.Argument(..., help="a study run directory (tas
         raise ConfigError(f"--csv {csv}: its folder {csv.parent} does not exist; create it or write the table "
                           "elsewhere")
     if csv is not None and csv.is_dir():
-        raise ConfigError(f"--csv {csv} is a directory: give a file name, e.g. {csv / 'methods.csv'}")
+        raise ConfigError(f"--csv {csv} is a directory: give a file name, e.g. {csv / A.METHODS}")
     table = methods_of(run_dir)
     typer.echo(markdown(table))
     if csv is not None:

@@ -13,6 +13,7 @@ from typing import Callable, NoReturn, TypeVar
 
 import typer
 
+import taskvec.artifacts as A
 from taskvec.errors import ChoiceError, ConfigError, RangeError, TaskvecError, one_line
 
 F = TypeVar("F", bound=Callable)
@@ -87,7 +88,7 @@ def check_out(out: str | Path | None, resume: bool = False, option: str = "--out
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file, not a directory: choose a directory for the run")
-    if resume and not (path / "config.json").exists():
+    if resume and not (path / A.CONFIG).exists():
         raise ConfigError(f"--resume: {path} holds no run (no config.json); drop --resume to start one")
     return path
 

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+import taskvec.artifacts as A
 from taskvec.errors import ConfigError
 from taskvec.runs import RunStore
 
@@ -95,7 +96,7 @@ class ExperimentConfig(ValidatedModel):
         """The fields of this config that the run in ``out`` saved no value for and that hold their default here:
         fields a newer taskvec added. A resume accepts them (like additive keys: they only add units, or none)
         and records them, so a run started before an upgrade continues after it."""
-        path = Path(out) / "config.json"
+        path = Path(out) / A.CONFIG
         if not path.is_file():
             return ()
         try:

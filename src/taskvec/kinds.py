@@ -2,8 +2,9 @@
 
 Every kind of run — the study, the three analyses, and the from-scratch training, evaluation and comparison — has
 one name used everywhere (the ``kind`` in ``config.json``, the CLI command, this registry, the report), one config
-class, one function that runs it into a directory, and one function that writes that directory's ``report.html``
-from the directory alone::
+class, one function that runs it into a directory, the entries that directory may hold (its ``artifacts``, named in
+:mod:`taskvec.artifacts`), one function that reads the directory's tables from its run store (``tables``: what the
+report and the claims read), and one function that writes its ``report.html`` from the directory alone::
 
     import taskvec as tv
 
@@ -11,6 +12,7 @@ from the directory alone::
     run_dir = tv.run(cfg, "runs/saliency")        # the kind is the config's; report.html written at the end
     tv.write_report(run_dir)                      # again, from the directory alone
     tv.KINDS["saliency"].config                   # SaliencyConfig
+    tv.KINDS["saliency"].tables(run_dir)["per_layer"]   # DataFrame, from results.jsonl
 
 The experiments (:mod:`taskvec.study`, :mod:`taskvec.analysis.runners`, :mod:`taskvec.scratch`) write tables and
 never import a report; the reports (:mod:`taskvec.report`) read run directories and never run anything. Only here
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import taskvec.artifacts as A
 from taskvec.errors import ConfigError
 
 
@@ -37,13 +40,17 @@ def _load(ref: str) -> Any:
 @dataclass(frozen=True)
 class Kind:
     """One kind of run: its ``name`` (config, CLI, report), ``config`` class, ``run(cfg, out, *, resume, ...) ->
-    run directory`` (writes no report), ``report(run_dir) -> report.html``, and ``aliases`` (kinds that older
-    ``config.json`` files name)."""
+    run directory`` (writes no report), ``report(run_dir) -> report.html``, ``tables(run_dir) -> {name:
+    DataFrame}`` (lazy, from the run store: what the report and the claims read), ``artifacts`` (the names of the
+    entries its run and report may write at the top of the directory; hidden files such as ``.lock`` aside) and
+    ``aliases`` (kinds that older ``config.json`` files name)."""
 
     name: str
     config_ref: str
     run_ref: str
     report_ref: str
+    tables_ref: str
+    artifacts: tuple[str, ...]
     aliases: tuple[str, ...] = ()
     takes_lm: bool = True
 
@@ -65,21 +72,40 @@ class Kind:
         """Write ``run_dir/report.html`` from the directory alone; returns its path."""
         return _load(self.report_ref)(Path(run_dir))
 
+    def tables(self, run_dir: str | Path) -> A.Tables:
+        """The tables of the run in ``run_dir`` by name (each a ``pandas.DataFrame``, built from its run store when
+        first read)."""
+        return _load(self.tables_ref)(Path(run_dir))
+
+
+_EVERY_RUN = (A.CONFIG, A.RESULTS, A.REPORT, A.FAILED)
+"""What every kind's directory may hold (``FAILED``: the run stopped on an error)."""
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("study", "taskvec.study:StudyConfig", "taskvec.study:run_study", "taskvec.report.local_global:study_report"),
+    Kind("study", "taskvec.study:StudyConfig", "taskvec.study:run_study", "taskvec.report.local_global:study_report",
+         "taskvec.study_tables:study_tables",
+         (*_EVERY_RUN, A.VECTORS, A.FIGURES, A.ANALYSES, A.RESULTS_PARQUET, A.SUMMARY, A.EVALUATION, A.METHODS)),
     Kind("saliency", "taskvec.analysis.runners:SaliencyConfig", "taskvec.analysis.runners:run_saliency",
-         "taskvec.report.runs:saliency_report"),
+         "taskvec.report.runs:saliency_report", "taskvec.analysis.tables:saliency_tables",
+         (*_EVERY_RUN, A.FIGURES, A.SALIENCY, A.SALIENCY_PER_LAYER)),
     Kind("dpca", "taskvec.analysis.runners:DPCAConfig", "taskvec.analysis.runners:run_dpca",
-         "taskvec.report.runs:dpca_report"),
+         "taskvec.report.runs:dpca_report", "taskvec.analysis.tables:dpca_tables",
+         (*_EVERY_RUN, A.FIGURES, A.DPCA_PER_LAYER, A.DPCA_ABLATION, A.DPCA_ABLATION_SUMMARY, A.DPCA_PROBES,
+          A.DPCA_BASELINES, A.DPCA_C8)),
     Kind("heads", "taskvec.analysis.runners:HeadsConfig", "taskvec.analysis.runners:run_heads",
-         "taskvec.report.runs:heads_report"),
+         "taskvec.report.runs:heads_report", "taskvec.analysis.tables:heads_tables",
+         (*_EVERY_RUN, A.FIGURES, A.HEADS, A.HEADS_SUMMARY, A.HEADS_TOP, A.HEADS_LOCAL, A.HEADS_LOCAL_SUMMARY,
+          A.HEADS_LOCAL_TOP, A.HEADS_LOCAL_BASELINES, A.HEADS_FUNCTION_VECTOR, A.HEADS_OVERLAP)),
     Kind("train", "taskvec.scratch.train:TrainConfig", "taskvec.scratch.train:train",
-         "taskvec.report.runs:write_training_report", aliases=("training",), takes_lm=False),
+         "taskvec.report.runs:write_training_report", "taskvec.scratch.train:train_tables",
+         (*_EVERY_RUN, A.FIGURES, A.LOG_CSV, A.LOG_JSONL, A.TENSORBOARD, A.CHECKPOINTS, A.MODEL),
+         aliases=("training",), takes_lm=False),
     Kind("evaluate", "taskvec.scratch.evaluate:EvalConfig", "taskvec.scratch.evaluate:run_evaluation",
-         "taskvec.report.runs:write_evaluation_report", aliases=("scratch-evaluate", "evaluation"), takes_lm=False),
+         "taskvec.report.runs:write_evaluation_report", "taskvec.scratch.evaluate:evaluation_tables",
+         (*_EVERY_RUN, A.FIGURES, A.EVAL_RESULTS), aliases=("scratch-evaluate", "evaluation"), takes_lm=False),
     Kind("compare", "taskvec.scratch.comparison:ComparisonConfig", "taskvec.scratch.comparison:run_comparison",
-         "taskvec.report.comparison:write_comparison_report", aliases=("scratch-comparison", "comparison"),
+         "taskvec.report.comparison:write_comparison_report", "taskvec.scratch.comparison:comparison_tables",
+         (*_EVERY_RUN, A.FIGURES, A.MODELS, A.SUMMARY, A.VERDICTS), aliases=("scratch-comparison", "comparison"),
          takes_lm=False),
 )}
 _BY_ALIAS = {alias: k for k in KINDS.values() for alias in (k.name, *k.aliases)}
@@ -103,32 +129,41 @@ def kind_of_config(cfg) -> Kind:
 
 
 def run_kind(run_dir: str | Path) -> str:
-    """The kind of the run in ``run_dir`` (its name in :data:`KINDS`), read from ``config.json``; directories of
-    older versions (no ``kind``) are recognized by their files. A one-line :class:`ConfigError` for a directory that
-    holds no taskvec run."""
+    """The kind of the run in ``run_dir`` (its name in :data:`KINDS`): the ``kind`` in its ``config.json``, which
+    every kind writes (:func:`taskvec.experiment.open_store` and the scratch runs' stores). Directories of older
+    versions (no ``kind``) are recognized by :func:`_older_kind`. A one-line :class:`ConfigError` for a directory
+    that holds no taskvec run."""
     run_dir = Path(run_dir)
     not_a_run = (f"{run_dir} is not a study run directory or any other taskvec run (no config.json or "
                  "results.json): give the --out directory of a study, analysis, train or evaluate command")
     if not run_dir.is_dir():
         raise ConfigError(not_a_run)
     saved: Any = {}
-    if (run_dir / "config.json").exists():
+    if (run_dir / A.CONFIG).exists():
         try:
-            saved = json.loads((run_dir / "config.json").read_text())
+            saved = json.loads((run_dir / A.CONFIG).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{run_dir / 'config.json'} is not valid JSON ({err}); is {run_dir} a taskvec run?") \
+            raise ConfigError(f"{run_dir / A.CONFIG} is not valid JSON ({err}); is {run_dir} a taskvec run?") \
                 from None
     if not isinstance(saved, dict):
         raise ConfigError(not_a_run)
+    if str(saved.get("kind") or "").lower() in _BY_ALIAS:  # every run this taskvec writes
+        return _BY_ALIAS[str(saved["kind"]).lower()].name
+    return _older_kind(run_dir, saved, not_a_run)
+
+
+def _older_kind(run_dir: Path, saved: dict, not_a_run: str) -> str:
+    """The kind of a run directory written before every kind saved its ``kind`` in ``config.json``, guessed from
+    its fields and files. For old directories only: nothing written today reaches this."""
     cfg = saved.get("config") if isinstance(saved.get("config"), dict) else {}
     name = str(saved.get("kind") or cfg.get("analysis") or "").lower()
-    if name in _BY_ALIAS:
+    if name in _BY_ALIAS:  # analyses once named themselves in their config
         return _BY_ALIAS[name].name
     if not name and {"tasks", "n_select", "n_eval"} <= set(cfg):
         return "study"
-    if (run_dir / "results.json").exists() or (not name and {"models", "analyses"} <= set(cfg)):
+    if (run_dir / A.EVAL_RESULTS).exists() or (not name and {"models", "analyses"} <= set(cfg)):
         return "evaluate"
-    if (run_dir / "log.csv").exists() or (run_dir / "log.jsonl").exists():
+    if (run_dir / A.LOG_CSV).exists() or (run_dir / A.LOG_JSONL).exists():
         return "train"
     raise ConfigError(not_a_run)
 

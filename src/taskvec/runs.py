@@ -35,12 +35,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from taskvec.artifacts import CONFIG, FAILED, LOCK, RESULTS, RUN_OUTPUT, rank_results
 from taskvec.errors import ConfigError
 
-CONFIG, RESULTS, FAILED, LOCK = "config.json", "results.jsonl", "FAILED", ".lock"
-RUN_OUTPUT = ("results.jsonl", "vectors", "checkpoints")
-"""Entries that only a run writes: a directory holding one of them (or a rank file) but no ``config.json`` is a
-damaged run, never adopted as a fresh one."""
 
 
 def versions() -> dict[str, str]:
@@ -479,7 +476,7 @@ class RunStore:
     @property
     def results_file(self) -> Path:
         """The file this rank appends to."""
-        return self.path / ("results.jsonl" if self.rank == 0 else f"results.rank{self.rank}.jsonl")
+        return self.path / rank_results(self.rank)
 
     def rank_files(self) -> list[Path]:
         """The results files of ranks > 0, in rank order."""
@@ -518,7 +515,7 @@ class RunStore:
             for rec in self._read(file):
                 at = order.get(rec["unit"].split("/")[0], at)
                 keyed.append((at, rec))
-        tmp, seen = self.path / "results.jsonl.merging", set()
+        tmp, seen = self.path / f"{RESULTS}.merging", set()
         with tmp.open("w") as f:
             for _, rec in sorted(keyed, key=lambda x: x[0]):  # stable: a file's own order within a group
                 if rec["unit"] not in seen:
@@ -570,6 +567,14 @@ class RunStore:
         """All result rows, each tagged with its unit."""
         rows = [dict(row, unit=r["unit"]) for r in self._records() for row in r["rows"]]
         return pd.DataFrame(rows)
+
+
+def store_table(run_dir: str | Path) -> pd.DataFrame:
+    """Every result row of the run in ``run_dir`` (every rank's file), each tagged with its ``unit``: one row per
+    element of a record's ``rows`` (``RunStore(run_dir, saved config, resume=True).table()``; reading takes no
+    lock). An empty DataFrame (no columns) before the first unit finishes. The source every kind's
+    ``tables(run_dir)`` is built from (:mod:`taskvec.artifacts`)."""
+    return RunStore(run_dir, read_saved(run_dir)["config"], resume=True).table()
 
 
 def _check_dir(path: Path, locking: bool) -> None:

@@ -37,6 +37,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
+import taskvec.artifacts as A
 from taskvec.claims import ClaimRules
 from taskvec.distributed import World, world
 from taskvec.errors import ConfigError
@@ -59,7 +60,6 @@ ADDITIVE = ("with_analyses", "function_vectors", "fv_tasks")  # config keys a re
 QUICK = dict(n_trials=12, n_select=8, n_eval=16, n_local_select=6, n_local_eval=8, fv_n_cie=4, demo_counts=[0, 2])  # --quick
 
 
-TAKEN = ".taken"  # the ranks' work queue in the run directory (World.take); removed when the study ends
 MAX_TRIALS = 10_000  # per set of trials and task (a bound that keeps a typo from filling the memory)
 
 
@@ -234,7 +234,7 @@ def _save_once(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> 
 
 def source_vectors(store: RunStore, tr: TaskRun) -> dict[str, torch.Tensor]:
     """Global and local states of the source prompts (saved before any unit uses them; reloaded on resume)."""
-    path = store.path / "vectors" / f"{tr.file}.safetensors"
+    path = store.path / A.VECTORS / f"{tr.file}.safetensors"
     unit = f"{tr.name}/vectors"
     start = time.perf_counter()
     if not path.exists():
@@ -255,7 +255,7 @@ def patch_states(store: RunStore, tr: TaskRun) -> dict[str, torch.Tensor]:
     the no-op fill of the token-identity control), ``dummy_query_s`` (the unpatched dummy's query state: the
     mediation test's null); for the evaluation ICL prompts also ``separators_eval`` and ``query_eval`` (role-matched
     convergence geometry), and the reference mean state over every token of the evaluation prompts (centring)."""
-    path = store.path / "vectors" / f"{tr.file}.patch.safetensors"
+    path = store.path / A.VECTORS / f"{tr.file}.patch.safetensors"
     unit = f"{tr.name}/patch_states"
     start = time.perf_counter()
     if not path.exists():
@@ -704,7 +704,7 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
     w.barrier()  # config.json is written before the other ranks open the run
     if w.rank > 0:
         store = open_store(eff, out, resume, lm, additive=ADDITIVE, rank=w.rank)
-    mine = w.take(names, [task_cost(task_run(n)) for n in names], store.path / TAKEN)
+    mine = w.take(names, [task_cost(task_run(n)) for n in names], store.path / A.TAKEN)
     bar = tqdm(mine, total=None if w.distributed else len(names),
                desc=f"tasks of rank {w.rank}" if w.distributed else "tasks")
     for spec in bar:
@@ -735,9 +735,9 @@ def _run_study(cfg: StudyConfig, eff: StudyConfig, names: list[str], out: Path, 
         if not store.done(f"{name}/chance"):
             store.append(f"{name}/chance", [dict(experiment="chance", score=chance_level(tr), **tag)])
     if eff.with_analyses:
-        run_analyses(lm, store.path / "analyses", names, eff, w)
+        run_analyses(lm, store.path / A.ANALYSES, names, eff, w)
     w.barrier()  # every rank has recorded its units
     if w.rank == 0:
         store.merge([task_run(n).name for n in names])
-        shutil.rmtree(store.path / TAKEN, ignore_errors=True)
+        shutil.rmtree(store.path / A.TAKEN, ignore_errors=True)
     return store.path

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+import taskvec.artifacts as A
 from taskvec.cli_errors import check_out, check_separator, friendly
 
 app = typer.Typer(help="Analyses: saliency flows, dPCA with subspace ablation, head attribution.",
@@ -94,7 +95,7 @@ def saliency(
         model=model, device=device, dtype=dtype, tasks=_csv(tasks), n_trials=n_trials, n_demos=n_demos, seed=seed,
         loss=loss, batch_size=batch_size, separator=separator))
     path = run_saliency(cfg, _out(out, cfg, resume), resume=resume)
-    typer.echo(f"saliency written to {path}\nreport: {path / 'report.html'}")
+    typer.echo(f"saliency written to {path}\nreport: {path / A.REPORT}")
 
 
 def _shrinkage(text: Optional[str]) -> float | str | None:
@@ -144,7 +145,7 @@ def dpca(
         layers=_ints(layers), ablate_layers=_ints(ablate_layers, "--ablate-layers"), regularizer=regularizer,
         shrinkage=_shrinkage(shrinkage), separator=separator))
     path = run_dpca(cfg, _out(out, cfg, resume), resume=resume)
-    typer.echo(f"dPCA written to {path}\nreport: {path / 'report.html'}")
+    typer.echo(f"dPCA written to {path}\nreport: {path / A.REPORT}")
 
 
 @app.command()
@@ -189,7 +190,7 @@ def heads(
         modes=_csv(modes), layers=_ints(layers), heads=_ints(heads, "--heads", "head"), top=top,
         local_layer=local_layer, n_select=n_select, null_task=null_task, separator=separator))
     path = run_heads(cfg, _out(out, cfg, resume), resume=resume)
-    typer.echo(f"heads written to {path}\nreport: {path / 'report.html'}")
+    typer.echo(f"heads written to {path}\nreport: {path / A.REPORT}")
 
 
 if __name__ == "__main__":

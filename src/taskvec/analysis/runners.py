@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
+import taskvec.artifacts as A
+from taskvec.analysis.tables import dpca_tables, head_rankings, heads_tables, one_row, saliency_tables
 from taskvec.experiment import ModelExperimentConfig, nonempty_separator, open_store
 from taskvec.runs import RunStore, save_table, write_text_atomic
 
@@ -214,7 +216,7 @@ def _prompts(lm, task_name: str, n_trials: int, n_demos: int | None, seed: int, 
 
 
 def _figures(out: Path) -> Path:
-    path = out / "figures"
+    path = out / A.FIGURES
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -239,18 +241,15 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path, resume: bool = False, lm=
             store.run_unit(f"saliency/{task_name}/{i}", unit)
             if progress:
                 print(f"saliency {task_name}: prompts {rng.stop}/{len(prompts)}", flush=True)
-    table = store.table()
-    save_table(table, store.path / "saliency.parquet")
-    per_layer = []
-    from taskvec.analysis.saliency import FLOWS, SaliencyResult
-
-    for task_name, g in table.groupby("task"):
-        pl = SaliencyResult(g[["prompt", "layer", *FLOWS]], str(g.loss.iloc[0])).flows_per_layer()
-        per_layer.append(pl.assign(task=task_name))
+    tables = saliency_tables(store.path)
+    save_table(tables["saliency"], store.path / A.SALIENCY)
+    per_layer = tables["per_layer"]
+    for task_name, pl in per_layer.groupby("task"):
+        pl = pl.drop(columns="task").reset_index(drop=True)
         plot_flows(pl, _figures(store.path) / f"saliency_{task_name}", title=f"saliency flows: {task_name} ({lm.name})")
         plot_flows(pl, _figures(store.path) / f"saliency_{task_name}_share", normalize=True,
                    title=f"saliency flow shares: {task_name} ({lm.name})")
-    save_table(pd.concat(per_layer), store.path / "saliency_per_layer.csv")
+    save_table(per_layer, store.path / A.SALIENCY_PER_LAYER)
     return store.path
 
 
@@ -270,7 +269,7 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
     """
     import json
 
-    from taskvec.analysis.dpca import ablation_summary, dpca_analysis
+    from taskvec.analysis.dpca import dpca_analysis
 
     RunStore.check(out, cfg.saved(), resume, cfg.newer_fields(out))
     lm = _model(cfg, lm)
@@ -291,26 +290,14 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
         return rows
 
     store.run_unit(f"dpca/{task_name}", unit)
-    table = store.table()
-
-    def part(name: str) -> pd.DataFrame:
-        df = table[table.table == name].dropna(axis=1, how="all").drop(columns=["table", "unit"], errors="ignore")
-        for col in ("layer", "prompt", "dim", "n_folds", "n_samples", "n_levels", "dim_length", "dim_label"):
-            if col in df:  # jsonl round trip with NaN-padded rows makes ints floats
-                df[col] = df[col].astype(int)
-        return df.reset_index(drop=True)
-
-    per_layer, ablation, probes = part("per_layer"), part("ablation"), part("probe")
-    baselines = part("baselines").iloc[0].to_dict()
-    c8_rows = table[table.table == "c8"] if "c8_json" in table else pd.DataFrame()
-    c8 = json.loads(c8_rows["c8_json"].iloc[0]) if len(c8_rows) else {}
-    save_table(per_layer, store.path / "dpca_per_layer.csv")
-    save_table(ablation, store.path / "dpca_ablation.parquet")
-    write_text_atomic(store.path / "dpca_baselines.json", json.dumps(baselines, indent=2))
-    write_text_atomic(store.path / "dpca_c8.json", json.dumps(c8, indent=2))
-    save_table(probes, store.path / "dpca_probes.csv")
-    if not ablation.empty:
-        save_table(ablation_summary(ablation, seed=cfg.seed), store.path / "dpca_ablation_summary.csv")
+    tables = dpca_tables(store.path)  # the exports, for other tools: the report reads the tables, not these
+    save_table(tables["per_layer"], store.path / A.DPCA_PER_LAYER)
+    save_table(tables["ablation"], store.path / A.DPCA_ABLATION)
+    write_text_atomic(store.path / A.DPCA_BASELINES, json.dumps(one_row(tables["baselines"]), indent=2))
+    write_text_atomic(store.path / A.DPCA_C8, json.dumps(one_row(tables["c8"]), indent=2))
+    save_table(tables["probes"], store.path / A.DPCA_PROBES)
+    if not tables["ablation"].empty:
+        save_table(tables["ablation_summary"], store.path / A.DPCA_ABLATION_SUMMARY)
     return store.path
 
 
@@ -381,7 +368,7 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
     of writers, readers and the query heads of mode ``mean``), ``figures/heads_{writers,readers}.png|svg``.
     Units: ``heads/<task>/local_layer`` (unless ``local_layer`` is given), ``heads/<task>/<role>``,
     ``heads/<task>/<role>_null``."""
-    from taskvec.analysis.heads import attention_to_answers, head_effects, plot_heads, summarize, top_heads
+    from taskvec.analysis.heads import attention_to_answers, head_effects, plot_heads
 
     RunStore.check(out, cfg.saved(), resume, cfg.newer_fields(out))
     lm = _model(cfg, lm)
@@ -435,36 +422,24 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
         if progress:
             print(f"heads {task_name}: function_vector done", flush=True)
     store.run_unit(f"heads/{task_name}/attention", lambda: attention_to_answers(lm, prompts).to_dict("records"))
-    table = store.table()
-    effects = table[table.unit.str.endswith(("/mean", "/patch"))].dropna(axis=1, how="all")
-    attn = table[table.unit.str.endswith("/attention")].dropna(axis=1, how="all").drop(columns=["unit"])
-    if len(effects):
-        save_table(effects, store.path / "heads.parquet")
-    parts = [g for _, g in effects.groupby("mode")] if len(effects) else []
-    summary = summarize(*parts, attn)
-    save_table(summary, store.path / "heads_summary.csv")
+    tables = heads_tables(store.path)  # the exports, for other tools: the report reads the tables, not these
+    if len(tables["effects"]):
+        save_table(tables["effects"], store.path / A.HEADS)
+    summary = tables["summary"]
+    save_table(summary, store.path / A.HEADS_SUMMARY)
     if query_modes:
-        by = "patch_effect" if "patch_effect" in summary else "mean_effect"
-        save_table(top_heads(summary, cfg.top, by=by), store.path / "heads_top.csv")
+        save_table(tables["top"], store.path / A.HEADS_TOP)
     for mode in query_modes:
         plot_heads(summary, _figures(store.path) / f"heads_{mode}", value=f"{mode}_effect",
                    title=f"{mode} effect per head: {task_name} ({lm.name})")
     plot_heads(summary, _figures(store.path) / "heads_attention", value="attn_to_answers",
                title=f"query attention on answers: {task_name} ({lm.name})")
-    named = _local_outputs(store.path, table, cfg, lm.name, lm.n_layers) if roles else {}
-    if "mean" in query_modes and "mean_effect" in summary:
-        named["query"] = summary.rename(columns={"mean_effect": "effect"})[["layer", "head", "effect"]]
+    if roles:
+        _local_outputs(store.path, tables, cfg, lm.name, lm.n_layers)
     if "function_vector" in modes:
-        from taskvec.analysis.function_vectors import average_indirect_effects
-
-        cie = table[table.unit == f"heads/{task_name}/function_vector"].dropna(axis=1, how="all")
-        aie = average_indirect_effects(cie.drop(columns=["unit"]))
-        save_table(aie, store.path / "heads_function_vector.csv")
-        named["function_vector"] = aie.rename(columns={"aie": "effect"})[["layer", "head", "effect"]]
-    if len(named) > 1:
-        from taskvec.analysis.heads import head_overlap
-
-        save_table(head_overlap(named, n=cfg.top), store.path / "heads_overlap.csv")
+        save_table(tables["function_vector"], store.path / A.HEADS_FUNCTION_VECTOR)
+    if len(head_rankings(tables, modes)) > 1:
+        save_table(tables["overlap"], store.path / A.HEADS_OVERLAP)
     return store.path
 
 
@@ -484,49 +459,20 @@ def task_for_name(lm, name: str):
     return task_for(name, lm.tokenizer)
 
 
-def _local_outputs(path: Path, table: pd.DataFrame, cfg: HeadsConfig, model: str,
-                   n_layers: int) -> dict[str, pd.DataFrame]:
-    """The writers/readers tables and figures of a heads run (see :func:`run_heads`); returns their rankings
-    (``layer, head, effect``) by role, for the overlap table."""
-    from taskvec.analysis.heads import local_summary, plot_heads
-    from taskvec.stats import mean_ci, or_nan
+def _local_outputs(path: Path, tables, cfg: HeadsConfig, model: str, n_layers: int) -> None:
+    """The writers/readers exports and figures of a heads run (see :func:`run_heads`), from its tables
+    (:func:`~taskvec.analysis.tables.heads_tables`)."""
+    from taskvec.analysis.heads import plot_heads
 
-    local = table[table.unit.str.contains(r"/(?:writers|readers)(?:_null)?$", regex=True)]
-    heads = local[local.record == "head"].dropna(axis=1, how="all").drop(columns=["record"])
-    heads = heads.astype({c: int for c in ("prompt", "layer", "head", "local_layer")})  # NaN-padded rows: floats
-    save_table(heads, path / "heads_local.parquet")
-    summary = local_summary(heads.drop(columns=["unit"]))
-    save_table(summary, path / "heads_local_summary.csv")
-    own = summary[summary.mean_from == "own"]
-    null = summary[summary.mean_from != "own"].set_index(["role", "layer", "head"])
-    tops = []
-    for role in [m for m in cfg.modes if m in set(own.role)]:
-        top = own[own.role == role].sort_values("effect", ascending=False).head(cfg.top).copy()
-        if len(null):
-            idx = list(zip(top.role, top.layer, top["head"]))
-            top["null_effect"] = null.effect.reindex(idx).to_numpy()
-            top["null_effect_low"] = null.effect_low.reindex(idx).to_numpy()
-            top["null_effect_high"] = null.effect_high.reindex(idx).to_numpy()
-        tops.append(top)
-    save_table(pd.concat(tops), path / "heads_local_top.csv")
-    base = local[local.record == "baseline"].dropna(axis=1, how="all")
-    rows = []
-    for (role, label), g in base.groupby(["role", "mean_from"], sort=False):
-        if label != "own":
-            continue  # the same prompts and local vectors as "own"
-        acc = "local_label_correct" if "local_label_correct" in g else "local_correct"
-        row = dict(role=role, local_layer=int(g.local_layer.iloc[0]), n_prompts=len(g))
-        for name, col in (("local_acc", acc), ("dummy_acc", acc.replace("local_", "dummy_")),
-                          ("local_logprob", "local_target_logprob"), ("dummy_logprob", "dummy_target_logprob")):
-            m, lo, hi = or_nan(mean_ci, g[col].to_numpy(dtype=float))
-            row.update({name: m, f"{name}_low": lo, f"{name}_high": hi})
-        rows.append(row)
-    save_table(pd.DataFrame(rows), path / "heads_local_baselines.csv")
-    named = {role: own[own.role == role] for role in cfg.modes if role in set(own.role)}  # in --modes order
+    save_table(tables["local"], path / A.HEADS_LOCAL)
+    save_table(tables["local_summary"], path / A.HEADS_LOCAL_SUMMARY)
+    save_table(tables["local_top"], path / A.HEADS_LOCAL_TOP)
+    save_table(tables["local_baselines"], path / A.HEADS_LOCAL_BASELINES)
+    local_layer = int(tables["local"].local_layer.iloc[0])
+    named = {k: v for k, v in head_rankings(tables, cfg.modes).items() if k in ("writers", "readers")}
     for role, g in named.items():
         grid = pd.DataFrame({"layer": np.repeat(np.arange(n_layers), g["head"].max() + 1),
                              "head": np.tile(np.arange(g["head"].max() + 1), n_layers)})
         grid = grid.merge(g[["layer", "head", "effect"]], on=["layer", "head"], how="left")
         plot_heads(grid, _figures(path) / f"heads_{role}", value="effect",
-                   title=f"{role} of local vectors (layer {int(heads.local_layer.iloc[0])}): {cfg.task} ({model})")
-    return named
+                   title=f"{role} of local vectors (layer {local_layer}): {cfg.task} ({model})")

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+import taskvec.artifacts as A
 from taskvec.errors import DeviceError, ModelNotFoundError
 from taskvec.models.profile import BosPolicy, LMProfile, default_bos_policy, profile_of
 
@@ -148,7 +149,7 @@ def _sha_cached(path: Path) -> str:
     stat = path.stat()
     if stat.st_size < _MEMO_MIN_BYTES:
         return _sha256(path)
-    memo = cache_dir() / "sha256.json"
+    memo = cache_dir() / A.SHA256_MEMO
     key = f"{path}:{stat.st_size}:{int(stat.st_mtime)}"
     table = _read_memo(memo)
     if key not in table:
@@ -228,7 +229,7 @@ def prepare_named(name: str, progress: Callable[[str], None] | None = None) -> P
         raise ModelNotFoundError(f"{name}: GGUF file {gguf} is missing; reinstall {spec.package}")
     sha = _sha_cached(gguf)
     target = cache_dir() / "models" / f"{name}-{sha[:16]}-tf{transformers.__version__}"
-    if (target / "config.json").exists() and (target / "DONE").exists():
+    if (target / A.MODEL_CONFIG).exists() and (target / "DONE").exists():
         return target
     if progress:
         progress(f"converting {name} from GGUF once (float32) into {target} ...")
@@ -240,7 +241,7 @@ def prepare_named(name: str, progress: Callable[[str], None] | None = None) -> P
     model.hf_quantizer = None
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "taskvec_source.json").write_text(json.dumps({"named": name, "gguf": gguf.name, "gguf_sha256": sha}))
+    (tmp / A.MODEL_SOURCE).write_text(json.dumps({"named": name, "gguf": gguf.name, "gguf_sha256": sha}))
     (tmp / "DONE").write_text("ok\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
@@ -250,7 +251,7 @@ def prepare_named(name: str, progress: Callable[[str], None] | None = None) -> P
 def checkpoint_type(path: str | Path) -> str:
     """The ``model_type`` in the ``config.json`` of checkpoint directory ``path`` (``"unknown"`` if unreadable)."""
     try:
-        data = json.loads((Path(path) / "config.json").read_text())
+        data = json.loads((Path(path) / A.MODEL_CONFIG).read_text())
     except (OSError, ValueError):
         return "unknown"
     return str(data.get("model_type", "unknown")) if isinstance(data, dict) else "unknown"
@@ -267,7 +268,7 @@ def _model_name(name_or_path) -> str:
         raise ModelNotFoundError(f"the model name is empty: give a named offline model ({', '.join(NAMED_MODELS)}), "
                                  "a checkpoint directory or an HF id")
     path = Path(name).expanduser()
-    if name not in NAMED_MODELS and (path / "config.json").exists() and checkpoint_type(path) == "taskvec_scratch":
+    if name not in NAMED_MODELS and (path / A.MODEL_CONFIG).exists() and checkpoint_type(path) == "taskvec_scratch":
         raise ModelNotFoundError(f"{name} is a from-scratch model (made by taskvec train), not a pretrained LM: "
                                  f"evaluate it with taskvec evaluate --model {name}")
     return name
@@ -311,7 +312,7 @@ def load_model(
     if name_or_path in NAMED_MODELS:
         path = prepare_named(name_or_path, progress=lambda m: print(m, flush=True))
         bos = NAMED_MODELS[name_or_path].bos
-        source = json.loads((path / "taskvec_source.json").read_text())
+        source = json.loads((path / A.MODEL_SOURCE).read_text())
     else:
         path = Path(name_or_path).expanduser()
         if not path.exists() and ("/" not in name_or_path or name_or_path.startswith((".", "/", "~"))):

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+import taskvec.artifacts as A
 from taskvec.report.html import Page
 
 
@@ -120,12 +121,14 @@ def _cell(r) -> str:
 
 def write_comparison_report(run_dir: str | Path) -> Path:
     """``run_dir/report.html`` of a comparison run (also mid-run: what has finished)."""
-    from taskvec.scratch.comparison import aggregate, load, task_label, verdicts
+    from taskvec.scratch.comparison import comparison_tables, config_of, task_label
 
     run_dir = Path(run_dir)
-    cfg, table = load(run_dir)
+    cfg = config_of(run_dir)
+    tables = comparison_tables(run_dir)
+    table = tables["seeds"]
     arms = [a.model_dump() for a in cfg.arms]
-    page = Page("taskvec: vanilla vs TVP-loss over seeds", run_dir / "figures")
+    page = Page("taskvec: vanilla vs TVP-loss over seeds", run_dir / A.FIGURES)
     task = task_label(cfg)
     n_done = table[table.metric == "icl"][["layout", "arm", "seed"]].drop_duplicates().shape[0]
     page.text(f"Task {task}; arms {', '.join(a['name'] for a in arms)}; layouts {', '.join(cfg.layouts)}; seeds "
@@ -136,9 +139,9 @@ def write_comparison_report(run_dir: str | Path) -> Path:
     page.text("Shared training config: " + ", ".join(f"{k}={v}" for k, v in cfg.train.items()), cls="note")
     if table.empty:
         page.text("No model has been evaluated yet.")
-        return page.write(run_dir / "report.html")
-    agg = aggregate(table)
-    v = verdicts(table, cfg)
+        return page.write(run_dir / A.REPORT)
+    agg = tables["summary"]
+    v = tables["verdicts"]
     page.heading("Verdicts")
     shown = v.assign(estimate=[_cell({"mean": r.estimate, "low": r.low, "high": r.high}) for r in v.itertuples()])
     page.table(shown[["claim", "text", "layout", "arm", "condition", "statistic", "estimate", "verdict", "detail"]])
@@ -170,9 +173,10 @@ def write_comparison_report(run_dir: str | Path) -> Path:
             wide = train.assign(cell=[_cell(r) for _, r in train.iterrows()]) \
                 .pivot_table(index=["layout", "arm"], columns="metric", values="cell", aggfunc="first")
             page.table(wide.reset_index())
-    links = sorted(p for p in (run_dir / "models").glob("*/report.html")) if (run_dir / "models").exists() else []
+    links = (sorted(p for p in (run_dir / A.MODELS).glob(f"*/{A.REPORT}")) if (run_dir / A.MODELS).exists()
+             else [])
     if links:
         page.raw("<p class='note'>Training runs: " + " ".join(
             f"<a href='{html.escape(p.relative_to(run_dir).as_posix())}'>{html.escape(p.parent.name)}</a>"
             for p in links) + "</p>")
-    return page.write(run_dir / "report.html")
+    return page.write(run_dir / A.REPORT)

@@ -14,12 +14,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from taskvec.claims import ClaimRules, geometry_summary, verdicts
+import taskvec.artifacts as A
+from taskvec.claims import ClaimRules, geometry_summary
 from taskvec.errors import ConfigError
-from taskvec.method_table import method_table
 from taskvec.report.html import Page, anchor
 from taskvec.report.runs import ANALYSES, write_analysis_report
-from taskvec.runs import RunStore, atomic_path, read_saved, remove_stale_temps, slug
+from taskvec.runs import atomic_path, read_saved, remove_stale_temps, slug
+from taskvec.study_tables import n_layers_of, rules_of, study_tables
 from taskvec.stats import mean_ci, summarize, welch_ci
 
 EVAL_VECTORS = [  # (experiment, vector, what it is)
@@ -350,27 +351,28 @@ def study_report(run_dir: str | Path) -> Path:
     old file or the new one, never a torn one; the temp files a killed writer left are removed here)."""
     run_dir = Path(run_dir)
     saved = read_saved(run_dir)
-    table = RunStore(run_dir, saved["config"], resume=True).table()
+    tables = study_tables(run_dir)
+    table = tables["results"]
     if table.empty:
         raise ConfigError(f"{run_dir} has no results yet")
-    for directory in (run_dir, run_dir / "figures"):
+    for directory in (run_dir, run_dir / A.FIGURES):
         remove_stale_temps(directory)
-    with atomic_path(run_dir / "results.parquet") as tmp:
+    with atomic_path(run_dir / A.RESULTS_PARQUET) as tmp:
         table.to_parquet(tmp)
     cfg = saved["config"]
-    rules = ClaimRules(**cfg.get("claims", {}))
-    n_layers = int(saved.get("n_layers") or (table.layer.max() + 1))
-    v = verdicts(table, n_layers, rules, run_dir)
-    with atomic_path(run_dir / "summary.csv") as tmp:
+    rules = rules_of(saved)
+    n_layers = n_layers_of(saved, table)
+    v = tables["verdicts"]
+    with atomic_path(run_dir / A.SUMMARY) as tmp:
         v.to_csv(tmp, index=False)
     evaluation = evaluation_table(table)
-    with atomic_path(run_dir / "evaluation.csv") as tmp:
+    with atomic_path(run_dir / A.EVALUATION) as tmp:
         evaluation.to_csv(tmp, index=False)
-    methods = method_table(table, rules)
-    with atomic_path(run_dir / "methods.csv") as tmp:
+    methods = tables["methods"]
+    with atomic_path(run_dir / A.METHODS) as tmp:
         methods.to_csv(tmp, index=False)
 
-    page = Page(f"Local vs global task vectors — {cfg['model']}", run_dir / "figures")
+    page = Page(f"Local vs global task vectors — {cfg['model']}", run_dir / A.FIGURES)
     src = saved.get("model_source", {})
     sha = src.get("sha256") or src.get("gguf_sha256") or "?"
     versions = ", ".join(f"{k} {val}" for k, val in (saved.get("versions") or {}).items())
@@ -429,41 +431,40 @@ def study_report(run_dir: str | Path) -> Path:
         figs += [(f"{name}_convergence", convergence_figure(task, t, rules, n_layers), captions["convergence"]),
                  (f"{name}_kofn", kofn_figure(task, t), captions["kofn"])]
         page.figures(figs)
-    analyses = run_dir / "analyses"
+    analyses = run_dir / A.ANALYSES
     if analyses.is_dir():
         page.heading("Where task information flows (saliency, dPCA, heads)", id="analyses")
         page.text("Attention x gradient saliency flows per layer (docs/spec.md, A.5), dPCA of answer-position states "
                   "by string length and label with subspace ablation (A.6), per-head effects at the query. Data in "
                   "analyses/*/.", cls="note")
         for sub in sorted(p for p in analyses.iterdir() if p.is_dir()):
-            if sub.name in ANALYSES and (sub / "config.json").exists():
+            if sub.name in ANALYSES and (sub / A.CONFIG).exists():
                 try:  # its own page, and the figures its report draws (dPCA)
                     write_analysis_report(sub, sub.name)
                 except ConfigError:  # not finished yet: nothing to show
                     continue
-            pngs = sorted((sub / "figures").glob("*.png"))
+            pngs = sorted((sub / A.FIGURES).glob("*.png"))
             if pngs:
                 page.heading(sub.name, level=3)
                 page.images(pngs)
-    return page.write(run_dir / "report.html")
+    return page.write(run_dir / A.REPORT)
 
 
 def methods_of(run_dir: str | Path) -> pd.DataFrame:
     """The method table (:func:`taskvec.method_table.method_table`) of a study run directory; a one-line
     :class:`ConfigError` for a directory that is not a study or holds no results yet."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / A.CONFIG).is_file():
         raise ConfigError(f"{run_dir} is not a study run directory (no config.json): give the --out directory of "
                           "taskvec study local-global")
     kind = str(read_saved(run_dir).get("kind") or "study")
     if kind != "study":
         raise ConfigError(f"{run_dir} is a {kind} run: the method table needs a study run directory "
                           "(taskvec study local-global --out DIR)")
-    saved = read_saved(run_dir)
-    table = RunStore(run_dir, saved["config"], resume=True).table()
-    if table.empty:
+    tables = study_tables(run_dir)
+    if tables["results"].empty:
         raise ConfigError(f"{run_dir} has no results yet")
-    return method_table(table, ClaimRules(**saved["config"].get("claims", {})))
+    return tables["methods"]
 
 
 def _methods_section(page: Page, methods: pd.DataFrame, table: pd.DataFrame) -> None:
@@ -500,8 +501,8 @@ def markdown_summary(run_dir: str | Path) -> str:
     """Markdown tables of a finished study run (for docs): the verdict grid and the evaluation-split accuracies
     per task (value [95% interval] @ selected layer), read from ``summary.csv`` and ``evaluation.csv``."""
     run_dir = Path(run_dir)
-    v = pd.read_csv(run_dir / "summary.csv")
-    ev = pd.read_csv(run_dir / "evaluation.csv")
+    v = pd.read_csv(run_dir / A.SUMMARY)
+    ev = pd.read_csv(run_dir / A.EVALUATION)
     short = {"supported": "**yes**", "not supported": "no", "inconclusive": "?", "": ""}
     adjusted = v.verdict_adjusted if "verdict_adjusted" in v else v.verdict
     v = v.assign(cell=[short[a] + ("" if a == b else f" ({short[b].strip('*')} adj.)")

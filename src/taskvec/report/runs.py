@@ -1,21 +1,24 @@
 """Reports of the runs that are not the study: the analyses (saliency, dPCA, heads), a from-scratch evaluation and
-a from-scratch training run. Each is built from the files its runner wrote (tables, figures, results) with the one
-HTML writer, :class:`taskvec.report.html.Page`. Dispatch by run kind: :func:`taskvec.kinds.write_report`.
+a from-scratch training run. Each is built from its kind's tables (read from the run store, e.g.
+:func:`taskvec.analysis.tables.dpca_tables`; never from the CSV exports) and the figures its runner drew, with the
+one HTML writer, :class:`taskvec.report.html.Page`. Dispatch by run kind: :func:`taskvec.kinds.write_report`.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
+import taskvec.artifacts as A
 from taskvec.errors import ConfigError
 from taskvec.report.html import Page
 
 
 def _saved(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
+    path = run_dir / A.CONFIG
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -36,24 +39,22 @@ def _note(page: Page, saved: dict, skip: tuple[str, ...] = ()) -> None:
         page.text("; ".join(bits) + ".", cls="note")
 
 
-def _csv(path: Path) -> pd.DataFrame | None:
-    """The table at ``path``; ``None`` when there is none, or it is empty (e.g. no probes: ``ablate_layers=[]``)."""
-    if not path.exists():
-        return None
-    try:
-        table = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return None
-    return None if table.empty else table
+def _table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame | None:
+    """The run's table ``name``; ``None`` when it is empty (not run yet, or not run at all: e.g. no probes with
+    ``ablate_layers=[]``)."""
+    table = tables[name]
+    return None if table.empty else table.reset_index(drop=True)
 
 
 def _pngs(run_dir: Path, pattern: str) -> list[Path]:
-    return sorted((run_dir / "figures").glob(pattern))
+    return sorted((run_dir / A.FIGURES).glob(pattern))
 
 
 # --------------------------------------------------------------------------------------------------- analyses
 def _saliency(page: Page, run_dir: Path, saved: dict) -> None:
-    per_layer = _csv(run_dir / "saliency_per_layer.csv")
+    from taskvec.analysis.tables import saliency_tables
+
+    per_layer = _table(saliency_tables(run_dir), "per_layer")
     flows = ["answers_to_query", "inputs_to_answers", "inputs_to_query", "rest"]
     if per_layer is not None and not per_layer.empty:
         rows = []
@@ -68,7 +69,7 @@ def _saliency(page: Page, run_dir: Path, saved: dict) -> None:
         page.table(pd.DataFrame(rows))
     tasks = list(dict.fromkeys(per_layer.task)) if per_layer is not None else []
     for task in tasks or [None]:
-        figs = run_dir / "figures"
+        figs = run_dir / A.FIGURES
         pngs = ([p for p in (figs / f"saliency_{task}.png", figs / f"saliency_{task}_share.png") if p.exists()]
                 if task else _pngs(run_dir, "saliency_*.png"))
         if pngs:
@@ -96,58 +97,60 @@ def _scalars(d: dict, prefix: str = "") -> list[dict]:
     return rows
 
 
-def _draw_dpca(run_dir: Path, saved: dict) -> None:
+def _draw_dpca(run_dir: Path, saved: dict, tables: Mapping[str, pd.DataFrame]) -> None:
     """``figures/dpca_<task>.png|svg`` from the run's tables (drawn here, not by the run: a report needs only the
     directory)."""
     from taskvec.analysis.dpca import DPCAResult
+    from taskvec.analysis.tables import one_row
     from taskvec.report.dpca_figures import plot_dpca
 
-    per_layer = _csv(run_dir / "dpca_per_layer.csv")
+    per_layer = _table(tables, "per_layer")
     if per_layer is None:
         return
-    ablation = (pd.read_parquet(run_dir / "dpca_ablation.parquet") if (run_dir / "dpca_ablation.parquet").exists()
-                else pd.DataFrame())
-    baselines, c8 = (json.loads(f.read_text()) if f.exists() else {}
-                     for f in (run_dir / "dpca_baselines.json", run_dir / "dpca_c8.json"))
-    probes = _csv(run_dir / "dpca_probes.csv")
+    probes = _table(tables, "probes")
     cfg = saved.get("config", {})
     task, model = cfg.get("task", ""), cfg.get("model", "")
-    (run_dir / "figures").mkdir(exist_ok=True)
-    plot_dpca(DPCAResult(per_layer, ablation, baselines, probes=probes if probes is not None else pd.DataFrame(),
-                         c8=c8), run_dir / "figures" / f"dpca_{task}", title=f"dPCA: {task} ({model})")
+    (run_dir / A.FIGURES).mkdir(exist_ok=True)
+    plot_dpca(DPCAResult(per_layer, tables["ablation"], one_row(tables["baselines"]),
+                         probes=probes if probes is not None else pd.DataFrame(), c8=one_row(tables["c8"])),
+              run_dir / A.FIGURES / f"dpca_{task}", title=f"dPCA: {task} ({model})")
 
 
 def _dpca(page: Page, run_dir: Path, saved: dict) -> None:
-    _draw_dpca(run_dir, saved)
+    from taskvec.analysis.tables import dpca_tables, one_row
+
+    tables = dpca_tables(run_dir)
+    _draw_dpca(run_dir, saved, tables)
     pngs = _pngs(run_dir, "dpca_*.png")
     if pngs:
         page.heading("dPCA, separability and subspace ablation")
         page.images(pngs)
-    base = run_dir / "dpca_baselines.json"
-    if base.exists():
+    if len(tables["baselines"]):
         page.text("Baselines (local patching accuracy): " + ", ".join(
-            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in json.loads(base.read_text()).items()),
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in one_row(tables["baselines"]).items()),
             cls="note")
-    summary = _csv(run_dir / "dpca_ablation_summary.csv")
+    summary = _table(tables, "ablation_summary")
     if summary is not None:
         page.heading("Subspace ablation: local patching accuracy and its cost")
         page.table(summary, tall=True)
-    c8 = run_dir / "dpca_c8.json"
-    if c8.exists():
-        rows = _scalars(json.loads(c8.read_text()))
+    if len(tables["c8"]):
+        rows = _scalars(one_row(tables["c8"]))
         if rows:
             page.heading("Claim C8 statistics (length vs class separability, fixed early window vs late)")
             page.table(pd.DataFrame(rows), floatfmt="{:.3f}", tall=True)
-    for name, label in (("dpca_per_layer.csv", "Per-layer variance split, dPCA and Mahalanobis (table)"),
-                        ("dpca_probes.csv", "Linear probes after ablation (table)")):
-        df = _csv(run_dir / name)
+    for name, label in (("per_layer", "Per-layer variance split, dPCA and Mahalanobis (table)"),
+                        ("probes", "Linear probes after ablation (table)")):
+        df = _table(tables, name)
         if df is not None:
             with page.collapsed(label):
                 page.table(df, floatfmt="{:.3g}", tall=True)
 
 
 def _heads(page: Page, run_dir: Path, saved: dict) -> None:
-    top = _csv(run_dir / "heads_top.csv")
+    from taskvec.analysis.tables import heads_tables
+
+    tables = heads_tables(run_dir)
+    top = _table(tables, "top")
     if top is not None:
         page.heading("Heads with the largest effect")
         page.table(top, floatfmt="{:.3f}")
@@ -162,22 +165,22 @@ def _heads(page: Page, run_dir: Path, saved: dict) -> None:
                     "heads_readers": "readers: mean-ablating the head at the query of the locally patched dummy, "
                                      "the drop in its score (heads at or above the local layer)"}
         page.images(pngs, [captions.get(p.stem, "") for p in pngs])
-    for name, heading in (("heads_local_baselines.csv", "Local vectors: positive control (dummy patched with the "
+    for name, heading in (("local_baselines", "Local vectors: positive control (dummy patched with the "
                                                          "clean local vectors vs unpatched), 95% intervals"),
-                          ("heads_local_top.csv", "Writers and readers of local vectors: top heads (effect in "
+                          ("local_top", "Writers and readers of local vectors: top heads (effect in "
                                                   "target log-prob, 95% t interval over prompts; null: head means "
                                                   "from another task)"),
-                          ("heads_function_vector.csv", "Function-vector heads: average indirect effect on "
+                          ("function_vector", "Function-vector heads: average indirect effect on "
                                                         "shuffled-label prompts (probability gain, 95% t interval "
                                                         "over prompts)"),
-                          ("heads_overlap.csv", "Overlap of the top heads: writers, readers, query heads, "
+                          ("overlap", "Overlap of the top heads: writers, readers, query heads, "
                                                 "function-vector heads (with the overlap chance gives)")):
-        df = _csv(run_dir / name)
+        df = _table(tables, name)
         if df is not None:
             page.heading(heading)
-            page.table(df.head(20) if name == "heads_function_vector.csv" else df,
-                       floatfmt="{:.4f}" if name == "heads_function_vector.csv" else "{:.3f}")
-    summary = _csv(run_dir / "heads_summary.csv")
+            page.table(df.head(20) if name == "function_vector" else df,
+                       floatfmt="{:.4f}" if name == "function_vector" else "{:.3f}")
+    summary = _table(tables, "summary")
     if summary is not None:
         with page.collapsed("Every head (table)"):
             page.table(summary, floatfmt="{:.3g}", tall=True)
@@ -193,13 +196,13 @@ def write_analysis_report(run_dir: str | Path, kind: str) -> Path:
     saved = _saved(run_dir)
     title, body = ANALYSES[kind]
     model = saved.get("config", {}).get("model", "")
-    page = Page(f"{title} — {model}" if model else title, run_dir / "figures")
+    page = Page(f"{title} — {model}" if model else title, run_dir / A.FIGURES)
     _note(page, saved, skip=("analysis",))
     before = len(page.parts)
     body(page, run_dir, saved)
     if len(page.parts) == before:
         raise ConfigError(f"{run_dir} has no {kind} results yet (no tables or figures written)")
-    return page.write(run_dir / "report.html")
+    return page.write(run_dir / A.REPORT)
 
 
 def saliency_report(run_dir: str | Path) -> Path:
@@ -223,7 +226,7 @@ def write_evaluation_report(run_dir: str | Path) -> Path:
     from taskvec.report.evaluation import evaluation_page
 
     run_dir = Path(run_dir)
-    path = run_dir / "results.json"
+    path = run_dir / A.EVAL_RESULTS
     if not path.exists():
         raise ConfigError(f"{run_dir} has no results.json yet: the evaluation has not finished (resume it with "
                           "taskvec evaluate ... --resume)")
@@ -233,7 +236,7 @@ def write_evaluation_report(run_dir: str | Path) -> Path:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(results, dict) or not results:
         raise ConfigError(f"{path} holds no model results")
-    return evaluation_page(results, run_dir / "report.html", config=_saved(run_dir) or None)
+    return evaluation_page(results, run_dir / A.REPORT, config=_saved(run_dir) or None)
 
 
 def _training_figure(log: pd.DataFrame) -> Figure:
@@ -256,18 +259,16 @@ def _training_figure(log: pd.DataFrame) -> Figure:
 
 
 def write_training_report(run_dir: str | Path) -> Path:
-    """``report.html`` of a from-scratch training run (``log.csv`` / ``log.jsonl``)."""
+    """``report.html`` of a from-scratch training run, from its training curve
+    (:func:`taskvec.scratch.train.train_tables`: the run store's logged rows)."""
+    from taskvec.scratch.train import train_tables
+
     run_dir = Path(run_dir)
-    if (run_dir / "log.csv").exists():
-        log = pd.read_csv(run_dir / "log.csv")
-    elif (run_dir / "log.jsonl").exists():
-        log = pd.read_json(run_dir / "log.jsonl", lines=True)
-    else:
-        raise ConfigError(f"{run_dir} has no training log yet (no log.csv or log.jsonl)")
+    log = train_tables(run_dir)["log"]
     if log.empty or "step" not in log:
         raise ConfigError(f"{run_dir} has no logged training steps yet")
     saved = _saved(run_dir)
-    page = Page("From-scratch training run", run_dir / "figures")
+    page = Page("From-scratch training run", run_dir / A.FIGURES)
     _note(page, saved)
     page.heading("Training curves")
     page.figures([("training", _training_figure(log))])
@@ -275,4 +276,4 @@ def write_training_report(run_dir: str | Path) -> Path:
     page.table(log.tail(1), floatfmt="{:.4g}")
     with page.collapsed("Every logged step (table)"):
         page.table(log, floatfmt="{:.4g}", tall=True)
-    return page.write(run_dir / "report.html")
+    return page.write(run_dir / A.REPORT)

@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 
+import taskvec.artifacts as A
 from taskvec.cli_errors import check_at_least, check_out, friendly
 
 app = typer.Typer(help="Train and evaluate from-scratch ICL models (task vectors, TVP-loss).",
@@ -168,7 +169,7 @@ def evaluate(
     cfg = config_from(EvalConfig, config, dict(models=models, n_trials=n_trials, k=k, layer=layer, seed=seed,
                                                batch_size=batch_size, analyses=parts, device=device))
     run_dir = run_evaluation(cfg, out, resume=resume)
-    typer.echo(f"results: {run_dir / 'results.json'}\nreport:  {run_dir / 'report.html'}")
+    typer.echo(f"results: {run_dir / A.EVAL_RESULTS}\nreport:  {run_dir / A.REPORT}")
 
 
 @app.command()
@@ -206,7 +207,7 @@ def compare(
     cfg = config_from(ComparisonConfig, config, dict(seeds=seed_list, layouts=layout_list))
     run_dir = run_comparison(cfg, out, resume=resume, workers=workers, threads=threads)
     typer.echo(markdown_summary(run_dir))
-    typer.echo(f"verdicts: {run_dir / 'verdicts.csv'}\nreport:   {run_dir / 'report.html'}")
+    typer.echo(f"verdicts: {run_dir / A.VERDICTS}\nreport:   {run_dir / A.REPORT}")
 
 
 @app.command()

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+import taskvec.artifacts as A
 from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, combine, greater, less
 from taskvec.errors import ConfigError, RangeError
 from taskvec.experiment import ExperimentConfig
@@ -195,7 +196,7 @@ def layout_slug(layout: str) -> str:
 
 
 def model_dir(out: Path, layout: str, arm: Arm, seed: int) -> Path:
-    return Path(out) / "models" / f"{layout_slug(layout)}-{arm.name}-seed-{seed}"
+    return Path(out) / A.MODELS / f"{layout_slug(layout)}-{arm.name}-seed-{seed}"
 
 
 # --------------------------------------------------------------------------------------------- the units
@@ -337,9 +338,9 @@ def run_comparison(cfg: ComparisonConfig, out: str | Path, resume: bool = False,
                 raise failed
     if bar is not None:
         bar.close()
-    table = seed_table(store)
-    save_table(aggregate(table), out / "summary.csv")
-    save_table(verdicts(table, cfg), out / "verdicts.csv")
+    tables = comparison_tables(out)  # the exports, for other tools: the report reads the tables, not these
+    save_table(tables["summary"], out / A.SUMMARY)
+    save_table(tables["verdicts"], out / A.VERDICTS)
     return out
 
 
@@ -351,7 +352,7 @@ def _records(store_or_dir) -> list[dict]:
 
     if isinstance(store_or_dir, RunStore):
         return store_or_dir._records()
-    return RunStore._read(Path(store_or_dir) / "results.jsonl")
+    return RunStore._read(Path(store_or_dir) / A.RESULTS)
 
 
 def seed_table(store_or_dir) -> pd.DataFrame:
@@ -779,11 +780,25 @@ def verdict_overview(run_dirs: dict[str, str | Path]) -> str:
 
 def load(run_dir: str | Path) -> tuple[ComparisonConfig, pd.DataFrame]:
     """The config and :func:`seed_table` of a comparison run directory."""
+    return config_of(run_dir), seed_table(run_dir)
+
+
+def config_of(run_dir: str | Path) -> ComparisonConfig:
+    """The :class:`ComparisonConfig` saved in a comparison run directory's ``config.json``."""
+    saved = json.loads((Path(run_dir) / A.CONFIG).read_text())
+    return ComparisonConfig.model_validate(saved["config"])
+
+
+def comparison_tables(run_dir: str | Path) -> A.Tables:
+    """The tables of a comparison run directory, from its run store (lazy, :class:`~taskvec.artifacts.Tables`):
+    ``seeds`` (:func:`seed_table`: one row per layout, arm, seed, metric, layer), ``summary`` (:func:`aggregate`:
+    ``summary.csv``) and ``verdicts`` (:func:`verdicts`: ``verdicts.csv``)."""
     run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "config.json").read_text())
-    return ComparisonConfig.model_validate(saved["config"]), seed_table(run_dir)
+    t = A.Tables({"seeds": lambda: seed_table(run_dir), "summary": lambda: aggregate(t["seeds"]),
+                  "verdicts": lambda: verdicts(t["seeds"], config_of(run_dir))})
+    return t
 
 
 __all__ = ["Arm", "ComparisonConfig", "ScratchClaimRules", "CLAIMS", "run_comparison", "seed_table", "aggregate",
-           "verdicts", "robustness_rows", "icl_gate", "claim_overall", "below_paper_scale", "task_label", "load",
+           "verdicts", "comparison_tables", "config_of", "robustness_rows", "icl_gate", "claim_overall", "below_paper_scale", "task_label", "load",
            "markdown_summary", "verdict_overview", "SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE", "NOT_REPRODUCED"]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
+import taskvec.artifacts as A
 from taskvec.errors import ConfigError, LayerError
 from taskvec.experiment import ExperimentConfig
 from taskvec.runs import write_text_atomic
@@ -675,7 +676,7 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
     resolve_device(cfg.device)  # --device cuda without a GPU: one line, before any model is loaded
     RunStore.check(out, cfg.saved(), resume, (*ADDITIVE, *cfg.newer_fields(out)))  # a refused resume costs no model load
     hashes = {label: weights_hash(p) for label, p in paths.items()}
-    if (out / "config.json").exists():
+    if (out / A.CONFIG).exists():
         from taskvec.runs import read_saved
 
         saved = read_saved(out).get("weights", {})
@@ -716,5 +717,16 @@ def run_evaluation(cfg: EvalConfig, out: str | Path, resume: bool = False, progr
                     for row in records[f"{label}/{a}"]]
             res[a] = rows[0] if a in ONE_ROW else rows
         results[label] = res
-    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_text_atomic(out / A.EVAL_RESULTS, json.dumps(results, indent=1))
     return store.path
+
+
+def evaluation_tables(run_dir: str | Path) -> A.Tables:
+    """The tables of an evaluation run directory, from its run store (lazy, :class:`~taskvec.artifacts.Tables`):
+    ``results``, every row of every finished unit ``LABEL/ANALYSIS``, tagged with ``model``, ``analysis`` and
+    ``unit``. (The report draws ``results.json``, ``{label: evaluate_model(...)}``: its per-model header comes from
+    the models, which the store does not hold.)"""
+    from taskvec.runs import store_table
+
+    run_dir = Path(run_dir)
+    return A.Tables({"results": lambda: store_table(run_dir)})

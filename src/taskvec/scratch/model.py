@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2Model, PretrainedConfig, PreTrainedModel
 
+import taskvec.artifacts as A
 from taskvec.errors import ConfigError
 from taskvec.scratch.layouts import Plan
 
@@ -355,10 +356,10 @@ def check_model_dir(path) -> None:
         what = "a file, not a directory" if path.exists() else "no such directory"
         raise ModelNotFoundError(f"{path} is not a from-scratch model directory ({what}; give the model directory "
                                  "a training run saved, e.g. runs/NAME/model)")
-    if (path / "model" / "config.json").exists() and not (path / "model.safetensors").exists():
+    if (path / A.MODEL / A.MODEL_CONFIG).exists() and not (path / A.MODEL_WEIGHTS).exists():
         raise ModelNotFoundError(f"{path} is not a from-scratch model directory but a training run: give its model, "
                                  f"{path / 'model'}")
-    if not (path / "config.json").exists():
+    if not (path / A.MODEL_CONFIG).exists():
         raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no config.json)")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ModelNotFoundError(f"{path} is not a from-scratch model directory (no weights)")

@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+import taskvec.artifacts as A
 from taskvec.errors import ConfigError, LayerError, NonFiniteError
 from taskvec.experiment import ExperimentConfig, read_config_file
 from taskvec.intervene import Edits, hooked
-from taskvec.runs import RunStore, save_table
+from taskvec.runs import RunStore, save_table, store_table
 from taskvec.scratch.layouts import canonical, plan, query_plan
 from taskvec.scratch.model import PRESETS, ScratchModel, build_model, positions_for
 from taskvec.scratch.tasks import Task, TaskConfig, make_task
@@ -464,10 +465,10 @@ def _setup_dist(device: str) -> bool:
 
 def checkpoints(out_dir: Path) -> list[Path]:
     """Checkpoint directories of a run, oldest first."""
-    root = out_dir / "checkpoints"
+    root = out_dir / A.CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / "trainer.pt").exists()),
+    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / A.TRAINER_STATE).exists()),
                   key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -478,7 +479,7 @@ what it writes, never what a step computes."""
 
 def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> None:
     """Refuse a resume of nothing, of another config, or a fresh run into a used directory (one line)."""
-    if resume and not (out_dir / "config.json").exists():
+    if resume and not (out_dir / A.CONFIG).exists():
         if (out_dir / "config.yaml").exists():
             raise ConfigError(f"--resume: {out_dir} was written by an older taskvec (config.yaml, no config.json) "
                               "and cannot be resumed by this one; start a new --out")
@@ -489,13 +490,13 @@ def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> None:
 def save_checkpoint(out_dir: Path, model: ScratchModel, opt: torch.optim.Optimizer, step: int,
                     keep: int) -> Path:
     """Write ``checkpoints/step-N`` atomically (tmp dir + rename); keep the last ``keep``."""
-    root = out_dir / "checkpoints"
+    root = out_dir / A.CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": opt.state_dict()}, tmp / "trainer.pt")
+    torch.save({"step": step, "optimizer": opt.state_dict()}, tmp / A.TRAINER_STATE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in checkpoints(out_dir)[:-keep]:
@@ -504,14 +505,15 @@ def save_checkpoint(out_dir: Path, model: ScratchModel, opt: torch.optim.Optimiz
 
 
 def _write_csv(store: RunStore) -> None:
-    """``log.csv``: the training curve of the finished intervals (the run store's rows)."""
+    """``log.csv``: the training curve of the finished intervals (the run store's rows), an export for other tools;
+    nothing reads it back (the report reads :func:`train_tables`)."""
     table = store.table()
     if len(table):
-        save_table(table.drop(columns="unit"), store.path / "log.csv")
+        save_table(table.drop(columns="unit"), store.path / A.LOG_CSV)
 
 
 def _truncate_log(out_dir: Path, step: int) -> None:
-    path = out_dir / "log.jsonl"
+    path = out_dir / A.LOG_JSONL
     if path.exists():
         keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
         path.write_text("".join(l + "\n" for l in keep))
@@ -523,6 +525,28 @@ def training_curve(out_dir: str | Path):
     from taskvec.runs import read_saved
 
     return RunStore(out_dir, read_saved(out_dir)["config"], resume=True).table()
+
+
+def train_tables(run_dir: str | Path) -> A.Tables:
+    """The tables of a training run directory (lazy, :class:`~taskvec.artifacts.Tables`): ``log``, one row per
+    logged step (``step, loss, icl_loss, tvp_loss, icl_err, seq_per_s[, tvp_weight]``) of the finished checkpoint
+    intervals, from the run store (what ``log.csv`` exports). Before the first checkpoint (and in a directory of a
+    taskvec from before the run store) the store holds no rows: then the live log ``log.jsonl`` (every logged row
+    as it happens) is read instead."""
+    run_dir = Path(run_dir)
+
+    def log():
+        import pandas as pd
+
+        if (run_dir / A.CONFIG).exists():
+            table = store_table(run_dir)
+            if len(table):
+                return table.drop(columns="unit")
+        if (run_dir / A.LOG_JSONL).exists():  # no finished interval yet (or no store): the live log
+            return pd.read_json(run_dir / A.LOG_JSONL, lines=True)
+        return pd.DataFrame()
+
+    return A.Tables({"log": log})
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -593,7 +617,7 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
     if ckpts:
         last_ckpt = ckpts[-1]
         model = ScratchModel.from_pretrained(last_ckpt)
-        state = torch.load(last_ckpt / "trainer.pt", weights_only=False)
+        state = torch.load(last_ckpt / A.TRAINER_STATE, weights_only=False)
         start, opt_state = state["step"], state["optimizer"]
     model.freeze_unused()
     model.to(device).train()
@@ -612,8 +636,8 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(out_dir / "tb"), purge_step=start + 1 if start else None)
-    log = open(out_dir / "log.jsonl", "a") if rank == 0 else None
+            writer = SummaryWriter(str(out_dir / A.TENSORBOARD), purge_step=start + 1 if start else None)
+    log = open(out_dir / A.LOG_JSONL, "a") if rank == 0 else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -688,7 +712,7 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
                     _write_csv(store)
                 if world > 1:
                     dist.barrier()
-        final = out_dir / "model"
+        final = out_dir / A.MODEL
         if rank == 0:
             model.save_pretrained(final)
             _write_csv(store)
