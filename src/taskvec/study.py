@@ -644,8 +644,9 @@ def has_function_vector(tr: TaskRun) -> bool:
 
 
 def task_cost(tr: TaskRun) -> float:
-    """A task's estimated share of the study's time, to deal tasks to ranks: its full ICL prompt's length in tokens
-    (local patching and k-of-n re-run the suffix from the first answer on), a quarter more with a function vector."""
+    """A task's estimated share of the study's time, the order of the ranks' queue (:meth:`World.take`, costliest
+    first): its full ICL prompt's length in tokens (local patching and k-of-n re-run the suffix from the first
+    answer on), a quarter more with a function vector."""
     return len(tr.eval_prompts[0].ids) * (1.25 if has_function_vector(tr) else 1.0)
 
 

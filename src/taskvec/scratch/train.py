@@ -521,10 +521,8 @@ def _truncate_log(out_dir: Path, step: int) -> None:
 
 def training_curve(out_dir: str | Path):
     """The logged rows (step, loss, icl_loss, tvp_loss, icl_err, seq_per_s, unit) of a run's finished intervals:
-    the :class:`~taskvec.runs.RunStore` table of its directory, as a DataFrame."""
-    from taskvec.runs import read_saved
-
-    return RunStore(out_dir, read_saved(out_dir)["config"], resume=True).table()
+    the :class:`~taskvec.runs.RunStore` table of its directory (:func:`taskvec.runs.store_table`), as a DataFrame."""
+    return store_table(out_dir)
 
 
 def train_tables(run_dir: str | Path) -> A.Tables:
