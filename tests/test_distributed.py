@@ -166,6 +166,19 @@ def _pid_of_rank(tag: str, rank: int) -> int | None:
     return None
 
 
+def _task_with_global_unit(path: Path) -> str | None:
+    """The task whose ``<task>/global`` unit is finished in the rank file ``path``, or None (a line being written is
+    not finished)."""
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            unit = json.loads(line)["unit"]
+        except json.JSONDecodeError:
+            continue
+        if unit.endswith("/global"):
+            return unit.split("/")[0]
+    return None
+
+
 def test_killing_a_rank_then_resuming_recomputes_nothing_that_finished(single_run, tmp_path):
     """Kill rank 1 of a 2-rank run once it has finished units (torchrun then stops rank 0); resume in a single
     process: every finished unit, of either rank, is kept byte for byte and not run again; the results equal a
@@ -177,7 +190,8 @@ def test_killing_a_rank_then_resuming_recomputes_nothing_that_finished(single_ru
     rank1 = out / "results.rank1.jsonl"
     try:
         deadline = time.time() + 300
-        while "simple_string/global" not in (rank1.read_text() if rank1.exists() else ""):
+        # the ranks take tasks from a queue, so either task may be rank 1's: wait for its global unit, whichever
+        while (task := _task_with_global_unit(rank1)) is None:
             assert proc.poll() is None, "the run ended before a rank could be killed"
             assert time.time() < deadline, "rank 1 finished no unit within 300 s"
             time.sleep(0.02)  # the tiny model finishes units fast: look often
@@ -186,17 +200,20 @@ def test_killing_a_rank_then_resuming_recomputes_nothing_that_finished(single_ru
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    kept: dict[str, str] = {}  # unit -> its record (the first one: a control's vectors may be in both files)
+    kept: dict[str, set[str]] = {}  # unit -> its records (a control task's vectors may be in both rank files)
     for line in (out / "results.jsonl").read_text().splitlines() + rank1.read_text().splitlines():
         try:
-            kept.setdefault(json.loads(line)["unit"], line)
+            kept.setdefault(json.loads(line)["unit"], set()).add(line)
         except json.JSONDecodeError:
             pass  # a line cut by the kill
-    assert "simple_string/global" in kept and "simple_string/chance" not in kept  # killed mid-run
+    assert f"{task}/global" in kept and f"{task}/chance" not in kept  # killed mid-run
 
     _run(_study(tmp_path, out, 1, "--resume"))  # another world size: units are skipped from any rank's file
     final = (out / "results.jsonl").read_text().splitlines()
-    assert set(kept.values()) <= set(final)  # kept verbatim (wall times included): nothing finished ran again
+    by_unit = {json.loads(line)["unit"]: line for line in final}
+    assert len(by_unit) == len(final)  # each unit once
+    for unit, records in kept.items():  # kept verbatim (wall times included): nothing finished ran again
+        assert by_unit[unit] in records, unit
     assert not rank1.exists() and (out / "report.html").exists()
     # a task split over two runs may list its units in another order; the rows are the same
     _assert_same_results(single_run, [json.loads(x) for x in final], in_order=False)
