@@ -3,7 +3,7 @@
 1. Training step (forward, backward, Adam) on ``--preset`` with batch ``--batch``: the reference implementation
    (HF ``GPT2Model`` forward with hooks recording/writing θ, the query-only TVP passes as ``tvp_loss`` /
    ``tvp_loss_shared``, Adam's per-tensor loop) against the training fast path (``Objective(fast=True)``:
-   ``ScratchModel.fast_forward`` / ``fast_query_pass``, fused Adam), and the steps in between, for ICL only and
+   ``ScratchModel.forward(keep=...)`` / ``fast_query_pass``, fused Adam), and the steps in between, for ICL only and
    ICL + TVP (all slots; all slots sharing one packed query, ``tvp_shared_query``; ``--tvp-slots`` slots).
    Every variant has its own copy of the same initial model and its own optimizer; the variants take turns, one
    step each per round (``--rounds`` rounds after a warm-up), so a load change on the shared machine hits all of
@@ -61,7 +61,8 @@ class NoPruning(Objective):
         xs, ys = batch["xs"], batch["ys"]
         pl = plan(cfg.layout, xs.shape[1], query=False)
         record = (cfg.tvp_layer, self._slots(batch, pl)) if want_theta else None
-        hidden, theta = model.fast_forward(model.embed(pl, xs, ys), record=record, kernel=self.kernel)
+        out = model(model.embed(pl, xs, ys), record=record, kernel=self.kernel)
+        hidden, theta = out if record is not None else (out, None)
         return point_loss(model, model.readout(hidden[:, pl.pred]), ys), theta
 
 

@@ -1,6 +1,8 @@
 """From-scratch core: tasks, layouts, model save/load, TVP injection and gradients through θ."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -140,7 +142,64 @@ def test_save_load_round_trip(tmp_path):
     m.save_backbone(tmp_path / "bb")
     from transformers import GPT2Model
 
-    assert isinstance(GPT2Model.from_pretrained(tmp_path / "bb"), GPT2Model)
+    bb = GPT2Model.from_pretrained(tmp_path / "bb").eval()
+    emb = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        assert torch.allclose(bb(inputs_embeds=emb).last_hidden_state, m(emb), atol=1e-6)
+
+
+CHECKPOINTS = Path(__file__).parent / "data" / "hf_backbone_checkpoints"
+
+
+@pytest.mark.parametrize("name", ["num", "disc"])
+def test_checkpoints_saved_with_the_hf_backbone_still_load(name):
+    """``num``/``disc`` were saved by taskvec at 05e17f2, when the backbone was HF's ``GPT2Model`` (3 layers, weights
+    far from the init); ``ref.pt`` holds that code's predictions. The model written once loads them (the unused token
+    embedding is dropped) and predicts the same."""
+    m = ScratchModel.from_pretrained(CHECKPOINTS / name).eval()
+    ref = torch.load(CHECKPOINTS / name / "ref.pt")
+    with torch.no_grad():
+        pred = m.predict(plan("x→y", 5, query=True), ref["xs"], ref["ys"])
+    assert pred.abs().max() > 0.1  # not a model at its init
+    assert torch.allclose(pred, ref["pred"], atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layer,n_head,n_embd", [(1, 1, 8), (3, 2, 32), (2, 4, 48)])
+def test_forward_matches_the_hf_gpt2_oracle(n_layer, n_head, n_embd):
+    """The nanoGPT-style forward equals HF's ``GPT2Model`` with the same weights (``to_gpt2``): every layer's
+    input (``hooked`` against ``output_hidden_states``) and the final states, full and at kept columns, with
+    either attention kernel; and the gradients of a loss on the final states."""
+    m = build_model("tiny", n_layer=n_layer, n_head=n_head, n_embd=n_embd, d_in=3, n_positions=40)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape) * 0.3)
+    oracle = m.to_gpt2()
+    emb = torch.randn(3, 11, n_embd)
+    ref = oracle(inputs_embeds=emb, output_hidden_states=True)
+    keep = torch.tensor([2, 5, 10])
+    with hooked(m.layers, record={i: torch.arange(11).expand(3, -1) for i in range(n_layer)}) as rec:
+        full = m(emb)
+    for i in range(n_layer):
+        assert torch.allclose(rec[i], ref.hidden_states[i], atol=1e-5), i
+    assert torch.allclose(full, ref.last_hidden_state, atol=1e-5)
+    for kernel in ("sdpa", "eager"):
+        assert torch.allclose(m(emb, keep=keep, kernel=kernel), ref.last_hidden_state[:, keep], atol=1e-5)
+    allowed = torch.ones(11, 11, dtype=torch.bool).tril()
+    allowed[6:, :4] = False  # a mask that is not causal only (the attention-mask compression's kind)
+    mask = torch.zeros(11, 11).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None].expand(3, 1, 11, 11)
+    positions = torch.arange(11).flip(0).expand(3, -1)
+    with torch.no_grad():
+        want = oracle(inputs_embeds=emb, attention_mask=mask, position_ids=positions).last_hidden_state
+        assert torch.allclose(m(emb, attention_mask=mask, position_ids=positions), want, atol=1e-5)
+        assert not torch.allclose(want, ref.last_hidden_state, atol=1e-3)
+    full.square().sum().backward()
+    ref.last_hidden_state.square().sum().backward()
+    mine = dict(m.transformer.named_parameters())
+    for name, p in oracle.named_parameters():
+        if name.startswith("wte"):
+            continue
+        assert torch.allclose(mine[name].grad, p.grad, rtol=1e-4, atol=1e-5), name
 
 
 def test_written_back_theta_is_bit_identical():

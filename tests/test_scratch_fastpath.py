@@ -123,7 +123,7 @@ def test_hooks_on_the_layers_fall_back_to_the_hf_forward():
     assert seen.count(2) == 2
 
 
-def test_fast_forward_record_and_inject_match_hooked():
+def test_forward_keep_record_and_inject_match_hooked():
     model = trained_looking(build_model("tiny", n_layer=3, d_in=4, n_positions=positions_for(5)))
     g = torch.Generator().manual_seed(1)
     pl = plan("x→y", 4, query=True)
@@ -134,7 +134,7 @@ def test_fast_forward_record_and_inject_match_hooked():
                                  edits=Edits.at([0, 1, 2], [2] * 3, [slot] * 3, vec)) as rec:
         full = model(emb)
     with torch.no_grad():
-        kept, recorded = model.fast_forward(emb, keep=pl.pred, record=(1, torch.tensor([slot])), inject=(2, slot, vec))
+        kept, recorded = model(emb, keep=pl.pred, record=(1, torch.tensor([slot])), inject=(2, slot, vec))
     assert torch.allclose(kept, full[:, pl.pred], atol=1e-5)
     assert torch.allclose(recorded, rec[1], atol=1e-6)
 

@@ -118,9 +118,14 @@ class World:
 
 
 @contextmanager
-def world() -> Iterator[World]:
-    """The torchrun world of this process, its gloo process group started from the environment (and destroyed on
-    leaving) when there is more than one rank and none is started yet."""
+def world(backend: str = "gloo") -> Iterator[World]:
+    """The torchrun world of this process, its process group started from the environment (and destroyed on
+    leaving) when there is more than one rank and none is started yet.
+
+    Args:
+        backend: ``"gloo"`` (the study: only small objects cross ranks) or ``"nccl"`` (from-scratch training on
+            GPUs: DDP all-reduces the gradients).
+    """
     w = World.from_env()
     started = False
     if w.distributed:
@@ -130,7 +135,7 @@ def world() -> Iterator[World]:
         if torch.cuda.is_available():
             torch.cuda.set_device(w.local_rank % torch.cuda.device_count())  # "cuda" is this rank's GPU
         if not dist.is_initialized():
-            dist.init_process_group("gloo", init_method="env://", timeout=TIMEOUT)
+            dist.init_process_group(backend, init_method="env://", timeout=TIMEOUT)
             started = True
     try:
         yield w

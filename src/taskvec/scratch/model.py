@@ -1,7 +1,7 @@
-"""GPT-2-style model for from-scratch ICL (docs/spec.md B.2, B.3).
+"""GPT-2-style model for from-scratch ICL (docs/spec.md B.2, B.3), written once, nanoGPT-style.
 
-An HF :class:`~transformers.GPT2Model` backbone (pre-LN, learned absolute positions) driven through
-``inputs_embeds``, plus:
+A pre-LN decoder with learned absolute positions (GPT-2's maths and parameter names; HF's
+:class:`~transformers.GPT2Model` is the tests' oracle, :meth:`ScratchModel.to_gpt2`) driven through embeddings, plus:
 
 * numeric tasks: a linear read-in ``d_in → D`` for x and for y (embedded as ``[y, 0, …, 0]``) and a linear
   read-out ``D → 1``;
@@ -9,17 +9,18 @@ An HF :class:`~transformers.GPT2Model` backbone (pre-LN, learned absolute positi
 * two learned special embeddings: ``→`` (arrow) and ``*`` (star).
 
 :class:`ScratchModel` is a :class:`~transformers.PreTrainedModel` with its own config class, so checkpoints are
-ordinary HF checkpoints (``config.json`` + ``model.safetensors``): ``ScratchModel.from_pretrained(path)``; the
-backbone alone opens with ``GPT2Model.from_pretrained(path, subfolder=...)`` after
-:meth:`ScratchModel.save_backbone`. ``h_l`` is the input of ``model.transformer.h[l]`` (use
-:func:`taskvec.intervene.hooked` on :attr:`ScratchModel.layers`).
+ordinary HF checkpoints (``config.json`` + ``model.safetensors``): ``ScratchModel.from_pretrained(path)``, including
+those saved when the backbone was HF's ``GPT2Model`` (same parameter names and layouts; its unused token embedding
+is ignored); :meth:`ScratchModel.save_backbone` writes a ``GPT2Model`` checkpoint for GPT-2 tools. ``h_l`` is the
+input of ``model.layers[l]`` (use :func:`taskvec.intervene.hooked`). The forward takes what to keep, record and
+inject, so the training loss runs the model itself with no work nothing reads (:meth:`ScratchModel.forward`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2Config, GPT2Model, PretrainedConfig, PreTrainedModel
+from transformers import GPT2Config, PretrainedConfig, PreTrainedModel
 
 import taskvec.artifacts as A
 from taskvec.errors import ConfigError
@@ -64,19 +65,108 @@ class ScratchConfig(PretrainedConfig):
         )
 
 
+class Projection(nn.Module):
+    """``x @ weight + bias`` with ``weight [d_in, d_out]``: GPT-2's ``Conv1D`` layout, so that GPT-2 state dicts
+    (and every checkpoint this package saved when it wrapped HF's ``GPT2Model``) load as they are."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., d_in]`` → ``[..., d_out]``."""
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention (GPT-2's: one ``c_attn`` projection to q, k, v; ``c_proj`` back)."""
+
+    def __init__(self, d: int, n_head: int):
+        super().__init__()
+        self.num_heads, self.head_dim = n_head, d // n_head
+        self.scaling = self.head_dim ** -0.5
+        self.c_attn, self.c_proj = Projection(d, 3 * d), Projection(d, d)
+
+    def forward(self, a: torch.Tensor, keep: torch.Tensor | None = None, kernel: str = "sdpa",
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``a [B, T, D]`` (after ``ln_1``) → attention output ``[B, T, D]``, or ``[B, K, D]`` at the columns
+        ``keep [K]`` only (queries there, keys and values everywhere). ``mask``: an additive mask broadcastable to
+        ``[B, H, T, T]`` in place of the causal one."""
+        B, T, D = a.shape
+        H, hd = self.num_heads, self.head_dim
+        w, b = self.c_attn.weight, self.c_attn.bias
+        if keep is None:
+            q, k, v = torch.addmm(b, a.reshape(B * T, D), w).view(B, T, 3, H, hd).unbind(2)
+        else:
+            k, v = torch.addmm(b[D:], a.reshape(B * T, D), w[:, D:]).view(B, T, 2, H, hd).unbind(2)
+            q = torch.addmm(b[:D], a[:, keep].reshape(-1, D), w[:, :D]).view(B, -1, H, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
+        if kernel == "sdpa" and keep is None and mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
+        else:
+            rows = causal_mask(T, a.device, a.dtype) if mask is None else mask.to(a.dtype)
+            rows = rows if keep is None else rows[..., keep, :]
+            if kernel == "sdpa":
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=self.scaling)
+            else:
+                o = (torch.matmul(q, k.transpose(-1, -2)) * self.scaling + rows).softmax(-1) @ v
+        return self.c_proj(o.transpose(1, 2).reshape(B, q.shape[2], D))
+
+
+class MLP(nn.Module):
+    """``D → 4D → D`` with the exact GELU."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.c_fc, self.c_proj = Projection(d, 4 * d), Projection(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    """One pre-LN decoder layer: ``h + attn(ln_1(h))``, then ``+ mlp(ln_2(·))``. Its input is ``h_l``: a forward
+    pre-hook on it (:func:`taskvec.intervene.hooked`) reads and writes the residual stream."""
+
+    def __init__(self, d: int, n_head: int, eps: float):
+        super().__init__()
+        self.ln_1, self.attn = nn.LayerNorm(d, eps=eps), SelfAttention(d, n_head)
+        self.ln_2, self.mlp = nn.LayerNorm(d, eps=eps), MLP(d)
+
+    def forward(self, h: torch.Tensor, keep: torch.Tensor | None = None, kernel: str = "sdpa",
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``h [B, T, D]`` → ``[B, T, D]``, or ``[B, K, D]`` at the columns ``keep [K]`` only. ``attention_mask``:
+        additive, ``[B or 1, 1, T, T]``, in place of the causal mask (the ``attn_mask.{l}`` hook site writes it)."""
+        a = self.attn(self.ln_1(h), keep, kernel, attention_mask)
+        h = (h if keep is None else h[:, keep]) + a
+        return h + self.mlp(self.ln_2(h))
+
+
+class Backbone(nn.Module):
+    """Learned positions, the decoder layers and the final LayerNorm (GPT-2's parameter names: ``wpe``, ``h``,
+    ``ln_f``)."""
+
+    def __init__(self, config: ScratchConfig):
+        super().__init__()
+        d, eps = config.n_embd, 1e-5  # GPT-2's layer_norm_epsilon
+        self.wpe = nn.Embedding(config.n_positions, d)
+        self.h = nn.ModuleList(Block(d, config.n_head, eps) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(d, eps=eps)
+
+
 class ScratchModel(PreTrainedModel):
-    """GPT-2 backbone + read-in/read-out; see the module docstring."""
+    """A GPT-2-style decoder with read-in/read-out; see the module docstring."""
 
     config_class = ScratchConfig
     base_model_prefix = "transformer"
-    _supports_sdpa = True
+    _keys_to_ignore_on_load_unexpected = [r"transformer\.wte\.weight"]  # HF GPT2Model's unused token embedding
 
     def __init__(self, config: ScratchConfig):
         super().__init__(config)
         if config.n_embd % config.n_head:
             raise ConfigError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
-        self.transformer = GPT2Model(config.gpt2_config())
-        self.freeze_unused()
+        self.transformer = Backbone(config)
         d = config.n_embd
         self.discrete = config.vocab > 0
         if self.discrete:
@@ -89,7 +179,7 @@ class ScratchModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear,)):
+        if isinstance(module, (nn.Linear, Projection)):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -98,14 +188,6 @@ class ScratchModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-        elif type(module).__name__ == "Conv1D":  # GPT-2's attention/MLP projections
-            nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-
-    def freeze_unused(self) -> None:
-        """GPT-2's token embedding is never used (we feed ``inputs_embeds``): no grads, no optimizer state.
-        Call again after ``from_pretrained`` (loading may rebuild parameters)."""
-        self.transformer.wte.weight.requires_grad_(False)
 
     @property
     def layers(self) -> list[nn.Module]:
@@ -130,7 +212,7 @@ class ScratchModel(PreTrainedModel):
         if n != plan.n:
             raise ConfigError(f"plan is for {plan.n} examples but got {n}")
         if ys is None:
-            ys = xs.new_zeros((batch, 0)) if self.discrete else xs.new_zeros((batch, 0))
+            ys = xs.new_zeros((batch, 0))
         if ys.shape[1] < n:
             ys = torch.cat([ys, ys.new_zeros((batch, n - ys.shape[1]))], dim=1)
         if self.discrete:
@@ -144,14 +226,55 @@ class ScratchModel(PreTrainedModel):
         pieces = torch.cat([ex, ey, specials], dim=1)  # [B, 2n + 2, D]
         return pieces[:, plan.gather.to(pieces.device)]
 
-    def forward(self, inputs_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Run the backbone. ``inputs_embeds [B, T, D]`` → final hidden states ``[B, T, D]`` (after ``ln_f``)."""
-        if inputs_embeds.shape[1] > self.config.n_positions:
-            raise ConfigError(
-                f"sequence of {inputs_embeds.shape[1]} tokens exceeds the model's {self.config.n_positions} positions"
-            )
-        out = self.transformer(inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
-        return out.last_hidden_state
+    def embed_x(self, xs: torch.Tensor) -> torch.Tensor:
+        """Input embedding of x tokens only: ``[..., d_in]`` floats or ``[...]`` symbols → ``[..., D]``."""
+        return self.tok(xs) if self.discrete else self.read_in(xs)
+
+    def forward(self, inputs_embeds: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                record: tuple[int, torch.Tensor] | None = None, inject: tuple[int, int, torch.Tensor] | None = None,
+                kernel: str = "sdpa") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Causal forward of ``inputs_embeds [B, T, D]`` to the final hidden states (after
+        ``ln_f``), ``[B, T, D]``.
+
+        The arguments leave out the work nothing reads (the training loss uses them; ``hooked`` on
+        :attr:`layers` does the same edits and records for any caller):
+
+        Args:
+            attention_mask: an additive mask ``[B or 1, 1, T, T]`` (0 where a query may attend, a large negative
+                number where not) in place of the causal one, for every layer.
+            position_ids: ``[B, T]`` positions (default ``0..T-1``).
+            keep: ``[K]`` long columns whose final states are wanted: the last layer runs its queries, attention
+                output and MLP only there (keys and values everywhere); returns ``[B, K, D]``.
+            record: ``(layer, columns [S])``: also return ``h_layer[:, columns]`` ``[B, S, D]`` (in the graph).
+            inject: ``(layer, column, vectors [B, D])``: replace ``h_layer[:, column]`` by ``vectors``.
+            kernel: ``"sdpa"`` (``scaled_dot_product_attention``) or ``"eager"`` (batched matmuls, additive causal
+                mask, softmax; no faster at these lengths on CPU, see docs/scratch.md).
+
+        Returns:
+            the final hidden states, or ``(hidden, recorded)`` when ``record`` is given.
+        """
+        if kernel not in ATTENTION_KERNELS:
+            raise ConfigError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(ATTENTION_KERNELS)}")
+        T = inputs_embeds.shape[1]
+        if T > self.config.n_positions:
+            raise ConfigError(f"sequence of {T} tokens exceeds the model's {self.config.n_positions} positions")
+        if attention_mask is not None and attention_mask.dim() != 4:
+            raise ConfigError(f"attention_mask must be an additive [batch, 1, T, T] mask, got {attention_mask.dim()} "
+                              "dimensions (sequences here are never padded)")
+        tr = self.transformer
+        h = inputs_embeds + (tr.wpe.weight[:T] if position_ids is None else tr.wpe(position_ids))
+        recorded = None
+        last = len(tr.h) - 1
+        for i, block in enumerate(tr.h):
+            if record is not None and i == record[0]:
+                recorded = h[:, record[1]]
+            if inject is not None and i == inject[0]:
+                col = inject[1]
+                h = torch.cat([h[:, :col], inject[2][:, None].to(h.dtype), h[:, col + 1:]], dim=1)
+            h = block(h, keep=keep if i == last else None, kernel=kernel, attention_mask=attention_mask)
+        h = tr.ln_f(h)
+        return h if record is None else (h, recorded)
 
     def readout(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., D]`` → predictions ``[...]`` (numeric) or logits ``[..., V]`` (discrete)."""
@@ -164,70 +287,26 @@ class ScratchModel(PreTrainedModel):
         hidden = self(self.embed(plan, xs, ys))
         return self.readout(hidden[:, plan.pred.to(hidden.device)])
 
-    def save_backbone(self, path: str) -> None:
-        """Save the bare ``GPT2Model`` (readable by any GPT-2 tool) under ``path``."""
-        self.transformer.save_pretrained(path)
+    def to_gpt2(self) -> "GPT2Model":
+        """The backbone as an HF :class:`~transformers.GPT2Model` with the same weights (its token embedding is
+        unused: drive it through ``inputs_embeds``). The tests' oracle, and any GPT-2 tool's way in."""
+        from transformers import GPT2Model
 
-    # ------------------------------------------------------------------------------------ training fast path
-    #
-    # The same maths as ``self(emb)`` (HF GPT2Model, sdpa) with the work no loss reads left out; used by
-    # ``taskvec.scratch.train.Objective`` (docs/scratch.md#speed). It uses the blocks' parameters and some of their
-    # submodules, never the blocks themselves, so hooks on ``self.layers`` would not fire: the Objective falls back
-    # to the HF path while the backbone has any hook (``fast_path_ok``).
+        gpt2 = GPT2Model(self.config.gpt2_config())
+        missing, unexpected = gpt2.load_state_dict(self.transformer.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("wte.") and not k.endswith(".attn.bias") for k in missing):
+            raise RuntimeError(f"to_gpt2: the weights do not map ({missing}, {unexpected})")
+        return gpt2.to(self.device).eval()
+
+    def save_backbone(self, path: str) -> None:
+        """Save the backbone as a bare ``GPT2Model`` checkpoint (readable by any GPT-2 tool) under ``path``."""
+        self.to_gpt2().save_pretrained(path)
 
     def fast_path_ok(self) -> bool:
-        """Whether :meth:`fast_forward` computes exactly what the HF forward does for this model: standard GPT-2
-        attention scaling, no dropout, and no hooks anywhere in the backbone (the fast path bypasses some of its
-        modules, so a hook would not see what it expects)."""
-        gc = self.transformer.config
-        if gc.scale_attn_by_inverse_layer_idx or gc.reorder_and_upcast_attn or not gc.scale_attn_weights:
-            return False
-        if gc.attn_pdrop or gc.resid_pdrop or gc.embd_pdrop or gc.add_cross_attention:
-            return False
+        """Whether the training loss may use :meth:`fast_query_pass` and ``forward(keep=...)``: no hook anywhere in
+        the backbone (:meth:`fast_query_pass` does not call the blocks, and ``keep`` hands the last block's output
+        hooks fewer columns)."""
         return not any(m._forward_pre_hooks or m._forward_hooks for m in self.transformer.modules())
-
-    def embed_x(self, xs: torch.Tensor) -> torch.Tensor:
-        """Input embedding of x tokens only: ``[..., d_in]`` floats or ``[...]`` symbols → ``[..., D]``."""
-        return self.tok(xs) if self.discrete else self.read_in(xs)
-
-    def fast_forward(self, emb: torch.Tensor, *, keep: torch.Tensor | None = None,
-                     record: tuple[int, torch.Tensor] | None = None,
-                     inject: tuple[int, int, torch.Tensor] | None = None,
-                     kernel: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Causal forward of ``emb [B, T, D]`` (positions 0..T-1) returning the final hidden states (after
-        ``ln_f``) at the columns ``keep`` only (all if ``None``): the last layer runs its queries, attention
-        output and MLP only there (keys and values everywhere).
-
-        Args:
-            keep: ``[K]`` long columns whose final states are wanted.
-            record: ``(layer, columns [S])``: also return ``h_layer[:, columns]`` (in the graph), as
-                ``hooked(record=...)`` would.
-            inject: ``(layer, column, vectors [B, D])``: replace ``h_layer[:, column]`` by ``vectors`` (the
-                ``Edits`` write of the TVP pass).
-            kernel: ``"sdpa"`` (``scaled_dot_product_attention``, as the HF path) or ``"eager"`` (batched
-                matmuls + additive causal mask + softmax; no faster at these lengths on CPU, see docs/scratch.md).
-
-        Returns:
-            ``(hidden [B, K, D], recorded [B, S, D] or None)``.
-        """
-        if kernel not in ATTENTION_KERNELS:
-            raise ConfigError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(ATTENTION_KERNELS)}")
-        T = emb.shape[1]
-        if T > self.config.n_positions:
-            raise ConfigError(f"sequence of {T} tokens exceeds the model's {self.config.n_positions} positions")
-        tr = self.transformer
-        h = emb + tr.wpe.weight[:T]
-        mask = causal_mask(T, emb.device, emb.dtype)
-        recorded = None
-        last = len(tr.h) - 1
-        for i, block in enumerate(tr.h):
-            if record is not None and i == record[0]:
-                recorded = h[:, record[1]]
-            if inject is not None and i == inject[0]:
-                col = inject[1]
-                h = torch.cat([h[:, :col], inject[2][:, None].to(h.dtype), h[:, col + 1:]], dim=1)
-            h = _causal_block(block, h, mask, kernel, keep if i == last else None)
-        return tr.ln_f(h), recorded
 
     def fast_query_pass(self, layer: int, x_emb: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """The ``x→y`` TVP pass without the work θ makes moot: sequences ``[x_q, →_1 … →_s]`` where each ``→_i``
@@ -253,7 +332,7 @@ class ScratchModel(PreTrainedModel):
         for i, block in enumerate(tr.h):
             attn = block.attn
             w, b = attn.c_attn.weight, attn.c_attn.bias
-            H = attn.num_heads
+            H, hd = attn.num_heads, attn.head_dim
             ax = block.ln_1(hx)
             if i < layer:  # x_q alone: its attention output is its value
                 vx = torch.addmm(b[2 * D:], ax, w[:, 2 * D:])
@@ -262,8 +341,8 @@ class ScratchModel(PreTrainedModel):
                 continue
             kx, vx = torch.addmm(b[D:], ax, w[:, D:]).split(D, dim=-1)  # [G, D] each
             G, s = ht.shape[0], ht.shape[1]
-            qt, kt, vt = attn.c_attn(block.ln_1(ht)).view(G, s, 3, H, D // H).unbind(2)  # [G, s, H, hd]
-            kxh, vxh = kx.view(G, 1, H, D // H), vx.view(G, 1, H, D // H)
+            qt, kt, vt = attn.c_attn(block.ln_1(ht)).view(G, s, 3, H, hd).unbind(2)  # [G, s, H, hd]
+            kxh, vxh = kx.view(G, 1, H, hd), vx.view(G, 1, H, hd)
             scores = torch.stack([(qt * kxh).sum(-1), (qt * kt).sum(-1)], dim=-1) * attn.scaling  # [G, s, H, 2]
             p = scores.softmax(-1)
             o = p[..., :1] * vxh + p[..., 1:] * vt
@@ -286,39 +365,6 @@ def causal_mask(T: int, device, dtype) -> torch.Tensor:
     if key not in _MASKS:
         _MASKS[key] = torch.full((T, T), float("-inf"), device=device, dtype=dtype).triu(1)
     return _MASKS[key]
-
-
-def _causal_block(block: nn.Module, h: torch.Tensor, mask: torch.Tensor, kernel: str,
-                  keep: torch.Tensor | None) -> torch.Tensor:
-    """One ``GPT2Block`` (pre-LN attention + MLP, the block's own parameters) on ``h [B, T, D]``; with ``keep``
-    only those columns' outputs (queries, attention output, MLP there; keys and values everywhere)."""
-    attn = block.attn
-    B, T, D = h.shape
-    H = attn.num_heads
-    hd = D // H
-    w, b = attn.c_attn.weight, attn.c_attn.bias
-    a = block.ln_1(h)
-    if keep is None:
-        q, k, v = torch.addmm(b, a.reshape(B * T, D), w).view(B, T, 3, H, hd).unbind(2)
-        rows = mask
-    else:
-        k, v = torch.addmm(b[D:], a.reshape(B * T, D), w[:, D:]).view(B, T, 2, H, hd).unbind(2)
-        a, h = a[:, keep], h[:, keep]
-        q = torch.addmm(b[:D], a.reshape(-1, D), w[:, :D]).view(B, -1, H, hd)
-        rows = mask[keep]
-    Tq = q.shape[1]
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
-    if kernel == "sdpa":
-        if keep is None:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=attn.scaling)
-    else:
-        scores = torch.baddbmm(rows.expand(B * H, Tq, T), q.reshape(B * H, Tq, hd),
-                               k.reshape(B * H, T, hd).transpose(1, 2), alpha=attn.scaling)
-        o = torch.bmm(scores.softmax(-1), v.reshape(B * H, T, hd)).view(B, H, Tq, hd)
-    h = h + attn.c_proj(o.transpose(1, 2).reshape(B, Tq, D))
-    return h + block.mlp(block.ln_2(h))
 
 
 def positions_for(k_max: int) -> int:

@@ -13,8 +13,9 @@ of the step, so a resumed run sees exactly the batches and weights an uninterrup
 launch with ``torchrun`` (DDP; gloo on CPU, nccl on GPU).
 
 The passes above are what :class:`Objective` computes; by default it computes them on the training fast path
-(``ScratchModel.fast_forward`` / ``fast_query_pass``: no hooks, the last layer only where a loss reads it, the
-query pass without the states θ overwrites), the HF forward with hooks being the reference (``fast=False``).
+(``ScratchModel.forward`` with ``keep``/``record``/``inject`` and ``fast_query_pass``: no hooks, the last layer only
+where a loss reads it, the query pass without the states θ overwrites), the plain forward with hooks being the
+reference (``fast=False``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 import taskvec.artifacts as A
+from taskvec.distributed import world
 from taskvec.errors import ConfigError, LayerError, NonFiniteError
 from taskvec.experiment import ExperimentConfig, read_config_file
 from taskvec.intervene import Edits, hooked
@@ -300,9 +302,10 @@ class Objective(nn.Module):
     the TVP pass runs only if ``need_tvp`` (for the log), without gradients, and the loss is ``L_ICL``.
 
     Args:
-        fast: the training fast path (:meth:`ScratchModel.fast_forward`, :meth:`ScratchModel.fast_query_pass`:
-            the same maths without the work no loss reads; used only where ``model.fast_path_ok()``).
-            ``False``: the HF forward with hooks (:func:`tvp_loss`, :func:`tvp_loss_shared`), the reference.
+        fast: the training fast path (``ScratchModel.forward`` with ``keep``/``record``/``inject``,
+            :meth:`ScratchModel.fast_query_pass`: the same maths without the work no loss reads; used only where
+            ``model.fast_path_ok()``). ``False``: the full forward with hooks (:func:`tvp_loss`,
+            :func:`tvp_loss_shared`), the reference.
         kernel: attention of the fast path, ``"sdpa"`` or ``"eager"``.
         compile: run the loss computation through ``torch.compile`` (one graph per sequence length and mode;
             λ stays outside, so a λ schedule costs no recompiles). Same maths; inductor may round differently.
@@ -358,8 +361,8 @@ class Objective(nn.Module):
         xs, ys = batch["xs"], batch["ys"]
         pl = self._plan(xs.shape[1])
         record = (cfg.tvp_layer, self._slots(batch, pl)) if want_theta else None
-        hidden, theta = model.fast_forward(model.embed(pl, xs, ys), keep=pl.pred.to(xs.device), record=record,
-                                           kernel=self.kernel)
+        out = model(model.embed(pl, xs, ys), keep=pl.pred.to(xs.device), record=record, kernel=self.kernel)
+        hidden, theta = out if record is not None else (out, None)
         return point_loss(model, model.readout(hidden), ys), theta
 
     def _icl_reference(self, batch, want_theta: bool):
@@ -393,9 +396,8 @@ class Objective(nn.Module):
             return point_loss(model, model.readout(model.fast_query_pass(cfg.tvp_layer, x_emb, th)), target)
         qp = query_plan(cfg.layout)  # *xy: [*, x_q] with θ written at * (position 0)
         emb = model.embed(qp, xq.reshape(-1, 1, *xq.shape[2:]), None)
-        hidden, _ = model.fast_forward(emb, keep=qp.pred.to(emb.device),
-                                       inject=(cfg.tvp_layer, int(qp.require_slot()[0]), theta.reshape(-1, d)),
-                                       kernel=self.kernel)
+        hidden = model(emb, keep=qp.pred.to(emb.device),
+                       inject=(cfg.tvp_layer, int(qp.require_slot()[0]), theta.reshape(-1, d)), kernel=self.kernel)
         return point_loss(model, model.readout(hidden[:, 0]), yq.reshape(-1))
 
 
@@ -447,20 +449,6 @@ def tvp_loss_shared(model: ScratchModel, layer: int, theta: torch.Tensor, xq: to
 
 
 # ----------------------------------------------------------------------------------------------- run dir
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _setup_dist(device: str) -> bool:
-    """Initialise torch.distributed if launched by torchrun with WORLD_SIZE > 1. Returns whether we did."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        return True
-    return False
 
 
 def checkpoints(out_dir: Path) -> list[Path]:
@@ -573,14 +561,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, device: s
     from taskvec.models.devices import resolve_device
 
     device = str(resolve_device(device))  # --device cuda without a GPU: one line, before any work
-    started_dist = _setup_dist(device)
-    rank, world = _dist()
-    try:
-        return _train(cfg, out_dir, resume, device, progress and rank == 0, tensorboard, on_step, rank, world,
+    with world("nccl" if device.startswith("cuda") else "gloo") as w:
+        return _train(cfg, out_dir, resume, device, progress and w.rank == 0, tensorboard, on_step, w.rank, w.size,
                       compile=compile)
-    finally:
-        if started_dist:
-            dist.destroy_process_group()
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
@@ -617,7 +600,6 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
         model = ScratchModel.from_pretrained(last_ckpt)
         state = torch.load(last_ckpt / A.TRAINER_STATE, weights_only=False)
         start, opt_state = state["step"], state["optimizer"]
-    model.freeze_unused()
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg.lr)
