@@ -8,7 +8,7 @@ import pytest
 
 from taskvec.claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimRules, combine, greater, less,
                             verdict_grid, verdicts)
-from taskvec.stats import bootstrap_ci, mean_ci, wilson
+from taskvec.stats import bootstrap_ci, mean_ci, percentile_ci, wilson
 
 L = 12
 
@@ -84,6 +84,8 @@ def test_intervals():
     est, lo, hi = bootstrap_ci(lambda a: a.mean(), [x], seed=0)
     assert lo < est < hi and lo > 0.7 and hi < 1.3
     assert bootstrap_ci(lambda a: a.mean(), [x], seed=0) == (est, lo, hi)  # seeded: reproducible
+    assert percentile_ci(np.r_[np.arange(1.0, 1001.0), np.nan, np.inf]) == pytest.approx((25.975, 975.025))
+    assert all(map(np.isnan, percentile_ci([np.nan])))
 
 
 def test_c1_global_matches_icl_on_a_knowledge_task():

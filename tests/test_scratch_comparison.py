@@ -13,9 +13,10 @@ import pytest
 from taskvec.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from taskvec.errors import ConfigError, EmptyInputError, TooFewTrialsError
 import taskvec.scratch.comparison as comparison
-from taskvec.scratch.comparison import (NOT_REPRODUCED, PREDATES, ComparisonConfig, aggregate, below_paper_scale,
-                                        claim_overall, load, markdown_summary, seed_table,
-                                        statistic_shown, task_label, verdict_overview, verdict_shown, verdicts)
+from taskvec.claims.from_scratch import MIN_ICL_GAIN, NOT_REPRODUCED, PREDATES, claim_overall
+from taskvec.scratch.comparison import (ComparisonConfig, aggregate, below_paper_scale, load, markdown_summary,
+                                        seed_table, statistic_shown, task_label, verdict_overview, verdict_shown,
+                                        verdicts)
 from taskvec.kinds import run_comparison
 from taskvec.stats import or_nan, t_ci, welch_ci
 
@@ -282,7 +283,7 @@ def test_linear_regression_is_named_with_its_dimension(monkeypatch):
 
 
 def test_s_is_undefined_unless_icl_beats_zero_shot_clearly():
-    from taskvec.scratch.evaluate import MIN_ICL_GAIN, strengths
+    from taskvec.scratch.evaluate import strengths
 
     assert strengths(1.0, 0.5, [0.5, 1.0, 0.75]) == [1.0, 0.0, 0.5]
     near = 1.0 - 0.5 * MIN_ICL_GAIN  # ICL 5% better than zero-shot: S would be 1 / 0.05 = 20× the error gap

@@ -101,6 +101,16 @@ def bootstrap_ci(
     return estimate, float(low), float(high)
 
 
+def percentile_ci(samples) -> tuple[float, float]:
+    """``(low, high)``: the 95% percentile interval of bootstrap ``samples`` (non-finite ones dropped; NaN when
+    none is left). For resamples drawn by the caller, e.g. shared by several statistics of the same prompts."""
+    s = np.asarray(samples, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))
+
+
 def adjusted_p(p, method: str = "holm") -> np.ndarray:
     """Multiplicity-adjusted p-values of one family: Holm's step-down (family-wise error) or Benjamini–Hochberg
     (false discovery rate). NaN entries are not in the family and stay NaN."""

@@ -19,14 +19,6 @@ from taskvec.errors import ConfigError, TooFewTrialsError
 C8_FACTORS = ("length", "class", "word")
 
 
-def _percentile_ci(samples: np.ndarray) -> tuple[float, float]:
-    s = np.asarray(samples, dtype=float)
-    s = s[np.isfinite(s)]
-    if s.size == 0:
-        return float("nan"), float("nan")
-    return float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))
-
-
 def _metric(ablation: pd.DataFrame) -> str:
     return "label_correct" if "label_correct" in ablation and ablation["label_correct"].notna().any() else "correct"
 
@@ -42,7 +34,7 @@ def ablation_summary(ablation: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
         :func:`taskvec.stats.mean_ci`), ``full_accuracy`` (full-vocabulary argmax) and ``cost, cost_low,
         cost_high``: accuracy without ablation minus with it, paired percentile bootstrap over prompts.
     """
-    from taskvec.stats import mean_ci, or_nan
+    from taskvec.stats import mean_ci, or_nan, percentile_ci
 
     if ablation.empty:
         return pd.DataFrame()
@@ -65,7 +57,7 @@ def ablation_summary(ablation: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
                 ok = np.isfinite(diff)
                 boot = diff[idx].mean(1) if ok.all() else np.array([np.nanmean(diff[i]) for i in idx])
                 row["cost"] = float(np.nanmean(diff))
-                row["cost_low"], row["cost_high"] = _percentile_ci(boot)
+                row["cost_low"], row["cost_high"] = percentile_ci(boot)
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -34,6 +34,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 import taskvec.artifacts as A
+from taskvec.claims.from_scratch import MIN_ICL_GAIN
 from taskvec.errors import ConfigError, LayerError
 from taskvec.experiment import ExperimentConfig
 from taskvec.runs import write_text_atomic
@@ -373,11 +374,6 @@ def layer_sweep(model: ScratchModel, task: Task, layout: str, k: int, n: int, ge
     out["strength"] = strengths(zero, icl_k, out["tvp"])
     out["best_layer"] = int(np.argmin(out["tvp"]))
     return out
-
-
-MIN_ICL_GAIN = 0.1
-"""S(l) is defined only for a model whose ICL removes at least this fraction of its zero-shot error: below that,
-the denominator of S is within the noise of the two errors (a model 3 % better than zero-shot gave S = 22.7)."""
 
 
 def strengths(zero: float, icl: float, errs: list[float]) -> list[float]:
