@@ -74,3 +74,48 @@ def test_an_analysis_command_runs_and_its_config_json_reruns_it(tmp_path, tiny_l
     assert out.exit_code == 0, out.stderr[-2000:]
     a, b = (json.loads((d / "config.json").read_text())["config"] for d in (first, second))
     assert b == {**a, "top": 3}
+
+
+def test_every_run_kind_has_its_command_registered_from_the_registry():
+    """One command per kind of ``KINDS`` (from ``cli.KIND_COMMANDS``, registered in the registry's order), each
+    answering ``--help``; ``taskvec kinds`` lists them with their config classes."""
+    from taskvec.cli import KIND_COMMANDS
+    from taskvec.kinds import KINDS
+
+    assert set(KIND_COMMANDS) == set(KINDS)
+    listed = cli("kinds")
+    assert listed.exit_code == 0
+    for name, (group, word, _) in KIND_COMMANDS.items():
+        words = [group, word] if group else [word]
+        assert cli(*words, "--help").exit_code == 0, name
+        line = next(x for x in listed.stdout.splitlines() if x.split()[0] == name)
+        assert f"taskvec {' '.join(words)}" in line and KINDS[name].config.__name__ in line
+
+
+def test_taskvec_run_reruns_any_kind_from_its_config_json(tmp_path):
+    """``taskvec run RUN/config.json --out NEW`` reruns a run of any kind (here a tiny training run) with the same
+    config: the same logged numbers, and a report. A file that names no kind needs ``--kind``; mistakes are one
+    line."""
+    first = tmp_path / "first"
+    out = cli("train", "--out", first, "--preset", "tiny", "--dim", "4", "--k-max", "4", "--batch-size", "8",
+              "--steps", "3", "--log-every", "1", "--no-tensorboard")
+    assert out.exit_code == 0, out.stderr[-2000:]
+    again = tmp_path / "again"
+    out = cli("run", first / "config.json", "--out", again)
+    assert out.exit_code == 0, out.stderr[-2000:]
+    assert "train run:" in out.stdout and (again / "report.html").exists()
+    a, b = (json.loads((d / "config.json").read_text()) for d in (first, again))
+    assert a["config"] == b["config"] and b["kind"] == "train"
+    logs = [[{k: v for k, v in json.loads(x).items() if k in ("step", "loss", "icl_loss", "tvp_loss", "icl_err")}
+             for x in (d / "log.jsonl").read_text().splitlines()] for d in (first, again)]
+    assert logs[0] == logs[1] and len(logs[0]) == 3
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("preset: tiny\nsteps: 2\n")
+    out = cli("run", plain, "--out", tmp_path / "x")
+    assert out.exit_code == 2 and out.stderr.startswith(f"error: {plain} does not name its run kind: give --kind")
+    out = cli("run", plain, "--out", tmp_path / "x", "--kind", "nonsense")
+    assert out.exit_code == 2 and "unknown run kind 'nonsense'" in out.stderr
+    out = cli("run", plain)
+    assert out.exit_code == 2 and "needs --out" in out.stderr
+    assert not (tmp_path / "x").exists()

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import taskvec.scratch.evaluate as ev
 from taskvec.errors import ConfigError, LayerError
 from taskvec.runs import RunStore
-from taskvec.scratch.cli import app
+from taskvec.cli import app
 from taskvec.scratch.evaluate import (CompressConfig, EvalConfig, blocked_query_predictions, compress_model,
                                       evaluate_model, icl_predictions, query_with_vectors, separability,
                                       task_vectors)

@@ -141,7 +141,7 @@ def test_ddp_two_processes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "taskvec.scratch.cli", "train", "--out", str(out), "--preset", "tiny", "--dim", "4",
+           "-m", "taskvec", "train", "--out", str(out), "--preset", "tiny", "--dim", "4",
            "--k-max", "4", "--batch-size", "8", "--steps", "3", "--tvp-layer", "1", "--log-every", "1",
            "--save-every", "2", "--no-tensorboard"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -196,7 +196,7 @@ def test_tvp_schedule_needs_a_tvp_loss_and_cli_says_so_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="schedules the TVP-loss, but this run has none"):
         load_config(tvp_schedule="warmup:10")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "taskvec.scratch.cli", "train", "--out", str(tmp_path / "r"),
+    proc = subprocess.run([sys.executable, "-m", "taskvec", "train", "--out", str(tmp_path / "r"),
                            "--tvp-layer", "1", "--tvp-schedule", "warmup:soon"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and not (tmp_path / "r").exists()

@@ -6,6 +6,11 @@
     taskvec report RUN_DIR
     taskvec saliency | dpca | heads ...          (taskvec.analysis.cli)
     taskvec train | evaluate | compare | compress ...   (taskvec.scratch.cli)
+    taskvec run CONFIG --out DIR [--kind K]      any kind from a config file (a run's config.json reruns it)
+    taskvec kinds                                the kinds of run, their commands and configs
+
+Every kind of run (:data:`taskvec.kinds.KINDS`) has its command here, registered from the registry
+(:data:`KIND_COMMANDS`); ``taskvec run`` runs any of them from a config file.
 
 Every user mistake prints ``error: <one line>`` and exits with code 2.
 """
@@ -131,7 +136,6 @@ def _csv(text: Optional[str]) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
-@study_app.command("local-global")
 @friendly
 def study_local_global(
     model: Optional[str] = typer.Option(None, help="named offline model, local checkpoint or cached HF id "
@@ -242,20 +246,82 @@ def methods(run_dir: Path = typer.Argument(..., help="a study run directory (tas
         typer.echo(f"written: {csv}")
 
 
-def _mount(sub: typer.Typer) -> None:
-    for command in sub.registered_commands:
-        app.registered_commands.append(command)
+@app.command("run")
+@friendly
+def run_config(
+    config: Path = typer.Argument(..., help="a config file (JSON/YAML) of any run kind, or a run's config.json"),
+    out: Optional[str] = typer.Option(None, help="the run directory to write (required)"),
+    kind: Optional[str] = typer.Option(None, help="the run kind, when the file does not name it (a run's "
+                                                  "config.json does)"),
+    resume: bool = typer.Option(False, help="continue a killed run in --out (same config); finished units are kept"),
+) -> None:
+    """Run any kind of run from a config file, and write its report: `taskvec run runs/X/config.json --out runs/Y`
+    reruns X (same config, seed and model name) into Y. The kinds are those of `taskvec kinds`."""
+    import yaml
+
+    from taskvec.cli_errors import check_out
+    from taskvec.errors import ConfigError
+    from taskvec.experiment import read_config_file
+    from taskvec.kinds import KINDS, kind_named, run
+
+    out_dir = check_out(out, resume)
+    if out_dir is None:
+        raise ConfigError("taskvec run needs --out: the run directory to write, e.g. --out runs/NAME")
+    fields = read_config_file(config)
+    named = kind
+    if named is None and config.exists():
+        raw = yaml.safe_load(config.read_text())
+        named = raw.get("kind") if isinstance(raw, dict) else None
+    if named is None:
+        raise ConfigError(f"{config} does not name its run kind: give --kind, one of {', '.join(KINDS)}")
+    k = kind_named(named)
+    fields = {f: v for f, v in fields.items() if f != "kind"}
+    run_dir = run(k.config.from_dict(fields), out_dir, resume=resume)
+    typer.echo(f"{k.name} run: {run_dir}\nreport: {run_dir / A.REPORT}")
 
 
-def _mount_all() -> None:
-    from taskvec.analysis.cli import app as analysis_app
-    from taskvec.scratch.cli import app as scratch_app
+@app.command("kinds")
+@friendly
+def kinds() -> None:
+    """The kinds of run: each one's command, config class and what its directory holds."""
+    from taskvec.kinds import KINDS
 
-    _mount(analysis_app)
-    _mount(scratch_app)
+    rows = [(k.name, "taskvec " + " ".join(w for w in KIND_COMMANDS[k.name][:2] if w), k.config.__name__,
+             ", ".join(k.artifacts)) for k in KINDS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
 
 
-_mount_all()
+def _kind_commands() -> dict:
+    from taskvec.analysis import cli as analysis_cli
+    from taskvec.scratch import cli as scratch_cli
+
+    return {"study": ("study", "local-global", study_local_global), "saliency": (None, "saliency",
+            analysis_cli.saliency), "dpca": (None, "dpca", analysis_cli.dpca), "heads": (None, "heads",
+            analysis_cli.heads), "train": (None, "train", scratch_cli.train), "evaluate": (None, "evaluate",
+            scratch_cli.evaluate), "compare": (None, "compare", scratch_cli.compare)}
+
+
+KIND_COMMANDS: dict = _kind_commands()
+"""Run kind → (command group or None, command, the function behind it): the face of every kind of
+:data:`taskvec.kinds.KINDS`, registered below in the registry's order; a kind without one stops the import."""
+
+
+def _register() -> None:
+    from taskvec.kinds import KINDS
+    from taskvec.scratch import cli as scratch_cli
+
+    if set(KIND_COMMANDS) != set(KINDS):
+        raise RuntimeError(f"taskvec.cli: the run kinds {sorted(set(KINDS) ^ set(KIND_COMMANDS))} need a command "
+                           "in KIND_COMMANDS (and only they)")
+    for name in KINDS:
+        group, word, fn = KIND_COMMANDS[name]
+        (study_app if group == "study" else app).command(word)(fn)
+    app.command("compress")(scratch_cli.compress)  # not a run kind: prints its numbers, writes no directory
+
+
+_register()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""CLI commands ``taskvec saliency | dpca | heads`` (typer). The lead mounts :data:`app`'s commands in the main CLI;
-run alone with ``python -m taskvec.analysis.cli --help``.
+"""The commands ``taskvec saliency | dpca | heads``: the faces of the analysis kinds, registered by
+:mod:`taskvec.cli` from the registry of run kinds (each flag a field of the kind's config).
 
 User mistakes (:class:`~taskvec.errors.TaskvecError`) print ``error: <message>`` and exit with code 2.
 """
@@ -12,10 +12,6 @@ import typer
 
 import taskvec.artifacts as A
 from taskvec.cli_errors import check_out, check_separator, friendly
-
-app = typer.Typer(help="Analyses: saliency flows, dPCA with subspace ablation, head attribution.",
-                  no_args_is_help=True, add_completion=False)
-
 
 def _ints(text: Optional[str], option: str = "--layers", what: str = "layer") -> list[int] | None:
     """``"0,4,8"`` or ``"2-6"`` -> list of ints; ``None`` stays ``None``; ``""`` is the empty list.
@@ -68,7 +64,6 @@ def _out(out: Optional[str], cfg, resume: bool) -> Path:
     return check_out(out, resume) or Path("runs") / f"{cfg.kind}-{cfg.model.replace('/', '_')}-{task}-s{cfg.seed}"
 
 
-@app.command()
 @friendly
 def saliency(
     model: Optional[str] = MODEL,
@@ -109,7 +104,6 @@ def _shrinkage(text: Optional[str]) -> float | str | None:
         raise ParseError(f"--shrinkage must be 'auto' or a number in [0, 1], got {text!r}") from None
 
 
-@app.command()
 @friendly
 def dpca(
     model: Optional[str] = MODEL,
@@ -148,7 +142,6 @@ def dpca(
     typer.echo(f"dPCA written to {path}\nreport: {path / A.REPORT}")
 
 
-@app.command()
 @friendly
 def heads(
     model: Optional[str] = MODEL,
@@ -191,9 +184,3 @@ def heads(
         local_layer=local_layer, n_select=n_select, null_task=null_task, separator=separator))
     path = run_heads(cfg, _out(out, cfg, resume), resume=resume)
     typer.echo(f"heads written to {path}\nreport: {path / A.REPORT}")
-
-
-if __name__ == "__main__":
-    from taskvec.cli_errors import run_app
-
-    run_app(app)

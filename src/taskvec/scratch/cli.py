@@ -1,10 +1,9 @@
-"""Command line for from-scratch models: ``train``, ``evaluate``, ``compare``, ``compress``.
-
-Standalone: ``python -m taskvec.scratch.cli train --out runs/v --steps 1000``; mounted in the main CLI as
-``taskvec train`` / ``taskvec evaluate`` / ``taskvec compare`` / ``taskvec compress``. Each command builds its pydantic config
-(``TrainConfig``, ``EvalConfig``, ``CompressConfig``: they hold every default; a flag given overrides ``--config``,
-a flag not given never does) and calls the API (``train``, ``run_evaluation``, ``compress_model``).
-Multi-process: ``torchrun --nproc_per_node 2 -m taskvec.scratch.cli train ...``. User mistakes print
+"""The commands for from-scratch models: ``taskvec train | evaluate | compare`` (the faces of those run kinds,
+registered by :mod:`taskvec.cli` from the registry of run kinds) and ``taskvec compress``. Each command builds its
+pydantic config (``TrainConfig``, ``EvalConfig``, ``CompressConfig``: they hold every default; a flag given
+overrides ``--config``, a flag not given never does) and calls the API (``train``, ``run_evaluation``,
+``compress_model``).
+Multi-process: ``torchrun --nproc_per_node 2 -m taskvec train ...``. User mistakes print
 ``error: <one line>`` and exit with code 2.
 """
 from __future__ import annotations
@@ -18,10 +17,6 @@ import typer
 
 import taskvec.artifacts as A
 from taskvec.cli_errors import check_at_least, check_out, friendly
-
-app = typer.Typer(help="Train and evaluate from-scratch ICL models (task vectors, TVP-loss).",
-                  no_args_is_help=True, add_completion=False)
-
 
 def _check_model_dir(path: Path) -> None:
     """A missing or non-model directory fails here, before any work."""
@@ -52,7 +47,6 @@ def _renamed_flag(old: str, new: str, value) -> None:
         raise ConfigError(f"{old} is now {new}")
 
 
-@app.command()
 @friendly
 def train(
     out: str = typer.Option(..., help="run directory: config.json, results.jsonl (the logged curve), logs, "
@@ -125,7 +119,6 @@ def train(
         typer.echo(f"model saved to {final}")
 
 
-@app.command()
 @friendly
 def evaluate(
     model: Optional[list[Path]] = typer.Option(None, help="from-scratch model directory, e.g. runs/NAME/model "
@@ -172,7 +165,6 @@ def evaluate(
     typer.echo(f"results: {run_dir / A.EVAL_RESULTS}\nreport:  {run_dir / A.REPORT}")
 
 
-@app.command()
 @friendly
 def compare(
     out: str = typer.Option(..., help="run directory: config.json, results.jsonl, models/ (one training run per "
@@ -210,7 +202,6 @@ def compare(
     typer.echo(f"verdicts: {run_dir / A.VERDICTS}\nreport:   {run_dir / A.REPORT}")
 
 
-@app.command()
 @friendly
 def compress(
     model: Path = typer.Option(..., help="from-scratch model directory (ideally TVP-trained)"),
@@ -240,9 +231,3 @@ def compress(
     cfg = config_from(CompressConfig, config, dict(k=k, layer=layer, n_tasks=n_tasks, n_queries=n_queries,
                                                    seed=seed, device=device))
     typer.echo(json.dumps(compress_model(_load_model(model), cfg), indent=1))
-
-
-if __name__ == "__main__":
-    from taskvec.cli_errors import run_app
-
-    run_app(app)
