@@ -447,6 +447,31 @@ def test_dpca_run_on_the_tiny_llama(tiny_llama, tmp_path):
     backend = matplotlib.get_backend()
     files = plot_dpca(DPCAResult(per_layer, ablation, baselines, probes=probes, c8=c8), tmp_path / "again")
     assert all(f.exists() for f in files) and matplotlib.get_backend() == backend
+    _packed_runs_read_alike(tmp_path / "run", tmp_path / "packed")
+
+
+def _packed_runs_read_alike(run, packed):
+    """The store holds one unit per table (``dpca/<task>/<part>``, C8 as a nested row, no JSON string inside); a
+    run of the format before (every table packed into ``dpca/<task>`` with a ``table`` column and ``c8_json``) gives
+    the same tables."""
+    import shutil
+
+    from taskvec.analysis.tables import DPCA_PARTS, dpca_tables
+
+    records = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    assert [r["unit"] for r in records] == [f"dpca/simple_string/{p}" for p in DPCA_PARTS]
+    assert isinstance(records[-1]["rows"][0]["c8"], dict) and "c8_json" not in records[-1]["rows"][0]
+    old_name = {"probes": "probe"}
+    rows = [dict(row, table=old_name.get(r["unit"].split("/")[-1], r["unit"].split("/")[-1]))
+            for r in records[:-1] for row in r["rows"]]
+    rows.append({"table": "c8", "c8_json": json.dumps(records[-1]["rows"][0]["c8"])})
+    shutil.copytree(run, packed)
+    (packed / "results.jsonl").write_text(json.dumps({"unit": "dpca/simple_string", "rows": rows,
+                                                      "config_hash": records[0]["config_hash"]}) + "\n")
+    new, old = dpca_tables(run), dpca_tables(packed)
+    for name in ("per_layer", "ablation", "ablation_summary", "probes", "baselines", "c8"):
+        assert old[name].shape == new[name].shape, name
+        pd.testing.assert_frame_equal(old[name].astype(str), new[name].astype(str), check_like=True)
 
 
 @pytest.mark.slow

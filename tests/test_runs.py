@@ -149,6 +149,25 @@ def test_a_lock_is_released_when_the_store_goes_away(tmp_path):
     assert not (run / LOCK).exists()
 
 
+def test_one_computation_of_several_units_runs_until_every_unit_is_stored(tmp_path):
+    """``run_units``: one call makes every unit (the first carries the wall time); a run killed after some were
+    appended recomputes once and appends only the missing ones; when all are done it does not run."""
+    store = _store(tmp_path / "run")
+    calls = []
+
+    def make():
+        calls.append(1)
+        return {"t/a": [{"x": 1}], "t/b": [{"x": 2}, {"x": 3}]}
+
+    store.append("t/a", [{"x": 1}])  # as if killed between the two appends
+    assert store.run_units(["t/a", "t/b"], make) and len(calls) == 1
+    assert not store.run_units(["t/a", "t/b"], make) and len(calls) == 1
+    records = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert [r["unit"] for r in records] == ["t/a", "t/b"] and records[1]["rows"] == [{"x": 2}, {"x": 3}]
+    assert records[1]["seconds"] >= 0
+    store.close()
+
+
 def test_a_failed_run_is_replaced_by_a_rerun_and_resumed_by_resume(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

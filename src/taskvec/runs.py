@@ -548,7 +548,14 @@ class RunStore:
     def run_unit(self, unit: str, fn: Callable[[], list[dict]], **info: Any) -> bool:
         """Run ``fn`` unless ``unit`` is done; append its rows with the wall time it took (``seconds``).
         Returns whether it ran. A unit that raises marks the run failed (:func:`mark_failed`)."""
-        if self.done(unit):
+        return self.run_units([unit], lambda: {unit: fn()}, **info)
+
+    def run_units(self, units: list[str], fn: Callable[[], dict[str, list[dict]]], **info: Any) -> bool:
+        """One computation that makes several units (e.g. one analysis, one table per unit): run ``fn`` unless
+        every unit is done, and append the rows ``fn()[unit]`` of each unit not done yet, the first with the wall
+        time (``seconds``), the others with 0. Returns whether it ran. A unit that raises marks the run failed."""
+        todo = [u for u in units if not self.done(u)]
+        if not todo:
             return False
         start = time.perf_counter()
         try:
@@ -556,7 +563,9 @@ class RunStore:
         except Exception as err:
             mark_failed(self.path, err)
             raise
-        self.append(unit, rows, seconds=round(time.perf_counter() - start, 3), **info)
+        seconds = round(time.perf_counter() - start, 3)
+        for i, unit in enumerate(todo):
+            self.append(unit, rows[unit], seconds=seconds if i == 0 else 0.0, **info)
         return True
 
     def timings(self) -> dict[str, float]:

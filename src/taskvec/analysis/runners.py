@@ -3,7 +3,7 @@ tables (parquet) and figures (PNG + SVG). The CLI (:mod:`taskvec.analysis.cli`) 
 ``--with-analyses`` call these.
 
 Each function returns the run directory. Units (resumable with ``resume=True``):
-``saliency/<task>/<chunk>``, ``dpca/<task>``, ``heads/<task>/<mode>``.
+``saliency/<task>/<chunk>``, ``dpca/<task>/<table>``, ``heads/<task>/<mode>``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 import taskvec.artifacts as A
-from taskvec.analysis.tables import dpca_tables, head_rankings, heads_tables, one_row, saliency_tables
+from taskvec.analysis.tables import (DPCA_PARTS, dpca_tables, head_rankings, heads_tables, one_row,
+                                     saliency_tables)
 from taskvec.experiment import ModelExperimentConfig, nonempty_separator, open_store
 from taskvec.runs import RunStore, save_table, write_text_atomic
 
@@ -254,7 +255,8 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path, resume: bool = False, lm=
 
 
 def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, progress: bool = True) -> Path:
-    """dPCA + Mahalanobis + subspace ablation with controls and probes + C8 statistics. Unit: ``dpca/<task>``.
+    """dPCA + Mahalanobis + subspace ablation with controls and probes + C8 statistics. One analysis, stored as one
+    unit per table: ``dpca/<task>/<part>`` for each part of :data:`~taskvec.analysis.tables.DPCA_PARTS`.
 
     ``k=None`` (default) ablates the whole marginal subspaces (length: ``n_lengths - 1`` axes, label:
     ``n_labels - 1``); an int ``k`` takes ``min(k, levels - 1)`` axes of both. Writes:
@@ -278,18 +280,17 @@ def run_dpca(cfg: DPCAConfig, out: str | Path, resume: bool = False, lm=None, pr
                                      cfg.task_params)
     store = open_store(cfg, out, resume, lm)  # once the task and its trials are drawn
 
-    def unit():
+    units = {part: f"dpca/{task_name}/{part}" for part in DPCA_PARTS}  # one analysis, a unit per table
+
+    def analysis() -> dict[str, list[dict]]:
         res = dpca_analysis(lm, trials, task=task, template=template, layers=cfg.layers, k=cfg.k,
                             regularizer=cfg.regularizer, shrinkage=cfg.shrinkage, ablate_layers=cfg.ablate_layers,
                             seed=cfg.seed, progress=progress, n_boot=cfg.n_boot, probe_folds=cfg.probe_folds)
-        rows = [dict(r, table="per_layer") for r in res.per_layer.to_dict("records")]
-        rows += [dict(r, table="ablation") for r in res.ablation.to_dict("records")]
-        rows += [dict(r, table="probe") for r in res.probes.to_dict("records")]
-        rows.append({"table": "baselines", **res.baselines})
-        rows.append({"table": "c8", "c8_json": json.dumps(res.c8)})
-        return rows
+        rows = {"per_layer": res.per_layer.to_dict("records"), "ablation": res.ablation.to_dict("records"),
+                "probes": res.probes.to_dict("records"), "baselines": [res.baselines], "c8": [{"c8": res.c8}]}
+        return {units[part]: rows[part] for part in DPCA_PARTS}
 
-    store.run_unit(f"dpca/{task_name}", unit)
+    store.run_units(list(units.values()), analysis)
     tables = dpca_tables(store.path)  # the exports, for other tools: the report reads the tables, not these
     save_table(tables["per_layer"], store.path / A.DPCA_PER_LAYER)
     save_table(tables["ablation"], store.path / A.DPCA_ABLATION)

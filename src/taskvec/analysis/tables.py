@@ -49,12 +49,27 @@ def saliency_tables(run_dir: str | Path) -> Tables:
 
 
 # --------------------------------------------------------------------------------------------------- dPCA
-def _dpca_part(results: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The rows of one of the tables the dPCA unit packs into the store (column ``table``), whole-number columns
-    as ints again (a JSONL round trip with NaN-padded rows makes them floats)."""
-    if results.empty or "table" not in results:
+DPCA_PARTS = ("per_layer", "ablation", "probes", "baselines", "c8")
+"""The dPCA run's tables, each stored as its own unit ``dpca/<task>/<part>`` (one analysis makes them all)."""
+_PACKED = {"probes": "probe"}
+"""Runs before that packed every table into one unit ``dpca/<task>`` with a ``table`` column (``probe`` for probes,
+the C8 statistics as a JSON string ``c8_json``): still read."""
+
+
+def _rows_of(results: pd.DataFrame, part: str) -> pd.DataFrame:
+    """The store rows of one dPCA table: its unit's, or in a packed run the rows its ``table`` column names."""
+    if results.empty or "unit" not in results:
         return pd.DataFrame()
-    df = results[results.table == name].dropna(axis=1, how="all").drop(columns=["table", "unit"], errors="ignore")
+    rows = results[results["unit"].str.endswith(f"/{part}")]
+    if rows.empty and "table" in results:
+        rows = results[(results["table"] == _PACKED.get(part, part)) & ~results["unit"].str.count("/").gt(1)]
+    return rows
+
+
+def _dpca_part(results: pd.DataFrame, name: str) -> pd.DataFrame:
+    """One dPCA table from the store rows, whole-number columns as ints again (a JSONL round trip with NaN-padded
+    rows makes them floats)."""
+    df = _rows_of(results, name).dropna(axis=1, how="all").drop(columns=["table", "unit"], errors="ignore")
     for col in _INT_COLUMNS:
         if col in df:
             df[col] = df[col].astype(int)
@@ -64,11 +79,14 @@ def _dpca_part(results: pd.DataFrame, name: str) -> pd.DataFrame:
 def _dpca_c8(results: pd.DataFrame) -> pd.DataFrame:
     """The C8 statistics (:func:`~taskvec.analysis.dpca_c8.c8_statistics`) as one row whose cells hold the
     nested values; a finished run of an older protocol (no statistics) gives one row of no columns, a run whose
-    unit has not finished no row."""
-    if results.empty or "table" not in results:
-        return pd.DataFrame()
-    rows = results[results.table == "c8"] if "c8_json" in results else pd.DataFrame()
-    return pd.DataFrame([json.loads(rows["c8_json"].iloc[0]) if len(rows) else {}])
+    analysis has not finished no row."""
+    rows = _rows_of(results, "c8")
+    if len(rows) and "c8" in rows:
+        return pd.DataFrame([rows["c8"].iloc[0] or {}])
+    if len(rows) and "c8_json" in rows:
+        return pd.DataFrame([json.loads(rows["c8_json"].iloc[0])])
+    finished_packed = "table" in results and not _rows_of(results, "per_layer").empty
+    return pd.DataFrame([{}]) if finished_packed else pd.DataFrame()
 
 
 def dpca_tables(run_dir: str | Path) -> Tables:
@@ -95,7 +113,7 @@ def dpca_tables(run_dir: str | Path) -> Tables:
         "per_layer": lambda: _dpca_part(t["results"], "per_layer"),
         "ablation": lambda: _dpca_part(t["results"], "ablation"),
         "ablation_summary": summary,
-        "probes": lambda: _dpca_part(t["results"], "probe"),
+        "probes": lambda: _dpca_part(t["results"], "probes"),
         "baselines": baselines,
         "c8": lambda: _dpca_c8(t["results"]),
     })
