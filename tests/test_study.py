@@ -385,6 +385,9 @@ def test_task_files_go_by_their_stem_and_keep_their_path_in_the_run_record(tiny_
     assert (out / "vectors" / "capitals-2.safetensors").exists()
     md = markdown_summary(out)
     assert "| claim | capitals | capitals-2 |" in md and str(tmp_path) not in md
+    for export in ("summary.csv", "evaluation.csv"):  # exports for other tools: the summary reads the store
+        (out / export).write_text("task,what\nnonsense,0\n")
+    assert markdown_summary(out) == md
     saved = json.loads((out / "config.json").read_text())
     assert saved["config"]["tasks"] == [f"file:{a}", f"file:{b}"]
     assert saved["task_files"] == {

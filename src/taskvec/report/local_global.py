@@ -20,70 +20,8 @@ from taskvec.errors import ConfigError
 from taskvec.report.html import Page, anchor
 from taskvec.report.runs import ANALYSES, write_analysis_report
 from taskvec.runs import atomic_path, read_saved, remove_stale_temps, slug
-from taskvec.study_tables import n_layers_of, rules_of, study_tables
+from taskvec.study_tables import baselines, n_layers_of, rules_of, study_tables
 from taskvec.stats import mean_ci, summarize, welch_ci
-
-EVAL_VECTORS = [  # (experiment, vector, what it is)
-    ("global", "global", "global vector → zero-shot"),
-    ("global", "demo_separators", "demonstrations' separator states → zero-shot (role-matched)"),
-    ("global", "random", "control: norm-matched random → zero-shot"),
-    ("global", "other_task", "control: other task's global vector → zero-shot"),
-    ("local", "local", "local vectors → dummy prompt"),
-    ("local", "token_control", "token-identity control: same answer word, other prompt"),
-    ("local", "pos_avg", "Pos Avg → dummy prompt"),
-    ("local", "trial_avg", "Trial Avg (same label mapping) → dummy prompt"),
-    ("local", "trial_avg_mixed", "null control: Trial Avg across mappings"),
-    ("local", "shuffled_slots", "null control: own local vectors in shuffled slots"),
-    ("local", "slot_mean", "null control: the dummy's slot means"),
-    ("local", "other_task", "null control: other task's local vectors"),
-    ("local", "dummy", "dummy prompt unpatched"),
-    ("mediation", "mediated", "mediation: query state of the locally patched dummy → zero-shot"),
-    ("mediation", "dummy_query", "mediation null: query state of the unpatched dummy → zero-shot"),
-    ("function_vector", "function_vector", "function vector (top-k heads) added → zero-shot"),
-    ("function_vector", "random_heads", "null control: k random heads' mean outputs added → zero-shot"),
-    ("function_vector", "other_task", "null control: other task's means of the same heads added → zero-shot"),
-    ("function_vector", "shuffled", "shuffled-label ICL prompt unpatched"),
-    ("function_vector", "function_vector_shuffled", "function vector added → shuffled-label ICL prompt"),
-    ("function_vector", "natural_clean", "natural-text template, generated (answer in the first tokens)"),
-    ("function_vector", "natural_fv", "function vector added → natural-text template, generated"),
-]
-
-
-def _baselines(t: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
-    out = {}
-    icl = t[t.experiment == "icl"]
-    if not icl.empty:
-        out["ICL"] = mean_ci(icl[icl.n_demos == icl.n_demos.max()].score)
-        if (icl.n_demos == 0).any():
-            out["zero-shot"] = mean_ci(icl[icl.n_demos == 0].score)
-    chance = t[t.experiment == "chance"]
-    if not chance.empty:
-        out["chance"] = (float(chance.score.iloc[0]),) * 3
-    return out
-
-
-def evaluation_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Evaluation-split accuracy with 95% Wilson intervals per task and vector (at the selected layer)."""
-    rows = []
-    for task, t in table.groupby("task", sort=False):
-        kind = t.kind.iloc[0]
-        icl = t[t.experiment == "icl"]
-        counts = {"ICL": int((icl.n_demos == icl.n_demos.max()).sum()) if not icl.empty else 0,
-                  "zero-shot": int((icl.n_demos == 0).sum()) if not icl.empty else 0}
-        for name, (m, lo, hi) in _baselines(t).items():
-            rows.append(dict(task=task, kind=kind, what=name, layer=None, accuracy=m, low=lo, high=hi,
-                             n=counts.get(name)))
-        ev = t[(t.get("split") == "eval") & (t.get("span").isin(["single", "none"]))]
-        for exp, vec, what in EVAL_VECTORS:
-            sel = ev[(ev.experiment == exp) & (ev.vector == vec)]
-            if sel.empty:
-                continue
-            m, lo, hi = mean_ci(sel.score)
-            layer = int(sel.layer.iloc[0])
-            rows.append(dict(task=task, kind=kind, what=what, layer=None if layer < 0 else layer, accuracy=m,
-                             low=lo, high=hi, n=len(sel)))
-    return pd.DataFrame(rows).astype({"layer": "Int64", "n": "Int64"})
-
 
 def _eval_point(t: pd.DataFrame, exp: str, vec: str, span: str):
     ev = t[(t.experiment == exp) & (t.vector == vec) & (t.split == "eval") & (t.span == span)]
@@ -121,7 +59,7 @@ BASELINE_STYLE = {"ICL": ("k", "-."), "zero-shot": ("grey", "--"), "chance": ("r
 
 
 def _lines(ax, t: pd.DataFrame, names: list[str]) -> None:
-    base = _baselines(t)
+    base = baselines(t)
     dummy = t[(t.experiment == "local") & (t.vector == "dummy")]
     if not dummy.empty:
         base["dummy"] = mean_ci(dummy.score)
@@ -365,7 +303,7 @@ def study_report(run_dir: str | Path) -> Path:
     v = tables["verdicts"]
     with atomic_path(run_dir / A.SUMMARY) as tmp:
         v.to_csv(tmp, index=False)
-    evaluation = evaluation_table(table)
+    evaluation = tables["evaluation"]
     with atomic_path(run_dir / A.EVALUATION) as tmp:
         evaluation.to_csv(tmp, index=False)
     methods = tables["methods"]
@@ -499,10 +437,10 @@ def _file_counts(info: dict) -> str:
 
 def markdown_summary(run_dir: str | Path) -> str:
     """Markdown tables of a finished study run (for docs): the verdict grid and the evaluation-split accuracies
-    per task (value [95% interval] @ selected layer), read from ``summary.csv`` and ``evaluation.csv``."""
-    run_dir = Path(run_dir)
-    v = pd.read_csv(run_dir / A.SUMMARY)
-    ev = pd.read_csv(run_dir / A.EVALUATION)
+    per task (value [95% interval] @ selected layer): the study's ``verdicts`` and ``evaluation`` tables (those
+    ``summary.csv`` and ``evaluation.csv`` export), computed from the run store."""
+    tables = study_tables(Path(run_dir))
+    v, ev = tables["verdicts"], tables["evaluation"]
     short = {"supported": "**yes**", "not supported": "no", "inconclusive": "?", "": ""}
     adjusted = v.verdict_adjusted if "verdict_adjusted" in v else v.verdict
     v = v.assign(cell=[short[a] + ("" if a == b else f" ({short[b].strip('*')} adj.)")
