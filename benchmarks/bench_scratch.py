@@ -38,11 +38,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from taskvec.hooks import hidden_of, with_hidden
-from taskvec.scratch.evaluate import _wrong_index, draw_eval_set, errors, layer_sweep
+from taskvec.scratch.evaluate import _wrong_index, draw_eval_set, layer_sweep
+from taskvec.scratch.passes import errors
 from taskvec.scratch.layouts import plan, query_plan
 from taskvec.scratch.model import build_model, positions_for
 from taskvec.scratch.tasks import make_task
-from taskvec.scratch.train import Objective, load_config, make_optimizer, point_loss, sample_batch
+from taskvec.scratch.objective import Objective, point_loss
+from taskvec.scratch.train import load_config, make_optimizer, sample_batch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 

@@ -328,7 +328,8 @@ def ddp_dev(trained: list, device) -> float:
     from torch import nn
 
     from taskvec.scratch.tasks import make_task
-    from taskvec.scratch.train import Objective, sample_batch
+    from taskvec.scratch.objective import Objective
+    from taskvec.scratch.train import sample_batch
 
     def steps(model, cfg, wrap: bool) -> list:
         m = copy.deepcopy(model).train()

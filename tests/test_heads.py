@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from taskvec.analysis.heads import (_run_head_variants, attention_to_answers, head_effects, head_geometry,
-                                    head_overlap, local_summary, plot_heads, reader_effects, record_head_outputs,
-                                    record_head_outputs_at, summarize, top_heads, writer_effects)
+                                    plot_heads, record_head_outputs, summarize, top_heads)
+from taskvec.analysis.local_heads import (head_overlap, local_summary, reader_effects, record_head_outputs_at,
+                                          writer_effects)
 from taskvec.errors import AlignmentError, ConfigError, EmptyInputError, LayerError, RangeError
 from taskvec.hooks import Hooks
 from taskvec.intervene import Edits, patched_logits, read_states

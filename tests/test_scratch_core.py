@@ -11,7 +11,8 @@ from taskvec.intervene import Edits, hooked
 from taskvec.scratch.layouts import plan, query_plan
 from taskvec.scratch.model import ScratchModel, build_model
 from taskvec.scratch.tasks import TaskConfig, corrupt_labels, make_task
-from taskvec.scratch.train import Objective, load_config, sample_batch, tvp_loss
+from taskvec.scratch.objective import Objective, tvp_loss
+from taskvec.scratch.train import load_config, sample_batch
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -247,7 +248,7 @@ def test_gradients_flow_through_theta_unless_detached():
 
 @pytest.mark.parametrize("vocab", [0, 64])
 def test_shared_query_packing_equals_separate_passes(vocab):
-    from taskvec.scratch.train import tvp_loss_shared
+    from taskvec.scratch.objective import tvp_loss_shared
 
     m = tiny(4, vocab=vocab)
     g = gen(3)

@@ -12,9 +12,8 @@ import taskvec.scratch.evaluate as ev
 from taskvec.errors import ConfigError, LayerError
 from taskvec.runs import RunStore
 from taskvec.cli import app
-from taskvec.scratch.evaluate import (CompressConfig, EvalConfig, blocked_query_predictions, compress_model,
-                                      evaluate_model, icl_predictions, query_with_vectors, separability,
-                                      task_vectors)
+from taskvec.scratch.evaluate import CompressConfig, EvalConfig, compress_model, evaluate_model, separability
+from taskvec.scratch.passes import blocked_query_predictions, icl_predictions, query_with_vectors, task_vectors
 from taskvec.kinds import run_evaluation
 from taskvec.scratch.model import ScratchModel, build_model
 from taskvec.scratch.tasks import TaskConfig, make_task

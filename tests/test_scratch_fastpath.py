@@ -9,7 +9,8 @@ from taskvec.intervene import Edits, hooked
 from taskvec.scratch.layouts import plan
 from taskvec.scratch.model import build_model, positions_for
 from taskvec.scratch.tasks import make_task
-from taskvec.scratch.train import Objective, load_config, sample_batch, tvp_weight_at
+from taskvec.scratch.objective import Objective
+from taskvec.scratch.train import load_config, sample_batch, tvp_weight_at
 
 
 def trained_looking(model, seed: int = 0):

@@ -19,8 +19,8 @@ from taskvec.errors import ConfigError
 from taskvec.runs import RunStore
 from taskvec.scoring import select_layer
 from taskvec.kinds import run_study
-from taskvec.study import (StudyConfig, TaskRun, by_mapping, convergence_rows, mapping_trial_avg,
-                           select_local_layer, token_beating_layers)
+from taskvec.study import StudyConfig, TaskRun, by_mapping, convergence_rows, select_local_layer, token_beating_layers
+from taskvec.study_states import mapping_trial_avg
 from taskvec.vectors import load_vectors
 
 from conftest import SMALL_STUDY as SMALL, cli  # noqa: E402
@@ -260,7 +260,7 @@ def test_mediation_rows_pair_every_zero_shot_prompt(small_run):
 def test_token_identity_control_is_the_same_word_from_another_prompt(tiny_llama):
     """Defect 2: local vectors at the selected layers were the answer token's identity. The control fills each
     slot with the same answer word's state from a *different* prompt, preferring the same slot."""
-    from taskvec.study import token_control
+    from taskvec.study_states import token_control
 
     tr = TaskRun("simple_string", StudyConfig(**SMALL), tiny_llama)
     P, L, n, d = 3, 2, 4, 1

@@ -6,7 +6,9 @@
   (ablation), :mod:`~taskvec.analysis.probes` (linear probes, one layer's analysis) and
   :mod:`~taskvec.analysis.dpca_c8` (the numbers claim C8 reads); figures in :mod:`taskvec.report.dpca_figures`;
 * :mod:`~taskvec.analysis.heads` — per-head mean-ablation and ICL -> dummy patching at the query (B.7);
-* :mod:`~taskvec.analysis.runners` — the same into a run directory; :mod:`~taskvec.analysis.cli` — typer commands.
+  :mod:`~taskvec.analysis.local_heads` — the heads that write and read the local vectors, and top-set overlaps;
+* :mod:`~taskvec.analysis.function_vectors` — Todd et al.'s function vectors (head means, indirect effects);
+* :mod:`~taskvec.analysis.runners` — the same into a run directory; :mod:`~taskvec.analysis.cli` — their commands.
 
 Submodules are imported lazily (dPCA pulls in numba).
 """
@@ -24,6 +26,8 @@ _LAZY = {
     "probe_accuracy": "taskvec.analysis.dpca",
     "head_effects": "taskvec.analysis.heads", "attention_to_answers": "taskvec.analysis.heads",
     "summarize": "taskvec.analysis.heads", "top_heads": "taskvec.analysis.heads", "plot_heads": "taskvec.analysis.heads",
+    "writer_effects": "taskvec.analysis.local_heads", "reader_effects": "taskvec.analysis.local_heads",
+    "head_overlap": "taskvec.analysis.local_heads",
     "run_saliency": "taskvec.analysis.runners", "run_dpca": "taskvec.analysis.runners",
     "run_heads": "taskvec.analysis.runners",
 }

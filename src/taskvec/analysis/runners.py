@@ -346,7 +346,7 @@ def select_local_layer(lm, cfg: HeadsConfig, task, template) -> list[dict]:
 
 def _local_unit(lm, role: str, prompts, dummies, local_layer: int, cfg: HeadsConfig, mean_from, label: str):
     """One writers/readers unit: head rows and (``record="baseline"``) the per-prompt positive-control rows."""
-    from taskvec.analysis.heads import reader_effects, writer_effects
+    from taskvec.analysis.local_heads import reader_effects, writer_effects
 
     fn = writer_effects if role == "writers" else reader_effects
     table = fn(lm, prompts, dummies, local_layer, layers=cfg.layers, heads=cfg.heads, mean_from=mean_from)
@@ -362,7 +362,8 @@ def run_heads(cfg: HeadsConfig, out: str | Path, resume: bool = False, lm=None, 
     Units: ``heads/<task>/<mode>``, ``heads/<task>/attention``.
 
     Modes ``writers`` / ``readers`` (heads that write the local vectors at the answer positions / read them into
-    the query, :func:`~taskvec.analysis.heads.writer_effects`, :func:`~taskvec.analysis.heads.reader_effects`),
+    the query: :func:`~taskvec.analysis.local_heads.writer_effects`,
+    :func:`~taskvec.analysis.local_heads.reader_effects`),
     each with its null (head means from ``null_task``'s prompts) -> ``heads_local.parquet``,
     ``heads_local_summary.csv`` (t intervals over prompts), ``heads_local_top.csv``, ``heads_local_baselines.csv``
     (the positive control: clean local patch vs the unpatched dummy), ``heads_overlap.csv`` (top-``top`` overlap

@@ -146,7 +146,8 @@ def heads_tables(run_dir: str | Path) -> Tables:
     * ``overlap``: overlap of the top heads of every ranking (``heads_overlap.csv``; two rankings or more).
     """
     from taskvec.analysis.function_vectors import average_indirect_effects
-    from taskvec.analysis.heads import head_overlap, local_summary, summarize, top_heads
+    from taskvec.analysis.heads import summarize, top_heads
+    from taskvec.analysis.local_heads import head_overlap, local_summary
 
     run_dir = Path(run_dir)
     cfg = read_saved(run_dir)["config"]

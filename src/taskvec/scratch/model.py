@@ -315,7 +315,7 @@ class ScratchModel(PreTrainedModel):
         Below ``layer`` only ``x_q`` is run (the arrows' states there are overwritten by θ), and only its values
         (a lone token attends to itself: its attention output is its value); from ``layer`` on ``x_q`` needs keys
         and values, never queries, and the last layer runs the arrows only. The attention of ``→_i`` over its two
-        keys is a two-way softmax. Same maths as ``tvp_loss`` / ``tvp_loss_shared`` in ``train.py``.
+        keys is a two-way softmax. Same maths as ``tvp_loss`` / ``tvp_loss_shared`` in ``objective.py``.
 
         Args:
             layer: l*. x_emb: ``[G, D]`` input embeddings of the queries (position 0, before ``wpe``).
