@@ -407,6 +407,58 @@ def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
+def _fresh_model(cfg: TrainConfig, task: Task) -> ScratchModel:
+    """A new model for ``cfg`` (seeded by ``cfg.seed``); ``tvp_layer`` beyond its layers is a one-line error."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.preset, d_in=task.d_in, vocab=task.vocab, n_positions=positions_for(cfg.k_max),
+                        task=cfg.task.model_dump(), layout=cfg.layout, tvp_layer=cfg.tvp_layer,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+    if cfg.tvp_layer is not None and cfg.tvp_layer >= model.n_layers:
+        raise LayerError(f"tvp_layer {cfg.tvp_layer} is beyond the model: layers are 0..{model.n_layers - 1}")
+    return model
+
+
+def _end_interval(store: RunStore, out_dir: Path, model: ScratchModel, opt: torch.optim.Optimizer, step: int,
+                  cfg: TrainConfig, rows: list[dict], since: float) -> Path:
+    """The end of a checkpoint interval (rank 0): the interval's logged ``rows`` as the store's unit
+    ``train/step-NNNNNNN`` first (a kill before the checkpoint redoes these steps and finds the unit done, a kill
+    after it loses nothing), then the checkpoint and ``log.csv``. Returns the checkpoint's directory."""
+    unit = f"train/step-{step:07d}"
+    if not store.done(unit):
+        store.append(unit, rows, seconds=round(time.perf_counter() - since, 3))
+    ckpt = save_checkpoint(out_dir, model, opt, step, cfg.keep_checkpoints)
+    _write_csv(store)
+    return ckpt
+
+
+def _resumed(model: ScratchModel, cfg: TrainConfig, out_dir: Path, resume: bool,
+             device: str) -> tuple[ScratchModel, torch.optim.Adam, int, Path | None]:
+    """``(model, optimizer, last step done, last checkpoint)``: the fresh ``model`` and a new optimizer, or with
+    ``resume`` the newest checkpoint's model and optimizer state; the model on ``device`` in training mode."""
+    start, last_ckpt, opt_state = 0, None, None
+    ckpts = checkpoints(out_dir) if resume else []
+    if ckpts:
+        last_ckpt = ckpts[-1]
+        model = ScratchModel.from_pretrained(last_ckpt)
+        state = torch.load(last_ckpt / A.TRAINER_STATE, weights_only=False)
+        start, opt_state = state["step"], state["optimizer"]
+    model.to(device).train()
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    return model, opt, start, last_ckpt
+
+
+def _log_row(cfg: TrainConfig, task: Task, step: int, stats: torch.Tensor, lam: float, seq_per_s: float) -> dict:
+    """One logged row: ``stats`` = (loss, ICL loss, TVP loss) averaged over the ranks; the ICL error normalised by
+    E[y²] of this step's curriculum; λ of the step when the run has a TVP-loss."""
+    row = {"step": step, "loss": stats[0].item(), "icl_loss": stats[1].item(), "tvp_loss": stats[2].item(),
+           "icl_err": stats[1].item() / task.y_var_at(curriculum_at(cfg, step)[0]), "seq_per_s": seq_per_s}
+    if cfg.uses_tvp:
+        row["tvp_weight"] = lam  # λ of this step (tvp_schedule)
+    return row
+
+
 def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, world, compile=False) -> Path:
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
@@ -414,32 +466,15 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
     if cfg.uses_tvp:
         plan(cfg.layout, 2, query=True).require_slot()  # clear error for xy + TVP
     _check_run_dir(out_dir, cfg, resume)
-    torch.manual_seed(cfg.seed)  # the model is built (and checked) before the run directory is made
-    model = build_model(cfg.preset, d_in=task.d_in, vocab=task.vocab, n_positions=positions_for(cfg.k_max),
-                        task=cfg.task.model_dump(), layout=cfg.layout, tvp_layer=cfg.tvp_layer,
-                        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
-    if cfg.tvp_layer is not None and cfg.tvp_layer >= model.n_layers:
-        raise LayerError(f"tvp_layer {cfg.tvp_layer} is beyond the model: layers are 0..{model.n_layers - 1}")
+    model = _fresh_model(cfg, task)  # built (and checked) before the run directory is made
     if world > 1:
         dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
     store = None
     if rank == 0:  # config.json: the config, versions, world size and device
         store = RunStore(out_dir, cfg.saved(), resume=resume, additive=(*ADDITIVE, *cfg.newer_fields(out_dir)),
                          writer=True, extra={"kind": cfg.kind, "world_size": world, "device": device})
-    start, last_ckpt = 0, None
-    ckpts = checkpoints(out_dir) if resume else []
-    opt_state = None
-    if ckpts:
-        last_ckpt = ckpts[-1]
-        model = ScratchModel.from_pretrained(last_ckpt)
-        state = torch.load(last_ckpt / A.TRAINER_STATE, weights_only=False)
-        start, opt_state = state["step"], state["optimizer"]
-    model.to(device).train()
+    model, opt, start, last_ckpt = _resumed(model, cfg, out_dir, resume, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg.lr)
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
-
     objective: nn.Module = Objective(model, cfg, compile=compile)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
@@ -493,12 +528,7 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
                 if world > 1:
                     dist.all_reduce(stats)
                     stats /= world
-                elapsed = time.perf_counter() - t0
-                row = {"step": step, "loss": stats[0].item(), "icl_loss": stats[1].item(),
-                       "tvp_loss": stats[2].item(), "icl_err": stats[1].item() / task.y_var_at(curriculum_at(cfg, step)[0]),
-                       "seq_per_s": seen / max(elapsed, 1e-9)}
-                if cfg.uses_tvp:
-                    row["tvp_weight"] = lam  # λ of this step (tvp_schedule)
+                row = _log_row(cfg, task, step, stats, lam, seen / max(time.perf_counter() - t0, 1e-9))
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 pending.append(row)
@@ -515,15 +545,8 @@ def _train(cfg, out_dir, resume, device, progress, tensorboard, on_step, rank, w
                 bar.update(1)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 if rank == 0:
-                    # the interval's rows first: a kill before the checkpoint redoes these steps (and finds the unit
-                    # done), a kill after it loses nothing
-                    unit = f"train/step-{step:07d}"
-                    if not store.done(unit):
-                        now = time.perf_counter()
-                        store.append(unit, pending, seconds=round(now - t_unit, 3))
+                    last_ckpt = _end_interval(store, out_dir, model, opt, step, cfg, pending, t_unit)
                     pending, t_unit = [], time.perf_counter()
-                    last_ckpt = save_checkpoint(out_dir, model, opt, step, cfg.keep_checkpoints)
-                    _write_csv(store)
                 if world > 1:
                     dist.barrier()
         final = out_dir / A.MODEL
