@@ -257,25 +257,20 @@ def run_config(
 ) -> None:
     """Run any kind of run from a config file, and write its report: `taskvec run runs/X/config.json --out runs/Y`
     reruns X (same config, seed and model name) into Y. The kinds are those of `taskvec kinds`."""
-    import yaml
-
     from taskvec.cli_errors import check_out
     from taskvec.errors import ConfigError
-    from taskvec.experiment import read_config_file
+    from taskvec.experiment import read_config_and_kind
     from taskvec.kinds import KINDS, kind_named, run
 
     out_dir = check_out(out, resume)
     if out_dir is None:
         raise ConfigError("taskvec run needs --out: the run directory to write, e.g. --out runs/NAME")
-    fields = read_config_file(config)
-    named = kind
-    if named is None and config.exists():
-        raw = yaml.safe_load(config.read_text())
-        named = raw.get("kind") if isinstance(raw, dict) else None
+    fields, saved_kind = read_config_and_kind(config)
+    file_kind = fields.pop("kind", None)  # a YAML/JSON file may name its kind at the top
+    named = kind or saved_kind or file_kind
     if named is None:
         raise ConfigError(f"{config} does not name its run kind: give --kind, one of {', '.join(KINDS)}")
     k = kind_named(named)
-    fields = {f: v for f, v in fields.items() if f != "kind"}
     run_dir = run(k.config.from_dict(fields), out_dir, resume=resume)
     typer.echo(f"{k.name} run: {run_dir}\nreport: {run_dir / A.REPORT}")
 

@@ -156,8 +156,14 @@ def nonempty_separator(v: str) -> str:
 def read_config_file(path: str | Path | None) -> dict:
     """A YAML or JSON mapping of config fields from ``path`` (``{}`` for ``None``), or the config a run directory's
     ``config.json`` saved (so ``--config runs/X/config.json`` reruns it); one-line errors."""
+    return read_config_and_kind(path)[0]
+
+
+def read_config_and_kind(path: str | Path | None) -> tuple[dict, str | None]:
+    """:func:`read_config_file`'s fields, and the run kind a run's ``config.json`` saved (``None`` for any other
+    file: a top-level ``kind:`` there stays among the fields, for the caller to read or the config to refuse)."""
     if path is None:
-        return {}
+        return {}, None
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
@@ -170,8 +176,8 @@ def read_config_file(path: str | Path | None) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config fields")
     if isinstance(data.get("config"), dict) and "versions" in data:  # a run's config.json: rerun its config
-        return data["config"]
-    return data
+        return data["config"], data.get("kind")
+    return data, None
 
 
 def config_from(cls: type[C], config_file: str | Path | None, flags: dict[str, Any]) -> C:
