@@ -1,7 +1,7 @@
 """Benchmarks of from-scratch training and evaluation (issues 5 and "From scratch, with evidence").
 
 1. Training step (forward, backward, Adam) on ``--preset`` with batch ``--batch``: the reference implementation
-   (HF ``GPT2Model`` forward with hooks recording/writing θ, the query-only TVP passes as ``tvp_loss`` /
+   (the model's full forward with hooks recording/writing θ, the query-only TVP passes as ``tvp_loss`` /
    ``tvp_loss_shared``, Adam's per-tensor loop) against the training fast path (``Objective(fast=True)``:
    ``ScratchModel.forward(keep=...)`` / ``fast_query_pass``, fused Adam), and the steps in between, for ICL only and
    ICL + TVP (all slots; all slots sharing one packed query, ``tvp_shared_query``; ``--tvp-slots`` slots).
@@ -69,7 +69,7 @@ class NoPruning(Objective):
 
 
 class OldTVPPass(Objective):
-    """The fast ICL pass, but the reference TVP pass (HF forward of [x_q, →] with θ written by a hook)."""
+    """The fast ICL pass, but the reference TVP pass (full forward of [x_q, →] with θ written by a hook)."""
 
     def _tvp_fast(self, batch, theta):
         return self._tvp_reference(batch, theta)
@@ -201,7 +201,7 @@ def training_benchmark(args) -> dict:
     tvp = lambda **kw: load_config(**base, tvp_layer=l_star, **kw)  # noqa: E731
     groups = {
         "ICL only": (cfg_icl, [
-            ("reference (HF forward + hooks, Adam loop)", dict(fast=False, fused=False, kind="reference")),
+            ("reference (full forward + hooks, Adam loop)", dict(fast=False, fused=False, kind="reference")),
             ("own block loop, every position of the last layer", dict(objective_cls=NoPruning, fused=False)),
             ("+ last layer only at the prediction slots", dict(fused=False)),
             ("+ fused Adam  = fast path", dict(kind="fast")),

@@ -1,4 +1,4 @@
-"""The training fast path computes what the HF forward with hooks computes: losses and gradients on fixed batches
+"""The training fast path computes what the full forward with hooks computes: losses and gradients on fixed batches
 (every layout, numeric and discrete, all slots / shared query / subsampled slots, detached θ, λ = 0 steps)."""
 from __future__ import annotations
 
